@@ -1,0 +1,26 @@
+"""halp-loss: HaLP (Hallucinating Latent Positives, CVPR 2023) for contrastive self-supervised learning.
+
+Public API:
+    hallucinate_positives, Hallucination -- closed-form positives on the unit sphere.
+    spherical_kmeans, KMeansResult -- prototypes.
+    PrototypeBank -- recent keys and their prototypes, checkpointable and DDP-consistent.
+    HaLPInfoNCE -- InfoNCE (MoCo or SimCLR) plus the HaLP term.
+    halp_loss.functional -- the functional forms of the losses.
+"""
+
+from halp_loss.bank import PrototypeBank
+from halp_loss.geometry import Hallucination, hallucinate_positives
+from halp_loss.kmeans import KMeansResult, spherical_kmeans
+from halp_loss.loss import HaLPInfoNCE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "HaLPInfoNCE",
+    "Hallucination",
+    "KMeansResult",
+    "PrototypeBank",
+    "hallucinate_positives",
+    "spherical_kmeans",
+    "__version__",
+]

@@ -1,0 +1,52 @@
+"""torch.distributed helpers: every function is the identity when no process group of size > 1 exists."""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+
+__all__ = ["world_size", "rank", "gather_rows", "gather_rows_with_grad", "broadcast_"]
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def gather_rows(x: Tensor) -> Tensor:
+    """Concatenate the rows of ``x`` from all ranks in rank order, without gradient.
+
+    Ranks may hold different numbers of rows (the last batch of an epoch without ``drop_last``).
+    """
+    if world_size() == 1:
+        return x
+    x = x.detach().contiguous()
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    counts = [int(s) for s in sizes]
+    padded = x.new_zeros((max(counts), *x.shape[1:]))
+    padded[: x.shape[0]] = x
+    chunks = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(chunks, padded)
+    return torch.cat([chunk[:count] for chunk, count in zip(chunks, counts)])
+
+
+def gather_rows_with_grad(x: Tensor) -> Tensor:
+    """Concatenate equal-sized ``x`` from all ranks in rank order; gradients flow back to each rank's rows."""
+    if world_size() == 1:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()))
+
+
+def broadcast_(x: Tensor, src: int = 0) -> Tensor:
+    """Overwrite ``x`` in place with rank ``src``'s copy."""
+    if world_size() > 1:
+        dist.broadcast(x, src)
+    return x

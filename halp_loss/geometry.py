@@ -1,0 +1,249 @@
+"""Positive hallucination on the unit sphere (HaLP, CVPR 2023), in closed form.
+
+A positive ``h`` lies on the great circle from the anchor ``k`` toward a target prototype ``p_s``:
+
+    h(t) = [sin((1 - t) w) k + sin(t w) p_s] / sin w,    w = arccos(k . p_s),
+
+so ``h = alpha k + beta p_s``. Everything the method needs -- the boundary ``t_max``, the rank filter, the
+similarity of a query to ``h`` -- is a combination of the dot products ``k . P`` and ``P . P^T``. This module
+works on those dot products alone; the (B, M, D) positives are only built when a caller asks for them.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from halp_loss._checks import Lam, check_lam, check_matrix, check_positive_int, check_values, compute_dtype
+
+__all__ = ["Hallucination", "GeodesicDraws", "draw_geodesics", "hallucinate_positives"]
+
+
+class GeodesicDraws(NamedTuple):
+    """Random positives described by their coefficients: ``h = (alpha * k + beta * P[target]) / norm``.
+
+    All fields are (B, M) except ``nearest`` (B,).
+    """
+
+    nearest: Tensor
+    target: Tensor
+    t: Tensor
+    t_max: Tensor
+    alpha: Tensor
+    beta: Tensor
+    norm: Tensor
+    keep: Tensor
+
+
+class Hallucination(NamedTuple):
+    """Hallucinated positives and how they were drawn.
+
+    Attributes:
+        positives: (B, M, D) unit-norm positives.
+        keep: (B, M) bool, True where the positive's nearest prototype is still the anchor's (rank filter).
+        target: (B, M) long, index of the prototype each positive walks toward.
+        nearest: (B,) long, index of the anchor's nearest prototype.
+        t: (B, M) position of each positive as a fraction of the anchor-to-target geodesic.
+        t_max: (B, M) fraction at which the geodesic reaches the boundary between the anchor's cell and the
+            target's cell; ``t <= t_max``.
+    """
+
+    positives: Tensor
+    keep: Tensor
+    target: Tensor
+    nearest: Tensor
+    t: Tensor
+    t_max: Tensor
+
+
+def boundary_fraction(a: Tensor, b: Tensor, cos_w: Tensor, w: Tensor) -> Tensor:
+    """Fraction ``t`` of the geodesic at which ``h(t) . p0 = h(t) . p_s``, in [0, 1].
+
+    The condition ``a sin((1 - t) w) = b sin(t w)`` with ``a = k . (p0 - p_s) >= 0`` and ``b = 1 - p_s . p0``
+    has its root ``t w = atan2(a sin w, b + a cos w)`` in [0, w]. The released code's
+    ``arctan(sin w / (b / a + cos w))`` picks the wrong branch when ``b / a + cos w < 0``.
+    """
+    theta = torch.atan2(a * torch.sin(w), b + a * cos_w)
+    tiny = torch.finfo(w.dtype).tiny
+    return (theta / w.clamp_min(tiny)).clamp(0.0, 1.0)
+
+
+def slerp_coefficients(t: Tensor, cos_w: Tensor, w: Tensor, degenerate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``alpha, beta, norm`` with ``h = (alpha k + beta p) / norm`` unit-norm, ``h(t)`` the slerp from k to p.
+
+    Where ``sin w`` vanishes (k = p, or k = -p where the walk has length 0) the linear weights are used, which
+    is the slerp's limit as ``w -> 0`` and gives ``h = k`` at ``t = 0``.
+    """
+    sin_w = torch.where(degenerate, torch.ones_like(w), torch.sin(w))
+    alpha = torch.where(degenerate, 1.0 - t, torch.sin((1.0 - t) * w) / sin_w)
+    beta = torch.where(degenerate, t, torch.sin(t * w) / sin_w)
+    norm_sq = alpha * alpha + beta * beta + 2.0 * alpha * beta * cos_w
+    return alpha, beta, norm_sq.clamp_min(torch.finfo(w.dtype).tiny).sqrt()
+
+
+def walk_geometry(
+    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``cos_w, w, t_max, degenerate`` of the walks from each anchor toward ``target`` (all (B, M)).
+
+    Args:
+        sim_anchor: (B, P) anchor-prototype cosines.
+        sim_protos: (P, P) prototype-prototype cosines.
+        nearest: (B,) nearest prototype of each anchor.
+        target: (B, M) target prototypes.
+    """
+    cos_w = sim_anchor.gather(1, target).clamp(-1.0, 1.0)
+    w = torch.acos(cos_w)
+    degenerate = torch.sin(w) <= 8 * torch.finfo(w.dtype).eps
+    a = (sim_anchor.gather(1, nearest[:, None]) - cos_w).clamp_min(0.0)
+    b = (1.0 - sim_protos[target, nearest[:, None]]).clamp_min(0.0)
+    t_max = boundary_fraction(a, b, cos_w, w)
+    # An antipodal target has no unique geodesic: stay at the anchor.
+    t_max = torch.where(degenerate & (cos_w < 0), torch.zeros_like(t_max), t_max)
+    return cos_w, w, t_max, degenerate
+
+
+def rank_filter(
+    alpha: Tensor, beta: Tensor, sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor
+) -> Tensor:
+    """True where ``h = alpha k + beta p_target`` is still at least as close to ``p_nearest`` as to any third
+    prototype.
+
+    ``t <= t_max`` already guarantees ``h . p_nearest >= h . p_target`` analytically, so the target is left out
+    of the comparison and rounding at the boundary (``lam = 0``) cannot reject a positive. Ties are kept: the
+    boundary belongs to the cell.
+    """
+    sims = alpha[..., None] * sim_anchor[:, None, :] + beta[..., None] * sim_protos[target]
+    own = sims.gather(2, nearest[:, None, None].expand(-1, sims.shape[1], 1)).squeeze(2)
+    others = sims.scatter(2, target[..., None], float("-inf"))
+    others = others.scatter(2, nearest[:, None, None].expand(-1, sims.shape[1], 1), float("-inf"))
+    return own >= others.amax(dim=2)
+
+
+def draw_targets(
+    sim_anchor: Tensor, nearest: Tensor, num_positives: int, num_candidates: int, generator: Optional[torch.Generator]
+) -> Tensor:
+    """(B, M) targets drawn uniformly with replacement among the ``num_candidates`` prototypes most similar
+    to each anchor, its nearest excluded."""
+    batch, num_protos = sim_anchor.shape
+    draw = torch.randint(
+        num_candidates, (batch, num_positives), generator=generator, device=sim_anchor.device
+    )
+    if num_candidates == num_protos - 1:
+        # All other prototypes are candidates: skip the nearest by shifting the indices at and above it.
+        return draw + (draw >= nearest[:, None]).long()
+    others = sim_anchor.scatter(1, nearest[:, None], float("-inf"))
+    candidates = others.topk(num_candidates, dim=1).indices
+    return candidates.gather(1, draw)
+
+
+def draw_geodesics(
+    sim_anchor: Tensor,
+    sim_protos: Tensor,
+    lam: Lam,
+    num_positives: int,
+    num_candidates: int,
+    generator: Optional[torch.Generator] = None,
+) -> GeodesicDraws:
+    """Draw ``num_positives`` positives per anchor from dot products alone (no validation, no autograd).
+
+    Args:
+        sim_anchor: (B, P) cosines between unit-norm anchors and unit-norm prototypes.
+        sim_protos: (P, P) cosines between the prototypes.
+        lam: float or tensor broadcastable to (B, M) in [0, 1]; ``u ~ U(0, lam)``, ``t = (1 - u) t_max``.
+        num_positives: M.
+        num_candidates: targets are drawn among this many most similar prototypes besides the nearest.
+        generator: torch generator on the tensors' device, for reproducible draws.
+
+    Returns:
+        GeodesicDraws with (B, M) coefficients such that ``h = (alpha k + beta P[target]) / norm``.
+    """
+    nearest = sim_anchor.argmax(dim=1)
+    target = draw_targets(sim_anchor, nearest, num_positives, num_candidates, generator)
+    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
+    u = torch.rand(target.shape, generator=generator, device=w.device, dtype=w.dtype)
+    if isinstance(lam, Tensor):
+        lam = lam.to(device=w.device, dtype=w.dtype)
+    t = (1.0 - u * lam) * t_max
+    alpha, beta, norm = slerp_coefficients(t, cos_w, w, degenerate)
+    keep = rank_filter(alpha, beta, sim_anchor, sim_protos, nearest, target)
+    return GeodesicDraws(nearest, target, t, t_max, alpha, beta, norm, keep)
+
+
+def resolve_candidates(num_candidates: Optional[int], num_prototypes: int) -> int:
+    """Validate ``num_candidates`` against the number of prototypes; ``None`` means all others."""
+    if num_prototypes < 2:
+        raise ValueError(f"prototypes must hold at least 2 rows to walk between, got {num_prototypes}")
+    if num_candidates is None:
+        return num_prototypes - 1
+    if isinstance(num_candidates, bool) or not isinstance(num_candidates, int):
+        raise ValueError(f"num_candidates must be an int or None, got {num_candidates!r}")
+    if not 1 <= num_candidates <= num_prototypes - 1:
+        raise ValueError(
+            f"num_candidates must be in [1, P - 1] = [1, {num_prototypes - 1}] for P = {num_prototypes} "
+            f"prototypes, got {num_candidates}"
+        )
+    return num_candidates
+
+
+@torch.no_grad()
+def hallucinate_positives(
+    anchor: Tensor,
+    prototypes: Tensor,
+    lam: Lam = 0.8,
+    num_positives: int = 100,
+    *,
+    num_candidates: Optional[int] = None,
+    generator: Optional[torch.Generator] = None,
+) -> Hallucination:
+    """Hallucinate positives for each anchor by walking toward other prototypes (HaLP, SPEC section 1).
+
+    For every anchor ``k`` with nearest prototype ``p0``, each positive picks a target ``p_s`` uniformly among the
+    candidate prototypes, finds the fraction ``t_max`` of the geodesic ``k -> p_s`` at which the walk reaches the
+    boundary between the two prototypes' cells, and stops at ``t = (1 - u) t_max`` with ``u ~ U(0, lam)``.
+    A positive is kept when its nearest prototype is still ``p0``. Positives carry no gradient.
+
+    Args:
+        anchor: (B, D) anchors (e.g. momentum-encoder keys); normalized inside.
+        prototypes: (P, D) prototypes, ``P >= 2``; normalized inside.
+        lam: how far below the boundary positives may fall, a float or a tensor broadcastable to (B, M) with
+            values in [0, 1]. ``lam = 0`` puts every positive on the boundary (the hardest).
+        num_positives: M, positives per anchor.
+        num_candidates: draw targets among this many most similar prototypes other than the nearest
+            (default: all ``P - 1``).
+        generator: optional ``torch.Generator`` on the anchors' device for reproducible draws.
+
+    Returns:
+        A :class:`Hallucination` with ``positives`` (B, M, D) in float32 (float64 if an input is float64).
+
+    Raises:
+        ValueError: for inputs of the wrong rank, dtype or device, a dim mismatch, ``P < 2``, ``num_candidates``
+            out of range, ``lam`` outside [0, 1], ``num_positives < 1``, non-finite values or zero-norm rows.
+
+    Example:
+        >>> k = torch.nn.functional.normalize(torch.randn(8, 128), dim=1)
+        >>> prototypes = torch.nn.functional.normalize(torch.randn(20, 128), dim=1)
+        >>> out = hallucinate_positives(k, prototypes, lam=0.8, num_positives=100)
+        >>> out.positives.shape, out.keep.dtype
+        (torch.Size([8, 100, 128]), torch.bool)
+    """
+    check_matrix(anchor, "anchor")
+    check_matrix(prototypes, "prototypes", anchor.shape[1])
+    if prototypes.device != anchor.device:
+        raise ValueError(f"prototypes are on {prototypes.device} but anchor is on {anchor.device}")
+    num_candidates = resolve_candidates(num_candidates, prototypes.shape[0])
+    check_positive_int(num_positives, "num_positives")
+    check_lam(lam, anchor.shape[0], num_positives)
+    check_values(anchor, "anchor")
+    check_values(prototypes, "prototypes")
+
+    dtype = compute_dtype(anchor, prototypes)
+    k = F.normalize(anchor.to(dtype), dim=1)
+    protos = F.normalize(prototypes.to(dtype), dim=1)
+    draws = draw_geodesics(k @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
+    positives = draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target]
+    positives = positives / draws.norm[..., None]
+    return Hallucination(positives, draws.keep, draws.target, draws.nearest, draws.t, draws.t_max)

@@ -1,0 +1,211 @@
+"""HaLPInfoNCE: InfoNCE (MoCo or SimCLR) plus the HaLP term, with its prototype bank."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor, nn
+
+from halp_loss._checks import check_lam, check_matrix, check_positive_int, compute_dtype
+from halp_loss.bank import PrototypeBank
+from halp_loss.functional import (
+    OBJECTIVES,
+    ContrastiveLogits,
+    HaLPTerm,
+    info_nce_from_logits,
+    moco_logits,
+    sampled_halp_term,
+    simclr_logits,
+)
+from halp_loss.geometry import resolve_candidates
+
+__all__ = ["HaLPInfoNCE"]
+
+
+class HaLPInfoNCE(nn.Module):
+    """InfoNCE plus ``halp_weight`` times the HaLP term on hallucinated positives (Shah et al., CVPR 2023).
+
+    MoCo mode (``negatives`` given): InfoNCE over ``[q . k, q . negatives] / T`` with the positive as label.
+    SimCLR mode (``negatives=None``): symmetric NT-Xent over the 2B views with in-batch negatives; both views
+    act as queries, each anchored on the other.
+
+    The HaLP term hallucinates positives from each detached anchor (the key, or the other view) toward the
+    prototypes, and scores the query against the kept ones:
+
+    - ``objective="align"`` (the released code): ``-sum keep (q . h) / T / sum keep``;
+    - ``objective="infonce"``: each kept positive scored against the row's negatives,
+      ``-log(e^{q.h/T} / (e^{q.h/T} + sum_j e^{q.n_j/T}))``.
+
+    It is computed from dot products, without materializing the (B, M, D) positives. Prototypes come from the
+    module's :class:`PrototypeBank`, fed with the keys on every training-mode call after the loss is computed
+    (as MoCo enqueues after the step), or from the ``prototypes`` argument, which bypasses the bank. Until the
+    bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the loss is
+    exactly plain InfoNCE.
+
+    Everything runs in float32 (float64 for float64 inputs) with autocast disabled, so logits, softmax and
+    log-sum-exp are full precision under mixed-precision training. Gradient flows into the query (both views
+    in SimCLR mode), never into keys, negatives or prototypes.
+
+    Defaults are the released NTU RGB+D settings.
+
+    Args:
+        temperature: T of all logits.
+        halp_weight: weight of the HaLP term (released code: 2 for NTU, 1 for PKU-MMD II).
+        num_prototypes: P, prototypes fitted by the bank.
+        num_positives: M, positives per anchor.
+        lam: ``u ~ U(0, lam)``, ``t = (1 - u) t_max``; float in [0, 1].
+        objective: ``"align"`` or ``"infonce"``.
+        prototype_window: keys the bank clusters.
+        prototype_every: bank refit period, in calls.
+        gather_distributed: SimCLR mode: use all ranks' views as negatives (equal per-rank batch sizes).
+        num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
+        prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
+        seed: base seed of the bank's k-means seeding.
+        generator: optional generator for the positives' draws.
+
+    Raises:
+        ValueError: for invalid hyperparameters.
+
+    Example:
+        >>> criterion = HaLPInfoNCE(temperature=0.07, halp_weight=2.0)
+        >>> queue = torch.nn.functional.normalize(torch.randn(128, 4096), dim=0)   # MoCo's (D, K) buffer
+        >>> q, k = torch.randn(64, 128, requires_grad=True), torch.randn(64, 128)
+        >>> loss = criterion(q, k, queue.T)
+        >>> loss.backward()
+        >>> sorted(criterion.last)
+        ['halp', 'infonce', 'kept_fraction', 'loss', 'mean_t']
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.07,
+        halp_weight: float = 2.0,
+        num_prototypes: int = 20,
+        num_positives: int = 100,
+        lam: float = 0.8,
+        objective: str = "align",
+        prototype_window: int = 256,
+        prototype_every: int = 10,
+        gather_distributed: bool = False,
+        *,
+        num_candidates: Optional[int] = None,
+        prototype_warmup: Optional[int] = None,
+        seed: int = 0,
+        generator: Optional[torch.Generator] = None,
+    ) -> None:
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"temperature must be > 0, got {temperature!r}")
+        if not halp_weight >= 0:
+            raise ValueError(f"halp_weight must be >= 0, got {halp_weight!r}")
+        if objective not in OBJECTIVES:
+            raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+        check_positive_int(num_positives, "num_positives")
+        if isinstance(lam, Tensor):
+            raise ValueError("lam must be a float in [0, 1]; per-positive tensors are for hallucinate_positives")
+        check_lam(lam, 1, num_positives)
+        resolve_candidates(num_candidates, num_prototypes)
+        self.temperature = float(temperature)
+        self.halp_weight = float(halp_weight)
+        self.num_positives = num_positives
+        self.lam = lam
+        self.objective = objective
+        self.gather_distributed = gather_distributed
+        self.num_candidates = num_candidates
+        self.generator = generator
+        self.bank = PrototypeBank(
+            num_prototypes, prototype_window, prototype_every, warmup=prototype_warmup, seed=seed
+        )
+        self._last: dict[str, Tensor] = {}
+
+    @property
+    def last(self) -> dict[str, float]:
+        """Terms of the last call as floats: ``loss``, ``infonce``, ``halp``, ``kept_fraction``, ``mean_t``.
+
+        Stored as detached tensors and converted when read, so training does not wait on the device unless
+        something reads them.
+        """
+        return {name: float(value) for name, value in self._last.items()}
+
+    def forward(
+        self, query: Tensor, key: Tensor, negatives: Optional[Tensor] = None, *, prototypes: Optional[Tensor] = None
+    ) -> Tensor:
+        """Compute the loss.
+
+        Args:
+            query: (B, D) query embeddings (MoCo) or first views (SimCLR); receive the gradient.
+            key: (B, D) momentum keys (MoCo, detached inside) or second views (SimCLR, gradient flows).
+            negatives: (K, D) negatives as rows, e.g. ``queue.T`` for MoCo's (D, K) queue buffer; ``None``
+                selects SimCLR mode.
+            prototypes: optional (P, D) prototypes to use instead of the bank's (the bank is then not fed).
+
+        Returns:
+            Scalar loss: InfoNCE + ``halp_weight`` * HaLP term.
+
+        Raises:
+            ValueError: for mismatched shapes, a transposed negatives buffer, or bad prototypes.
+        """
+        self._check_inputs(query, key, negatives, prototypes)
+        dtype = compute_dtype(query, key)
+        with torch.autocast(device_type=query.device.type, enabled=False):
+            if negatives is None:
+                logits = simclr_logits(query.to(dtype), key.to(dtype), self.temperature, self.gather_distributed)
+            else:
+                logits = moco_logits(query.to(dtype), key.to(dtype), negatives.to(dtype), self.temperature)
+            infonce = info_nce_from_logits(logits)
+            use_bank = prototypes is None
+            halp: Optional[HaLPTerm] = None
+            if self.halp_weight > 0:
+                if use_bank and self.bank.ready:
+                    prototypes = self.bank.prototypes
+                if prototypes is not None:
+                    halp = self._halp_term(logits, prototypes)
+                if use_bank and self.training:
+                    self.bank.update(logits.anchor)
+        loss = infonce if halp is None else infonce + self.halp_weight * halp.loss
+        self._record(loss, infonce, halp)
+        return loss
+
+    def _halp_term(self, logits: ContrastiveLogits, prototypes: Tensor) -> HaLPTerm:
+        return sampled_halp_term(
+            logits.query,
+            logits.anchor,
+            prototypes,
+            lam=self.lam,
+            num_positives=self.num_positives,
+            num_candidates=self.num_candidates,
+            objective=self.objective,
+            temperature=self.temperature,
+            negatives_lse=logits.negatives_lse,
+            generator=self.generator,
+        )
+
+    def _record(self, loss: Tensor, infonce: Tensor, halp: Optional[HaLPTerm]) -> None:
+        zero = torch.zeros((), device=loss.device)
+        self._last = {
+            "loss": loss.detach(),
+            "infonce": infonce.detach(),
+            "halp": zero if halp is None else halp.loss.detach(),
+            "kept_fraction": zero if halp is None else halp.kept_fraction,
+            "mean_t": zero if halp is None else halp.mean_t,
+        }
+
+    def _check_inputs(
+        self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor]
+    ) -> None:
+        check_matrix(query, "query")
+        dim = query.shape[1]
+        check_matrix(key, "key", dim)
+        if key.shape != query.shape:
+            raise ValueError(f"key must have the shape of query {tuple(query.shape)}, got {tuple(key.shape)}")
+        if negatives is not None:
+            if negatives.ndim == 2 and negatives.shape[0] == dim and negatives.shape[1] != dim:
+                raise ValueError(
+                    f"negatives has shape {tuple(negatives.shape)}: it looks like a MoCo (D, K) queue buffer. "
+                    f"Pass its rows as negatives, i.e. queue.T of shape ({negatives.shape[1]}, {dim})"
+                )
+            check_matrix(negatives, "negatives", dim)
+        if prototypes is not None:
+            check_matrix(prototypes, "prototypes", dim)
+            resolve_candidates(self.num_candidates, prototypes.shape[0])
