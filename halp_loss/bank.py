@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
@@ -130,7 +129,7 @@ class PrototypeBank(nn.Module):
             self.keys = torch.zeros(self.window, keys.shape[1], device=keys.device, dtype=dtype)
             self.prototypes = torch.zeros(self.num_prototypes, keys.shape[1], device=keys.device, dtype=dtype)
         arrived = keys.shape[0]
-        keys = F.normalize(keys.detach().to(self.keys), dim=1)[-self.window :]
+        keys = unit_rows(keys.detach().to(self.keys))[-self.window :]
         first_slot = self.num_seen + arrived - keys.shape[0]
         slots = (torch.arange(keys.shape[0], device=keys.device) + first_slot) % self.window
         self.keys[slots] = keys

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from halp_loss._checks import Lam
 from halp_loss.distributed import gather_rows_with_grad, rank, world_size
-from halp_loss.geometry import draw_geodesics, resolve_candidates
+from halp_loss.geometry import draw_geodesics, resolve_candidates, unit_rows
 
 __all__ = [
     "ContrastiveLogits",
@@ -70,7 +70,7 @@ def moco_logits(query: Tensor, key: Tensor, negatives: Tensor, temperature: floa
     Gradient flows into ``query`` only.
     """
     q = F.normalize(query, dim=1)
-    k = F.normalize(key.detach(), dim=1)
+    k = unit_rows(key.detach())
     positive = (q * k).sum(dim=1) / temperature
     negatives_lse = torch.logsumexp(q @ negatives.detach().T / temperature, dim=1)
     return ContrastiveLogits(q, k, positive, negatives_lse)
@@ -205,7 +205,7 @@ def sampled_halp_term(
         :class:`HaLPTerm`.
     """
     anchor = anchor.detach()
-    protos = F.normalize(prototypes.detach().to(query.dtype), dim=1)
+    protos = unit_rows(prototypes.detach().to(query.dtype))
     num_candidates = resolve_candidates(num_candidates, protos.shape[0])
     with torch.no_grad():
         draws = draw_geodesics(anchor @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)

@@ -14,12 +14,17 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from halp_loss._checks import Lam, check_lam, check_matrix, check_positive_int, check_values, compute_dtype
 
-__all__ = ["Hallucination", "GeodesicDraws", "draw_geodesics", "hallucinate_positives"]
+__all__ = ["Hallucination", "GeodesicDraws", "draw_geodesics", "hallucinate_positives", "unit_rows"]
+
+
+def unit_rows(x: Tensor) -> Tensor:
+    """Rows scaled to unit norm; zero rows stay zero. Unlike ``F.normalize`` (eps 1e-12) tiny rows are still
+    normalized, since only the direction matters on the sphere."""
+    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
 
 
 class GeodesicDraws(NamedTuple):
@@ -241,8 +246,8 @@ def hallucinate_positives(
     check_values(prototypes, "prototypes")
 
     dtype = compute_dtype(anchor, prototypes)
-    k = F.normalize(anchor.to(dtype), dim=1)
-    protos = F.normalize(prototypes.to(dtype), dim=1)
+    k = unit_rows(anchor.to(dtype))
+    protos = unit_rows(prototypes.to(dtype))
     draws = draw_geodesics(k @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
     positives = draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target]
     positives = positives / draws.norm[..., None]

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from halp_loss.geometry import unit_rows
 
 from halp_loss._checks import check_matrix, check_positive_int, check_values, compute_dtype
 
@@ -56,7 +57,7 @@ def _update(x: Tensor, assignments: Tensor, centroids: Tensor) -> Tensor:
     rank = empty.long().cumsum(0) - 1
     reseed = x[worst[rank.clamp(0, worst.shape[0] - 1)]]
     sums = torch.where(empty[:, None], reseed, sums)
-    return F.normalize(sums, dim=1)
+    return unit_rows(sums)
 
 
 def spherical_kmeans(
@@ -110,7 +111,7 @@ def spherical_kmeans(
     check_values(x, "x")
 
     with torch.no_grad():
-        points = F.normalize(x.detach().to(compute_dtype(x)), dim=1)
+        points = unit_rows(x.detach().to(compute_dtype(x)))
         if init == "kmeans++":
             centroids = _kmeanspp(points, num_clusters, generator)
         else:

@@ -1,0 +1,44 @@
+"""Independent float64 references written from SPEC section 1, for the tests.
+
+They materialize every positive as a vector and find the boundary by bisection on explicit dot products,
+sharing nothing with the closed forms under test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def slerp(k: np.ndarray, p: np.ndarray, t: float) -> np.ndarray:
+    """Point at fraction t of the great-circle arc from unit vector k to unit vector p (not antipodal)."""
+    w = np.arccos(np.clip(k @ p, -1.0, 1.0))
+    if np.sin(w) < 1e-12:
+        return k.copy()
+    return (np.sin((1 - t) * w) * k + np.sin(t * w) * p) / np.sin(w)
+
+
+def boundary_by_bisection(k: np.ndarray, p0: np.ndarray, ps: np.ndarray, iters: int = 200) -> float:
+    """Smallest t in [0, 1] with slerp(k, ps, t) . (p0 - ps) = 0, by bisection (0 if it starts at the boundary)."""
+
+    def gap(t: float) -> float:
+        return slerp(k, ps, t) @ (p0 - ps)
+
+    if gap(0.0) <= 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        if gap(mid) > 0:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def kept(h: np.ndarray, prototypes: np.ndarray, nearest: int) -> bool:
+    """The released code's rank filter: h's most similar prototype is still the anchor's."""
+    return int(np.argmax(prototypes @ h)) == nearest
