@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
 from halp_loss.distributed import broadcast_, gather_rows, world_size
+from halp_loss.geometry import unit_rows
 from halp_loss.kmeans import spherical_kmeans
 
 __all__ = ["PrototypeBank"]

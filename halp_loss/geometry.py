@@ -128,21 +128,29 @@ def rank_filter(
     return own >= others.amax(dim=2)
 
 
+def candidate_targets(sim_anchor: Tensor, nearest: Tensor, num_candidates: int) -> Tensor:
+    """(B, C) the ``num_candidates`` prototypes most similar to each anchor, its nearest excluded.
+
+    With ``C = P - 1`` these are all the other prototypes in index order; otherwise they are sorted by
+    decreasing similarity.
+    """
+    batch, num_protos = sim_anchor.shape
+    if num_candidates == num_protos - 1:
+        # All other prototypes: skip the nearest by shifting the indices at and above it.
+        others = torch.arange(num_protos - 1, device=sim_anchor.device).expand(batch, -1)
+        return others + (others >= nearest[:, None]).long()
+    others = sim_anchor.scatter(1, nearest[:, None], float("-inf"))
+    return others.topk(num_candidates, dim=1).indices
+
+
 def draw_targets(
     sim_anchor: Tensor, nearest: Tensor, num_positives: int, num_candidates: int, generator: Optional[torch.Generator]
 ) -> Tensor:
-    """(B, M) targets drawn uniformly with replacement among the ``num_candidates`` prototypes most similar
-    to each anchor, its nearest excluded."""
-    batch, num_protos = sim_anchor.shape
+    """(B, M) targets drawn uniformly with replacement among the :func:`candidate_targets`."""
     draw = torch.randint(
-        num_candidates, (batch, num_positives), generator=generator, device=sim_anchor.device
+        num_candidates, (sim_anchor.shape[0], num_positives), generator=generator, device=sim_anchor.device
     )
-    if num_candidates == num_protos - 1:
-        # All other prototypes are candidates: skip the nearest by shifting the indices at and above it.
-        return draw + (draw >= nearest[:, None]).long()
-    others = sim_anchor.scatter(1, nearest[:, None], float("-inf"))
-    candidates = others.topk(num_candidates, dim=1).indices
-    return candidates.gather(1, draw)
+    return candidate_targets(sim_anchor, nearest, num_candidates).gather(1, draw)
 
 
 def draw_geodesics(
@@ -194,6 +202,27 @@ def resolve_candidates(num_candidates: Optional[int], num_prototypes: int) -> in
     return num_candidates
 
 
+def checked_unit_inputs(
+    anchor: Tensor, prototypes: Tensor, num_candidates: Optional[int]
+) -> tuple[Tensor, Tensor, int]:
+    """Validate the inputs of an inspection-level function and return the unit-norm anchors and prototypes (in
+    float32, float64 if either input is float64) and the resolved ``num_candidates``.
+
+    Raises:
+        ValueError: for inputs of the wrong rank, dtype or device, a dim mismatch, ``P < 2``, ``num_candidates``
+            out of range, non-finite values or zero-norm rows.
+    """
+    check_matrix(anchor, "anchor")
+    check_matrix(prototypes, "prototypes", anchor.shape[1])
+    if prototypes.device != anchor.device:
+        raise ValueError(f"prototypes are on {prototypes.device} but anchor is on {anchor.device}")
+    num_candidates = resolve_candidates(num_candidates, prototypes.shape[0])
+    check_values(anchor, "anchor")
+    check_values(prototypes, "prototypes")
+    dtype = compute_dtype(anchor, prototypes)
+    return unit_rows(anchor.to(dtype)), unit_rows(prototypes.to(dtype)), num_candidates
+
+
 @torch.no_grad()
 def hallucinate_positives(
     anchor: Tensor,
@@ -235,19 +264,9 @@ def hallucinate_positives(
         >>> out.positives.shape, out.keep.dtype
         (torch.Size([8, 100, 128]), torch.bool)
     """
-    check_matrix(anchor, "anchor")
-    check_matrix(prototypes, "prototypes", anchor.shape[1])
-    if prototypes.device != anchor.device:
-        raise ValueError(f"prototypes are on {prototypes.device} but anchor is on {anchor.device}")
-    num_candidates = resolve_candidates(num_candidates, prototypes.shape[0])
+    k, protos, num_candidates = checked_unit_inputs(anchor, prototypes, num_candidates)
     check_positive_int(num_positives, "num_positives")
     check_lam(lam, anchor.shape[0], num_positives)
-    check_values(anchor, "anchor")
-    check_values(prototypes, "prototypes")
-
-    dtype = compute_dtype(anchor, prototypes)
-    k = unit_rows(anchor.to(dtype))
-    protos = unit_rows(prototypes.to(dtype))
     draws = draw_geodesics(k @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
     positives = draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target]
     positives = positives / draws.norm[..., None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -31,17 +32,24 @@ class KMeansResult(NamedTuple):
 
 
 def _kmeanspp(x: Tensor, num_clusters: int, generator: Optional[torch.Generator]) -> Tensor:
-    """k-means++ seeding with the squared chordal distance ``2 - 2 cos`` (the sphere's k-means distance)."""
+    """Greedy k-means++ seeding with the squared chordal distance ``2 - 2 cos`` (the sphere's k-means distance).
+
+    Each step draws ``2 + log C`` candidates by D^2 weighting and keeps the one that lowers the total distance
+    most, which avoids the merged clusters plain k-means++ often starts from.
+    """
     n = x.shape[0]
+    trials = 2 + int(math.log(num_clusters))
     first = torch.randint(n, (1,), generator=generator, device=x.device)
     centroids = x[first]
     dist = (2.0 - 2.0 * (x @ centroids[0])).clamp_min(0.0)
     for _ in range(1, num_clusters):
         # When every point coincides with a centroid the weights are all zero: fall back to uniform.
         weights = torch.where(dist.sum() > 0, dist, torch.ones_like(dist))
-        pick = torch.multinomial(weights, 1, generator=generator)
-        centroids = torch.cat([centroids, x[pick]])
-        dist = torch.minimum(dist, (2.0 - 2.0 * (x @ x[pick].T).squeeze(1)).clamp_min(0.0))
+        picks = torch.multinomial(weights, trials, replacement=True, generator=generator)
+        candidate_dist = torch.minimum(dist, (2.0 - 2.0 * (x[picks] @ x.T)).clamp_min(0.0))
+        best = candidate_dist.sum(dim=1).argmin()
+        centroids = torch.cat([centroids, x[picks[best]][None]])
+        dist = candidate_dist[best]
     return centroids
 
 
@@ -82,7 +90,7 @@ def spherical_kmeans(
         iters: maximum number of update steps.
         tol: stop once no centroid moves by more than this (1 - cosine between successive centroids).
             ``None`` runs exactly ``iters`` steps and never synchronizes with the device.
-        init: ``"kmeans++"`` or ``"random"`` (C distinct points drawn uniformly).
+        init: ``"kmeans++"`` (greedy k-means++ seeding) or ``"random"`` (C distinct points drawn uniformly).
         generator: optional ``torch.Generator`` on ``x``'s device; the result is deterministic given it.
 
     Returns:

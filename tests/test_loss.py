@@ -1,0 +1,251 @@
+"""HaLPInfoNCE and the functional losses against explicit float64 references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from halp_loss import HaLPInfoNCE, hallucinate_positives
+from halp_loss.functional import info_nce, nt_xent, sampled_halp_term
+
+T = 0.07
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def sphere(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    return F.normalize(randn(n, d, seed=seed, dtype=dtype), dim=1)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def reference_moco(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / T
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+
+
+def reference_simclr(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    b = len(z1)
+    logits = (z @ z.T / T).masked_fill(torch.eye(2 * b, dtype=torch.bool), float("-inf"))
+    labels = torch.cat([torch.arange(b, 2 * b), torch.arange(b)])
+    return F.cross_entropy(logits, labels)
+
+
+def reference_halp(
+    q: torch.Tensor, anchors: torch.Tensor, protos: torch.Tensor, objective: str, negatives_per_row: list, seed: int
+) -> torch.Tensor:
+    """HaLP term from explicitly materialized positives (the released code's formulation)."""
+    q = F.normalize(q, dim=1)
+    out = hallucinate_positives(anchors.detach(), protos, lam=0.8, num_positives=100, generator=gen(seed))
+    sims = torch.einsum("bd,bmd->bm", q, out.positives.to(q.dtype)) / T
+    if objective == "align":
+        per = -sims
+    else:
+        per = torch.stack(
+            [
+                torch.logsumexp(torch.cat([sims[i][:, None], (q[i] @ negs.T / T).expand(sims.shape[1], -1)], 1), 1)
+                - sims[i]
+                for i, negs in enumerate(negatives_per_row)
+            ]
+        )
+    keep = out.keep.to(q.dtype)
+    return (keep * per).sum() / keep.sum()
+
+
+def test_info_nce_matches_cross_entropy() -> None:
+    q, k, negs = randn(8, 16, seed=0), randn(8, 16, seed=1), sphere(300, 16, 2)
+    assert torch.allclose(info_nce(q, k, negs, T), reference_moco(q, k, negs), atol=1e-10)
+
+
+def test_nt_xent_matches_cross_entropy() -> None:
+    z1, z2 = randn(6, 16, seed=3), randn(6, 16, seed=4)
+    assert torch.allclose(nt_xent(z1, z2, T), reference_simclr(z1, z2), atol=1e-10)
+
+
+@pytest.mark.parametrize("objective", ["align", "infonce"])
+def test_fused_moco_term_equals_explicit_positives(objective: str) -> None:
+    q, k, negs, protos = randn(16, 32, seed=5), randn(16, 32, seed=6), sphere(500, 32, 7), sphere(20, 32, 8)
+    criterion = HaLPInfoNCE(halp_weight=2.0, objective=objective, generator=gen(11))
+    loss = criterion(q, k, negs, prototypes=protos)
+    expected = reference_halp(q, F.normalize(k, dim=1), protos, objective, [negs] * 16, seed=11)
+    assert torch.allclose(loss, reference_moco(q, k, negs) + 2.0 * expected, atol=1e-5)
+    assert criterion.last["halp"] == pytest.approx(expected.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["align", "infonce"])
+def test_fused_simclr_term_equals_explicit_positives(objective: str) -> None:
+    z1, z2, protos = randn(8, 32, seed=9), randn(8, 32, seed=10), sphere(6, 32, 11)
+    criterion = HaLPInfoNCE(halp_weight=1.0, objective=objective, generator=gen(3))
+    loss = criterion(z1, z2, prototypes=protos)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    # Row i's negatives: every other embedding except itself and its partner.
+    negatives = [z[[j for j in range(16) if j not in (i, (i + 8) % 16)]] for i in range(16)]
+    anchors = torch.cat([z[8:], z[:8]])
+    expected = reference_halp(torch.cat([z1, z2]), anchors, protos, objective, negatives, seed=3)
+    assert torch.allclose(loss, reference_simclr(z1, z2) + expected, atol=1e-5)
+
+
+def test_fused_float32_matches_float64_reference() -> None:
+    q, k, protos = randn(64, 128, seed=12), randn(64, 128, seed=13), sphere(20, 128, 14)
+    fused = sampled_halp_term(
+        F.normalize(q.float(), dim=1), F.normalize(k.float(), dim=1), protos.float(), generator=gen(5)
+    )
+    # Same draws: the reference hallucinates from the float32 inputs, then scores in float64.
+    expected = reference_halp(q, F.normalize(k.float(), dim=1), protos.float(), "align", [], seed=5)
+    assert fused.loss.dtype == torch.float32
+    assert fused.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_plain_infonce_until_bank_ready_and_when_weight_zero() -> None:
+    negs = sphere(1000, 16, 15).float()
+    criterion = HaLPInfoNCE(prototype_window=64, num_prototypes=4)
+    plain = HaLPInfoNCE(halp_weight=0.0, prototype_window=64, num_prototypes=4)
+    for step in range(3):
+        q, k = randn(32, 16, seed=step, dtype=torch.float32), randn(32, 16, seed=50 + step, dtype=torch.float32)
+        loss, plain_loss = criterion(q, k, negs).item(), plain(q, k, negs).item()
+        if step < 2:  # 64 keys fill the window at the end of step 1
+            assert loss == plain_loss == info_nce(q, k, negs, T).item()
+            assert criterion.last["halp"] == 0.0 and criterion.last["kept_fraction"] == 0.0
+        else:
+            assert loss != plain_loss
+    assert criterion.bank.ready and 0.5 < criterion.last["kept_fraction"] <= 1.0
+    assert plain.bank.num_seen == 0 and not plain.bank.ready
+
+
+def test_eval_mode_uses_but_does_not_feed_the_bank() -> None:
+    criterion = HaLPInfoNCE(prototype_window=32, num_prototypes=4)
+    negs = sphere(100, 8, 16).float()
+    criterion(randn(32, 8, seed=1, dtype=torch.float32), randn(32, 8, seed=2, dtype=torch.float32), negs)
+    criterion.eval()
+    seen = criterion.bank.num_seen
+    criterion(randn(32, 8, seed=3, dtype=torch.float32), randn(32, 8, seed=4, dtype=torch.float32), negs)
+    assert criterion.bank.num_seen == seen and criterion.last["halp"] != 0.0
+
+
+def test_gradient_reaches_only_the_query_in_moco_mode() -> None:
+    q = randn(8, 16, seed=17).requires_grad_()
+    k = randn(8, 16, seed=18).requires_grad_()
+    negs = sphere(64, 16, 19).requires_grad_()
+    protos = sphere(5, 16, 20).requires_grad_()
+    HaLPInfoNCE(objective="infonce")(q, k, negs, prototypes=protos).backward()
+    assert q.grad is not None and torch.isfinite(q.grad).all() and q.grad.abs().sum() > 0
+    assert k.grad is None and negs.grad is None and protos.grad is None
+
+
+def test_simclr_halp_gradient_flows_into_both_views_as_queries() -> None:
+    z1, z2, protos = randn(6, 16, seed=21), randn(6, 16, seed=22), sphere(5, 16, 23)
+    grads = []
+    for weight in (0.0, 1.0):
+        a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+        HaLPInfoNCE(halp_weight=weight, generator=gen(7))(a, b, prototypes=protos).backward()
+        grads.append((a.grad, b.grad))
+    # The HaLP gradient alone, against the explicit formulation with detached anchors.
+    a, b = z1.clone().requires_grad_(), z2.clone().requires_grad_()
+    za, zb = F.normalize(a, dim=1), F.normalize(b, dim=1)
+    reference_halp(torch.cat([a, b]), torch.cat([zb, za]).detach(), protos, "align", [], seed=7).backward()
+    assert torch.allclose(grads[1][0] - grads[0][0], a.grad, atol=1e-8)
+    assert torch.allclose(grads[1][1] - grads[0][1], b.grad, atol=1e-8)
+    assert a.grad.abs().sum() > 0 and b.grad.abs().sum() > 0
+
+
+def test_autocast_bf16_keeps_float32_logits() -> None:
+    torch.manual_seed(0)
+    encoder = torch.nn.Linear(32, 16)
+    x, kx = torch.randn(64, 32), torch.randn(64, 32)
+    negs = sphere(4096, 16, 24).float()
+    protos = sphere(20, 16, 25).float()
+    exact = HaLPInfoNCE(generator=gen(1))(encoder(x), encoder(kx).detach(), negs, prototypes=protos)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        q, k = encoder(x), encoder(kx).detach()
+        assert q.dtype == torch.bfloat16
+        loss = HaLPInfoNCE(generator=gen(1))(q, k, negs.bfloat16(), prototypes=protos)
+    assert loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert loss.item() == pytest.approx(exact.item(), rel=0.05)
+    loss.backward()
+    assert torch.isfinite(encoder.weight.grad).all()
+
+
+def test_float64_stays_float64() -> None:
+    criterion = HaLPInfoNCE()
+    loss = criterion(randn(4, 8, seed=1), randn(4, 8, seed=2), sphere(16, 8, 3), prototypes=sphere(3, 8, 4))
+    assert loss.dtype == torch.float64
+
+
+def test_degenerate_inputs_give_finite_loss_and_gradient() -> None:
+    protos = sphere(4, 8, 26)
+    q = torch.cat([torch.zeros(1, 8), protos[:2], -protos[:1]]).requires_grad_()
+    k = torch.cat([protos[:1], protos[:1], -protos[:1], protos[1:2]])
+    loss = HaLPInfoNCE(lam=0.0, objective="infonce")(q, k, protos.repeat(4, 1), prototypes=torch.cat([protos, protos]))
+    loss.backward()
+    assert torch.isfinite(loss) and torch.isfinite(q.grad).all()
+
+
+def test_last_holds_floats() -> None:
+    criterion = HaLPInfoNCE()
+    criterion(randn(4, 8, seed=1), randn(4, 8, seed=2), sphere(16, 8, 3), prototypes=sphere(3, 8, 4))
+    assert set(criterion.last) == {"loss", "infonce", "halp", "kept_fraction", "mean_t"}
+    assert all(isinstance(v, float) for v in criterion.last.values())
+    assert criterion.last["loss"] == pytest.approx(criterion.last["infonce"] + 2.0 * criterion.last["halp"])
+
+
+def test_state_dict_round_trip_resumes_identically() -> None:
+    def run(criterion: HaLPInfoNCE, steps: range) -> list[float]:
+        losses = []
+        for step in steps:
+            q, k = randn(32, 16, seed=step, dtype=torch.float32), randn(32, 16, seed=99 + step, dtype=torch.float32)
+            losses.append(criterion(q, k, negs).item())
+        return losses
+
+    negs = sphere(200, 16, 27).float()
+    make = lambda: HaLPInfoNCE(prototype_window=64, prototype_every=3, num_prototypes=6, generator=gen(0))  # noqa: E731
+    full = make()
+    expected = run(full, range(12))
+    first = make()
+    run(first, range(5))
+    resumed = make()
+    resumed.load_state_dict(first.state_dict())
+    resumed.generator.set_state(first.generator.get_state())
+    assert run(resumed, range(5, 12)) == expected[5:]
+    assert torch.equal(resumed.bank.prototypes, full.bank.prototypes)
+
+
+def test_input_errors() -> None:
+    criterion = HaLPInfoNCE()
+    q, k = randn(4, 8, seed=1), randn(4, 8, seed=2)
+    queue = sphere(16, 8, 3).T  # a MoCo (D, K) buffer
+    with pytest.raises(ValueError, match=r"looks like a MoCo \(D, K\) queue buffer.*queue\.T"):
+        criterion(q, k, queue)
+    with pytest.raises(ValueError, match="key must have the shape of query"):
+        criterion(q, k[:3], queue.T)
+    with pytest.raises(ValueError, match="query must be 2-D"):
+        criterion(q[0], k, queue.T)
+    with pytest.raises(ValueError, match="negatives must have 8 columns"):
+        criterion(q, k, torch.randn(5, 7))
+    with pytest.raises(ValueError, match="prototypes must have 8 columns"):
+        criterion(q, k, queue.T, prototypes=torch.randn(5, 7))
+    with pytest.raises(ValueError, match="at least 2 rows"):
+        criterion(q, k, queue.T, prototypes=torch.randn(1, 8))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(temperature=0.0), "temperature must be > 0"),
+        (dict(halp_weight=-1.0), "halp_weight must be >= 0"),
+        (dict(objective="mse"), "objective must be one of"),
+        (dict(lam=2.0), r"lam must be a float in \[0, 1\]"),
+        (dict(num_positives=0), "num_positives"),
+        (dict(num_candidates=20), "num_candidates"),
+        (dict(prototype_window=10), "window"),
+    ],
+)
+def test_hyperparameter_errors(kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        HaLPInfoNCE(**kwargs)
