@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -36,13 +38,29 @@ def gather_rows(x: Tensor) -> Tensor:
     return torch.cat([chunk[:count] for chunk, count in zip(chunks, counts)])
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """All-gather whose backward hands each rank the summed gradient of its own rows over all ranks' losses."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor) -> Tensor:
+        chunks = [torch.empty_like(x) for _ in range(world_size())]
+        dist.all_gather(chunks, x)
+        ctx.rows = x.shape[0]
+        return torch.cat(chunks)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> Tensor:
+        grad = grad.contiguous()
+        dist.all_reduce(grad)
+        start = rank() * ctx.rows
+        return grad[start : start + ctx.rows]
+
+
 def gather_rows_with_grad(x: Tensor) -> Tensor:
     """Concatenate equal-sized ``x`` from all ranks in rank order; gradients flow back to each rank's rows."""
     if world_size() == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()))
+    return _GatherWithGrad.apply(x.contiguous())
 
 
 def broadcast_(x: Tensor, src: int = 0) -> Tensor:
