@@ -1,0 +1,109 @@
+"""Cost of HaLP over plain InfoNCE, of the closed-form generator over a materializing one, and of k-means.
+
+Run: ``python benchmarks/bench_loss.py [--device cuda] [--threads N]``. Sizes are the released NTU settings:
+B = 64, K = 16384, D = 128, M = 100, P = 20. Prints a markdown table; ratios compare timings of one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+
+import torch
+import torch.nn.functional as F
+from torch.utils.benchmark import Timer
+
+from halp_loss import HaLPInfoNCE, hallucinate_positives, spherical_kmeans
+
+B, K, D, M, P, T = 64, 16384, 128, 100, 20, 0.07
+STEPS = 10  # one bank refit per measured block, as in training
+
+
+def plain_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
+    """MoCo's InfoNCE as usually written: cross-entropy over concatenated logits."""
+    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / T
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+@torch.no_grad()
+def materializing_positives(anchor: torch.Tensor, protos: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """The released code's formulation: a Python loop over anchors, explicit positives, (M, P, D) repeats."""
+    positives, keeps = [], []
+    for k in anchor:
+        sims = protos @ k
+        nearest = sims.argmax()
+        others = torch.cat([torch.arange(nearest), torch.arange(nearest + 1, P)]).to(k.device)
+        target = others[torch.randint(P - 1, (M,), device=k.device)]
+        p_s, p0 = protos[target], protos[nearest].expand(M, D)
+        cos_w = (p_s @ k).clamp(-1, 1)
+        w = torch.acos(cos_w)
+        a, b = (p0 - p_s) @ k, 1 - (p_s * p0).sum(1)
+        t_max = torch.atan2(a * torch.sin(w), b + a * cos_w) / w
+        t = (1 - lam * torch.rand(M, device=k.device)) * t_max
+        h = (torch.sin((1 - t) * w)[:, None] * k + torch.sin(t * w)[:, None] * p_s) / torch.sin(w)[:, None]
+        repeated = protos.expand(M, P, D)
+        keeps.append(torch.einsum("mpd,md->mp", repeated, h).argmax(1) == nearest)
+        positives.append(h)
+    return torch.stack(positives), torch.stack(keeps)
+
+
+def measure(stmt: str, env: dict, label: str, min_run_time: float) -> float:
+    timer = Timer(stmt=stmt, globals=env, label=label, num_threads=torch.get_num_threads())
+    return timer.blocked_autorange(min_run_time=min_run_time).median
+
+
+def run(device: str, min_run_time: float) -> list[tuple[str, float, str]]:
+    torch.manual_seed(0)
+    queue = F.normalize(torch.randn(D, K, device=device), dim=0)
+    q = torch.randn(B, D, device=device, requires_grad=True)
+    k = torch.randn(B, D, device=device)
+    keys = F.normalize(torch.randn(256, D, device=device), dim=1)
+    protos = spherical_kmeans(keys, P).centroids
+    criterion = HaLPInfoNCE().to(device)
+    without_halp = HaLPInfoNCE(halp_weight=0.0).to(device)
+    criterion(q, k, queue.T)  # materialize the bank
+    for _ in range(4):
+        criterion.bank.update(F.normalize(torch.randn(B, D, device=device), dim=1))
+    assert criterion.bank.ready
+    sync = "torch.cuda.synchronize()" if device.startswith("cuda") else "pass"
+    env = dict(
+        q=q, k=k, queue=queue, criterion=criterion, without_halp=without_halp, plain=plain_info_nce, keys=keys, protos=protos,
+        hallucinate=hallucinate_positives, materializing=materializing_positives, kmeans=spherical_kmeans,
+        STEPS=STEPS, torch=torch,
+    )
+    loop = "for _ in range(STEPS):\n    {}.backward()\n" + sync
+    baseline = measure(loop.format("plain(q, k, queue)"), env, "plain InfoNCE", min_run_time) / STEPS
+    ours = measure(loop.format("without_halp(q, k, queue.T)"), env, "InfoNCE term", min_run_time) / STEPS
+    halp = measure(loop.format("criterion(q, k, queue.T)"), env, "HaLPInfoNCE", min_run_time) / STEPS
+    closed = measure(f"hallucinate(keys[:64], protos); {sync}", env, "closed form", min_run_time)
+    naive = measure(f"materializing(keys[:64], protos, 0.8); {sync}", env, "materializing", min_run_time)
+    fit = measure(f"kmeans(keys, 20); {sync}", env, "k-means", min_run_time)
+    return [
+        ("plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)", baseline, "1.00"),
+        ("HaLPInfoNCE(halp_weight=0) fwd+bwd (our InfoNCE alone)", ours, f"{ours / baseline:.2f} x InfoNCE"),
+        ("HaLPInfoNCE fwd+bwd, bank refit every 10 calls", halp, f"{halp / baseline:.2f} x InfoNCE"),
+        ("materializing generator + filter (loop over batch)", naive, f"{naive / baseline:.2f} x InfoNCE"),
+        ("hallucinate_positives (closed form, B x M x D output)", closed, f"{naive / closed:.1f} x faster than materializing"),
+        ("spherical_kmeans 256 x 128 -> 20", fit, ""),
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per measurement")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    print(f"device: {args.device} ({name}), threads: {torch.get_num_threads()}, torch {torch.__version__}")
+    print(f"B={B} K={K} D={D} M={M} P={P}\n")
+    print("| what | time per call | ratio |\n|---|---|---|")
+    for what, seconds, ratio in run(args.device, args.min_run_time):
+        print(f"| {what} | {seconds * 1e3:.3f} ms | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
