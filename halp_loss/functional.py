@@ -140,10 +140,15 @@ def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_dist
 
 
 def aggregate_kept(per_positive: Tensor, keep: Tensor, t: Tensor) -> HaLPTerm:
-    """Mean of ``per_positive`` over the kept positives, with the kept fraction and the kept mean t."""
+    """Mean of ``per_positive`` over the kept positives, with the kept fraction and the kept mean t.
+
+    ``keep`` is a bool mask, or the probabilities of being kept (then ``per_positive`` and ``t`` are the
+    means given kept): the term is ``sum keep * per_positive / sum keep`` either way, 0 when nothing is kept.
+    """
     weight = keep.to(per_positive.dtype)
     count = weight.sum()
-    denominator = count.clamp_min(1.0)
+    # Clamped only to avoid 0 / 0: a total below 1 is legitimate for probabilities.
+    denominator = count.clamp_min(torch.finfo(weight.dtype).tiny)
     return HaLPTerm(
         (weight * per_positive).sum() / denominator,
         count.detach() / keep.numel(),
