@@ -1,0 +1,210 @@
+"""Batched augmentations: shapes, per-sample semantics of SPEC section 3.3, statistics, reproducibility."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skeleton.augment import (
+    LINEAR_RATIO_RANGE,
+    MODALITIES,
+    center_crop_resize,
+    center_crop_windows,
+    crop_resize,
+    joint_corruption,
+    pretrain_view,
+    sample_crop_windows,
+    shear,
+    shear_or_corrupt,
+    temporal_crop_resize,
+    to_bone,
+    to_modality,
+    to_motion,
+)
+from skeleton.joints import BONE_PAIRS_1BASED
+
+
+def _batch(batch=6, frames=120, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn((batch, 3, frames, 25, 2), generator=generator)
+    num_frames = torch.randint(1, frames + 1, (batch,), generator=generator)
+    num_frames[0], num_frames[1] = frames, 40  # one full and one shorter than the minimum crop
+    return x, num_frames
+
+
+def _reference_crop(sample, start, length, out_frames):
+    """One sample, as the released code does it: slice, then F.interpolate(linear, align_corners=False)."""
+    window = sample[:, start : start + length]  # (C, L, V, M)
+    channels, _, joints, bodies = window.shape
+    series = window.permute(0, 2, 3, 1).reshape(1, channels * joints * bodies, length)
+    resized = F.interpolate(series, size=out_frames, mode="linear", align_corners=False)
+    return resized.reshape(channels, joints, bodies, out_frames).permute(0, 3, 1, 2)
+
+
+def test_crop_resize_matches_per_sample_interpolation():
+    x, num_frames = _batch()
+    x = x.double()  # float32 interpolation grids round differently; compare the arithmetic exactly in float64
+    generator = torch.Generator().manual_seed(1)
+    for ratio_range, out_frames in [((0.1, 1.0), 64), ((0.5, 1.0), 64), ((0.9, 1.0), 17)]:
+        start, length = sample_crop_windows(num_frames, ratio_range, generator=generator)
+        out = crop_resize(x, start, length, out_frames)
+        assert out.shape == (6, 3, out_frames, 25, 2) and out.dtype == torch.float64
+        for i in range(len(x)):
+            expected = _reference_crop(x[i], int(start[i]), int(length[i]), out_frames)
+            torch.testing.assert_close(out[i], expected, atol=1e-12, rtol=0)
+    single = crop_resize(x.float(), start, length, out_frames)
+    torch.testing.assert_close(single, out.float(), atol=1e-5, rtol=1e-5)
+
+
+def test_center_crop_matches_formula():
+    num_frames = torch.tensor([1, 2, 40, 100, 300])
+    start, length = center_crop_windows(num_frames, 0.95)
+    for n, s, l in zip(num_frames.tolist(), start.tolist(), length.tolist()):
+        assert s == int((1 - 0.95) * n / 2) and l == n - 2 * s
+    x, counts = _batch()
+    out = center_crop_resize(x.double(), counts)
+    start, length = center_crop_windows(counts)
+    for i in range(len(x)):
+        expected = _reference_crop(x[i].double(), int(start[i]), int(length[i]), 64)
+        torch.testing.assert_close(out[i], expected, atol=1e-12, rtol=0)
+
+
+def _reference_window(rng, n, ratio_range, min_length):
+    """SPEC section 3.3 for one sample, in numpy."""
+    ratio = rng.uniform(*ratio_range)
+    length = min(max(int(np.floor(n * ratio)), min_length), n)
+    return rng.integers(0, n - length + 1), length
+
+
+@pytest.mark.parametrize("n, ratio_range", [(300, (0.1, 1.0)), (150, LINEAR_RATIO_RANGE), (80, (0.1, 1.0)), (30, (0.1, 1.0))])
+def test_crop_window_statistics_match_spec(n, ratio_range):
+    draws = 20000
+    generator = torch.Generator().manual_seed(2)
+    start, length = sample_crop_windows(torch.full((draws,), n), ratio_range, 64, generator=generator)
+    assert (length >= min(64, n)).all() and (length <= n).all() and (start >= 0).all()
+    assert (start + length <= n).all()
+    rng = np.random.default_rng(3)
+    ref_start, ref_length = np.array([_reference_window(rng, n, ratio_range, 64) for _ in range(draws)]).T
+    # same distribution: mean, spread and the point mass at the minimum length
+    assert abs(length.double().mean().item() - ref_length.mean()) < 0.02 * n
+    assert abs(length.double().std().item() - ref_length.std()) < 0.03 * n + 0.5
+    assert abs((length == min(64, n)).double().mean().item() - (ref_length == min(64, n)).mean()) < 0.015
+    if n < 64:
+        assert (length == n).all() and (start == 0).all()
+        return
+    relative = (start.double() + 0.5) / (n - length + 1).double()  # uniform on (0, 1) given the length
+    assert abs(relative.mean().item() - 0.5) < 0.01 and abs(relative.var().item() - 1 / 12) < 0.01
+
+
+def test_crop_samples_are_independent_and_reproducible():
+    x = torch.randn(1, 3, 300, 25, 2).expand(64, -1, -1, -1, -1)
+    num_frames = torch.full((64,), 300)
+    first = temporal_crop_resize(x, num_frames, generator=torch.Generator().manual_seed(0))
+    again = temporal_crop_resize(x, num_frames, generator=torch.Generator().manual_seed(0))
+    other = temporal_crop_resize(x, num_frames, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    distinct = {tuple(first[i, 0, :, 0, 0].tolist()) for i in range(64)}
+    assert len(distinct) > 60  # identical inputs, different draws
+
+
+def test_shear_matrix_distribution():
+    batch = 4000
+    x = torch.zeros(batch, 3, 1, 25, 1)
+    x[:, :, 0, :3, 0] = torch.eye(3)  # joint j holds the unit vector e_j, so column j of S comes out
+    out = shear(x, generator=torch.Generator().manual_seed(4))
+    matrices = out[:, :, 0, :3, 0]  # (B, 3, 3): S[:, i, j]
+    diagonal = torch.diagonal(matrices, dim1=1, dim2=2)
+    assert torch.equal(diagonal, torch.ones_like(diagonal))
+    off = matrices[:, ~torch.eye(3, dtype=torch.bool)]
+    assert off.abs().max() <= 1.0
+    assert abs(off.mean().item()) < 0.02 and abs(off.var().item() - 1 / 3) < 0.02
+    assert torch.equal(out[:, :, :, 3:], torch.zeros_like(out[:, :, :, 3:]))
+    half = shear(x, magnitude=0.5, generator=torch.Generator().manual_seed(4))
+    assert half[:, :, 0, :3, 0][:, ~torch.eye(3, dtype=torch.bool)].abs().max() <= 0.5
+
+
+def _classify_corruption(before, after):
+    """Per sample: ('zero' | 'mix', set of changed joints, the mixing matrix or None)."""
+    results = []
+    for x, y in zip(before, after):
+        changed = {v for v in range(25) if not torch.equal(x[:, :, v], y[:, :, v])}
+        chosen = sorted(changed)
+        if torch.equal(y[:, :, chosen], torch.zeros_like(y[:, :, chosen])):
+            results.append(("zero", changed, None))
+            continue
+        # solve y = M x over every frame, joint and body of the chosen joints
+        source = x[:, :, chosen].reshape(3, -1).double()
+        target = y[:, :, chosen].reshape(3, -1).double()
+        matrix = target @ torch.linalg.pinv(source)
+        torch.testing.assert_close(matrix @ source, target, atol=1e-4, rtol=1e-4)
+        results.append(("mix", changed, matrix))
+    return results
+
+
+def test_joint_corruption_semantics():
+    batch = 300
+    x = torch.randn(batch, 3, 3, 25, 2, generator=torch.Generator().manual_seed(5))
+    out = joint_corruption(x, generator=torch.Generator().manual_seed(6))
+    results = _classify_corruption(x, out)
+    assert all(len(changed) == 15 for _, changed, _ in results)  # 15 distinct joints, the others untouched
+    zero_fraction = np.mean([kind == "zero" for kind, _, _ in results])
+    assert abs(zero_fraction - 0.5) < 0.08
+    entries = torch.cat([m.flatten() for kind, _, m in results if kind == "mix"])
+    assert entries.abs().max() <= 1.0 + 1e-6 and abs(entries.var().item() - 1 / 3) < 0.04
+    counts = np.zeros(25)
+    for _, changed, _ in results:
+        counts[list(changed)] += 1
+    assert np.abs(counts / batch - 15 / 25).max() < 0.1  # every joint equally likely
+
+
+def test_shear_or_corrupt_chooses_per_sample():
+    batch = 400
+    x = torch.randn(batch, 3, 4, 25, 2, generator=torch.Generator().manual_seed(7))
+    out = shear_or_corrupt(x, generator=torch.Generator().manual_seed(8))
+    corrupted = np.array([len({v for v in range(25) if not torch.equal(a[:, :, v], b[:, :, v])}) == 15
+                          for a, b in zip(x, out)])  # fmt: skip
+    assert abs(corrupted.mean() - 0.5) < 0.08
+    again = shear_or_corrupt(x, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(out, again)
+
+
+def test_pretrain_view_shapes_dtypes():
+    x, num_frames = _batch(batch=5, frames=300)
+    generator = torch.Generator().manual_seed(9)
+    view = pretrain_view(x, num_frames, generator=generator)
+    assert view.shape == (5, 3, 64, 25, 2) and view.dtype == x.dtype and torch.isfinite(view).all()
+    other = pretrain_view(x, num_frames, generator=generator)
+    assert not torch.equal(view, other)
+    half = pretrain_view(x.to(torch.bfloat16), num_frames, generator=generator)
+    assert half.dtype == torch.bfloat16 and half.shape == view.shape
+    linear = temporal_crop_resize(x, num_frames, LINEAR_RATIO_RANGE, generator=generator)
+    assert linear.shape == view.shape
+
+
+def test_modalities():
+    x, _ = _batch(batch=2, frames=10)
+    motion = to_motion(x)
+    torch.testing.assert_close(motion[:, :, 3], x[:, :, 4] - x[:, :, 3])
+    assert torch.equal(motion[:, :, -1], torch.zeros_like(motion[:, :, -1]))
+    bone = to_bone(x)
+    for joint, parent in BONE_PAIRS_1BASED:
+        torch.testing.assert_close(bone[:, :, :, joint - 1], x[:, :, :, joint - 1] - x[:, :, :, parent - 1])
+    assert torch.equal(bone[:, :, :, 20], torch.zeros_like(bone[:, :, :, 20]))  # spine shoulder is its own parent
+    assert torch.equal(to_bone(x[0]), bone[0]) and torch.equal(to_motion(x[0]), motion[0])  # unbatched too
+    assert MODALITIES == {"joint", "motion", "bone"}
+    assert to_modality(x, "joint") is x
+    assert torch.equal(to_modality(x, "motion"), motion) and torch.equal(to_modality(x, "bone"), bone)
+    with pytest.raises(ValueError, match="modality"):
+        to_modality(x, "velocity")
+
+
+def test_argument_validation():
+    with pytest.raises(ValueError, match="ratio_range"):
+        sample_crop_windows(torch.tensor([10]), (0.0, 1.0))
+    with pytest.raises(ValueError, match="ratio"):
+        center_crop_windows(torch.tensor([10]), 1.5)
+    with pytest.raises(ValueError, match="num_joints"):
+        joint_corruption(torch.zeros(1, 3, 2, 25, 2), num_joints=26)
+    assert math.isclose(LINEAR_RATIO_RANGE[0], 0.5)
