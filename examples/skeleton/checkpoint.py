@@ -1,0 +1,83 @@
+"""Checkpoint files: atomic writes, loading, the random-number-generator states of a rank, and the
+pretrained encoder read back for evaluation."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from skeleton.config import RunConfig, from_dict
+from skeleton.encoders import EmbeddingNet, build_encoder
+
+PathLike = Union[str, Path]
+
+
+def save_checkpoint(payload: dict[str, Any], path: PathLike) -> Path:
+    """Write ``payload`` to ``path`` through a temporary file, so a crash never leaves a truncated checkpoint."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(path.name + ".partial")
+    torch.save(payload, partial)
+    os.replace(partial, path)
+    return path
+
+
+def load_checkpoint(path: PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
+
+    Checkpoints hold Python and NumPy RNG states besides tensors, so this is a full unpickling
+    (``weights_only=False``): load only checkpoints you trust.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
+    """This process's RNG states: Python, NumPy, torch (CPU and current CUDA device) and ``generators``."""
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "generators": {name: generator.get_state() for name, generator in generators.items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
+    """Inverse of :func:`rng_state`."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    for name, generator in generators.items():
+        generator.set_state(state["generators"][name])
+
+
+def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
+    """The query network a run's model section describes."""
+    model = cfg.model
+    backbone = build_encoder(
+        model.encoder, hidden_size=model.hidden_size, num_layers=model.num_layers, stgcn_width=model.stgcn_width
+    )
+    return EmbeddingNet(backbone, model.embed_dim)
+
+
+def load_pretrained_encoder(path: PathLike) -> tuple[nn.Module, RunConfig]:
+    """The query encoder (without projection head) of a pretraining checkpoint, and the run's configuration."""
+    checkpoint = load_checkpoint(path)
+    cfg = from_dict(checkpoint["config"])
+    net = build_embedding_net(cfg)
+    prefix = "query."
+    net.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)})
+    return net.backbone, cfg

@@ -1,0 +1,249 @@
+"""Run configuration: the ``paper`` and ``cpu`` presets, one command-line flag per value, JSON round trip.
+
+Every value of a preset can be overridden by its flag; :func:`resolve_config` applies the flags given on the
+command line to the preset and the result is saved with the run (``config.json`` and every checkpoint).
+Flags are generated from the dataclass fields: in the section a command runs a field ``lr`` is ``--lr``;
+in the other sections it carries the section name, e.g. ``--linear-lr`` in the whole pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from skeleton.datasets import SkeletonDataset, load_dataset
+from skeleton.encoders import ENCODERS
+from skeleton.moco import KEY_BATCHNORM
+from skeleton.synthetic import SyntheticConfig
+
+PRESETS = ("paper", "cpu")
+AMP_MODES = ("none", "bf16", "fp16")
+OBJECTIVES = ("align", "infonce")
+ESTIMATORS = ("sampled", "expected")
+
+
+def _option(default: Any, help: str, choices: Optional[tuple[str, ...]] = None) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    """Encoder and projection head (SPEC section 3.2)."""
+
+    encoder: str = _option("gru", "encoder: released paired-GRU, true bidirectional GRU, or ST-GCN", ENCODERS)
+    hidden_size: int = _option(1024, "GRU hidden units per direction")
+    num_layers: int = _option(3, "GRU layers")
+    stgcn_width: int = _option(64, "ST-GCN base width (feature = 4x width; SkeletonCLR/AimCLR use 16)")
+    embed_dim: int = _option(128, "output dim of the projection head")
+
+
+@dataclass
+class PretrainConfig:
+    """MoCo pretraining with the HaLP loss from ``halp_start_epoch`` on (SPEC sections 2 and 3.2)."""
+
+    epochs: int = _option(451, "total pretraining epochs (the run stops at this epoch)")
+    halp_start_epoch: int = _option(200, "first epoch with the HaLP term; before it plain MoCo")
+    batch_size: int = _option(64, "global batch size (split evenly over DDP ranks)")
+    lr: float = _option(0.01, "SGD learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(1e-4, "SGD weight decay")
+    lr_milestones: tuple[int, ...] = _option((351,), "epochs at which the learning rate is multiplied by 0.1")
+    queue_size: int = _option(16384, "MoCo queue length K")
+    key_momentum: float = _option(0.999, "momentum m of the key encoder")
+    key_bn: str = _option("shuffle", "key-encoder BatchNorm under DDP", KEY_BATCHNORM)
+    temperature: float = _option(0.07, "temperature T of all logits")
+    halp_weight: float = _option(2.0, "weight mu of the HaLP term")
+    num_prototypes: int = _option(20, "prototypes P")
+    num_positives: int = _option(100, "hallucinated positives M per anchor")
+    lam: float = _option(0.8, "lambda: positives at t in [(1-lambda) t_max, t_max]")
+    objective: str = _option("align", "HaLP term: released alignment, or InfoNCE per positive", OBJECTIVES)
+    estimator: str = _option("sampled", "HaLP term from M sampled positives or their expectation", ESTIMATORS)
+    prototype_window: int = _option(256, "most recent keys clustered into prototypes")
+    prototype_every: int = _option(10, "refit the prototypes every this many steps")
+    knn_every: int = _option(0, "kNN-evaluate every this many epochs during pretraining (0: never)")
+    save_every: int = _option(0, "keep a checkpoint every this many epochs besides last.pt (0: never)")
+
+
+@dataclass
+class ClassifierConfig:
+    """Supervised training of a classifier on the encoder: linear probe or fine-tuning (SPEC section 4)."""
+
+    epochs: int = _option(80, "training epochs")
+    batch_size: int = _option(64, "batch size")
+    lr: float = _option(0.005, "SGD learning rate")
+    momentum: float = _option(0.9, "SGD momentum")
+    weight_decay: float = _option(0.0, "SGD weight decay")
+    lr_milestones: tuple[int, ...] = _option((50, 70), "epochs at which the learning rate is multiplied by 0.1")
+
+
+@dataclass
+class KNNConfig:
+    """1-NN evaluation on pre-head features."""
+
+    batch_size: int = _option(256, "batch size of feature extraction")
+    chunk_size: int = _option(8192, "rows per block of the similarity matrix")
+
+
+@dataclass
+class SemiConfig:
+    """Semi-supervised protocol: fine-tune on a labelled fraction of the training set."""
+
+    ratio: float = _option(0.01, "labelled fraction of the training set, per class")
+    repeats: int = _option(5, "random labelled subsets to average over")
+
+
+@dataclass
+class RunConfig:
+    """Everything a run depends on; saved as ``config.json`` and inside every checkpoint."""
+
+    preset: str = "paper"
+    dataset: str = "synthetic"
+    data_root: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+    amp: str = "none"
+    num_workers: int = 4
+    max_steps: Optional[int] = None
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    linear: ClassifierConfig = field(default_factory=ClassifierConfig)
+    finetune: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(lr=0.01))
+    knn: KNNConfig = field(default_factory=KNNConfig)
+    semi: SemiConfig = field(default_factory=SemiConfig)
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "pretrain": PretrainConfig,
+    "linear": ClassifierConfig,
+    "finetune": ClassifierConfig,
+    "knn": KNNConfig,
+    "semi": SemiConfig,
+}
+
+
+def default_preset(dataset: str) -> str:
+    """The synthetic dataset defaults to the ``cpu`` preset, the real ones to ``paper``."""
+    return "cpu" if dataset == "synthetic" else "paper"
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def preset_config(preset: str, dataset: str) -> RunConfig:
+    """The configuration of a preset for a dataset.
+
+    ``paper`` is SPEC sections 3.2 and 4 (the NTU settings; PKU-MMD II pretrains longer, to epoch 1001 with
+    the HaLP phase from 500 and the step at 801, with mu = 1 and linear lr 0.001). ``cpu`` shrinks the model,
+    queue and schedules so the whole synthetic pipeline runs in minutes on two CPU cores.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
+    cfg = RunConfig(preset=preset, dataset=dataset, device=default_device())
+    if preset == "paper":
+        if dataset.startswith("pku2"):
+            cfg.pretrain.epochs, cfg.pretrain.halp_start_epoch, cfg.pretrain.lr_milestones = 1001, 500, (801,)
+            cfg.pretrain.halp_weight = 1.0
+            cfg.linear.lr = 0.001
+        return cfg
+    cfg.num_workers = 0
+    cfg.model = ModelConfig(encoder="gru", hidden_size=128, num_layers=2)
+    cfg.pretrain = dataclasses.replace(
+        cfg.pretrain,
+        epochs=12,
+        halp_start_epoch=5,
+        lr_milestones=(10,),
+        lr=0.05,
+        queue_size=1024,
+        key_momentum=0.99,
+        knn_every=1,
+    )
+    cfg.linear = dataclasses.replace(cfg.linear, epochs=15, lr=0.05, lr_milestones=(10, 13))
+    cfg.finetune = dataclasses.replace(cfg.finetune, epochs=15, lr_milestones=(10, 13))
+    cfg.semi = SemiConfig(ratio=0.1, repeats=2)
+    return cfg
+
+
+def _flag(section: str, name: str, unprefixed: tuple[str, ...]) -> str:
+    prefix = "" if section in (*unprefixed, "model") else f"{section}-"
+    return "--" + (prefix + name).replace("_", "-")
+
+
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...], unprefixed: tuple[str, ...]) -> None:
+    """Add one flag per field of the given sections (default: keep the preset's value).
+
+    Args:
+        parser: the (sub)command's parser.
+        sections: section names of :class:`RunConfig` the command uses.
+        unprefixed: sections whose flags go without prefix (the ``model`` section always does), e.g.
+            ``linear`` for the ``linear`` command, so ``--epochs`` means the command's own epochs.
+    """
+    for section in sections:
+        cls = SECTIONS[section]
+        group = parser.add_argument_group(f"{section} options (override the preset)")
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            kind = hints[spec.name]
+            kwargs: dict[str, Any] = {"dest": f"{section}.{spec.name}", "default": None, "help": spec.metadata["help"]}
+            if typing.get_origin(kind) is tuple:
+                kwargs.update(type=int, nargs="*", metavar="EPOCH")
+            else:
+                kwargs.update(type=kind, choices=spec.metadata["choices"], metavar=spec.metadata["choices"] and None or spec.name.upper())
+            group.add_argument(_flag(section, spec.name, unprefixed), **kwargs)
+
+
+def resolve_config(args: argparse.Namespace, dataset: str, base: Optional[RunConfig] = None) -> RunConfig:
+    """The preset (or ``base``) with every flag given on the command line applied.
+
+    Args:
+        args: parsed arguments with ``preset``, the common flags and the section flags of
+            :func:`add_config_arguments`.
+        dataset: dataset the run uses (selects the preset's dataset-specific values).
+        base: start from this configuration (e.g. the one of a resumed run) instead of a preset.
+    """
+    cfg = base if base is not None else preset_config(args.preset or default_preset(dataset), dataset)
+    cfg = from_dict(to_dict(cfg))  # a copy
+    cfg.dataset = dataset
+    for name in ("data_root", "seed", "device", "amp", "num_workers", "max_steps"):
+        if getattr(args, name, None) is not None:
+            setattr(cfg, name, getattr(args, name))
+    for dest, value in vars(args).items():
+        if "." in dest and value is not None:
+            section, name = dest.split(".")
+            setattr(getattr(cfg, section), name, tuple(value) if isinstance(value, list) else value)
+    return cfg
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Inverse of :func:`to_dict` (tuples come back from JSON lists)."""
+    values = dict(data)
+    for section, cls in SECTIONS.items():
+        fields = dict(values.get(section, {}))
+        for spec in dataclasses.fields(cls):
+            if isinstance(fields.get(spec.name), list):
+                fields[spec.name] = tuple(fields[spec.name])
+        values[section] = cls(**fields)
+    return RunConfig(**values)
+
+
+def save_config(cfg: RunConfig, path: Path) -> None:
+    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def load_split(cfg: RunConfig, split: str) -> SkeletonDataset:
+    """The ``"train"`` or ``"val"`` split of the run's dataset (``cfg.synthetic`` configures the synthetic one)."""
+    synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
+    return load_dataset(cfg.dataset, split, cfg.data_root, synthetic=synthetic)

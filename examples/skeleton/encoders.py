@@ -1,0 +1,267 @@
+"""Skeleton sequence encoders: the released recurrent encoder, a true bidirectional GRU, and ST-GCN.
+
+Every encoder maps a batch of skeleton sequences ``(N, 3, T, 25, 2)`` (coordinates, frames, joints, bodies)
+to a feature vector ``(N, feature_dim)``. The projection head of contrastive pretraining sits on top
+(:class:`EmbeddingNet`); evaluation uses the features before it (SPEC section 4).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Optional
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from skeleton.joints import BONE_PARENTS, JOINT_INDEX, NUM_BODIES, NUM_COORDS, NUM_JOINTS
+
+ENCODERS = ("gru", "bigru", "stgcn")
+"""``gru``: the released encoder (pairs of forward GRUs); ``bigru``: a true bidirectional GRU; ``stgcn``."""
+
+FRAME_FEATURES = NUM_JOINTS * NUM_COORDS * NUM_BODIES  # 150 values per frame
+
+
+def flatten_frames(x: Tensor) -> Tensor:
+    """(N, C, T, V, M) -> (N, T, V*C*M), feature index ``v*6 + c*2 + m`` as the released code lays it out."""
+    n, c, t, v, m = x.shape
+    return x.permute(0, 2, 3, 1, 4).reshape(n, t, v * c * m)
+
+
+class PairedGRU(nn.Module):
+    """Stacked layers of two independent forward GRUs whose outputs are concatenated.
+
+    The released encoder declares ``nn.GRU(bidirectional=True)`` but feeds it one frame at a time with the
+    carried hidden state. With a sequence of length one, the "reverse" direction is just a second forward
+    GRU with its own weights, so per layer the released model computes two forward GRUs over the frames and
+    concatenates their outputs (SPEC section 3.2). Here each of them runs over the whole sequence in one
+    ``nn.GRU`` call, which lets cuDNN / the CPU kernels batch the input projections of all frames.
+
+    Args:
+        input_size: features per frame.
+        hidden_size: hidden units of each GRU (output is ``2 * hidden_size``).
+        num_layers: stacked layers; layer ``l > 0`` reads the concatenated outputs of layer ``l - 1``.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, num_layers: int) -> None:
+        super().__init__()
+        self.hidden_size = hidden_size
+        self.forward_grus = nn.ModuleList()
+        self.reverse_grus = nn.ModuleList()
+        for layer in range(num_layers):
+            layer_input = input_size if layer == 0 else 2 * hidden_size
+            self.forward_grus.append(nn.GRU(layer_input, hidden_size, batch_first=True))
+            self.reverse_grus.append(nn.GRU(layer_input, hidden_size, batch_first=True))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, T, input_size) -> (N, T, 2 * hidden_size), the last layer's outputs at every frame."""
+        for forward_gru, reverse_gru in zip(self.forward_grus, self.reverse_grus):
+            x = torch.cat([forward_gru(x)[0], reverse_gru(x)[0]], dim=-1)
+        return x
+
+    @torch.no_grad()
+    def load_bidirectional(self, gru: nn.GRU) -> None:
+        """Copy the weights of a ``nn.GRU(bidirectional=True)`` (e.g. from a released checkpoint).
+
+        Direction ``""`` of layer ``l`` becomes ``forward_grus[l]``, direction ``"_reverse"`` ``reverse_grus[l]``.
+        """
+        if not gru.bidirectional or gru.num_layers != len(self.forward_grus) or gru.hidden_size != self.hidden_size:
+            raise ValueError(
+                f"expected a bidirectional nn.GRU with {len(self.forward_grus)} layers of {self.hidden_size} units, "
+                f"got {gru}"
+            )
+        for layer, pair in enumerate(zip(self.forward_grus, self.reverse_grus)):
+            for suffix, target in zip(("", "_reverse"), pair):
+                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                    getattr(target, f"{name}_l0").copy_(getattr(gru, f"{name}_l{layer}{suffix}"))
+
+
+class RecurrentEncoder(nn.Module):
+    """BatchNorm over the 150 per-frame features, then a 3-layer GRU; the feature summarizes the sequence.
+
+    ``bidirectional=False`` is the released HaLP/CMD encoder (:class:`PairedGRU`, feature = output at the
+    last frame, ``2 * hidden_size`` wide). ``bidirectional=True`` is a true bidirectional ``nn.GRU`` whose
+    feature is the final hidden state of each direction (the reverse one has read the whole sequence
+    backwards), also ``2 * hidden_size`` wide.
+
+    Args:
+        hidden_size: hidden units per direction (released: 1024).
+        num_layers: stacked layers (released: 3).
+        bidirectional: use a true bidirectional GRU instead of the released pairs of forward GRUs.
+    """
+
+    def __init__(self, hidden_size: int = 1024, num_layers: int = 3, bidirectional: bool = False) -> None:
+        super().__init__()
+        self.bidirectional = bidirectional
+        self.feature_dim = 2 * hidden_size
+        self.input_norm = nn.BatchNorm1d(FRAME_FEATURES)
+        self.rnn: nn.Module
+        if bidirectional:
+            self.rnn = nn.GRU(FRAME_FEATURES, hidden_size, num_layers, batch_first=True, bidirectional=True)
+        else:
+            self.rnn = PairedGRU(FRAME_FEATURES, hidden_size, num_layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, T, 25, 2) -> (N, 2 * hidden_size)."""
+        frames = flatten_frames(x)
+        frames = self.input_norm(frames.transpose(1, 2)).transpose(1, 2).contiguous()
+        if self.bidirectional:
+            _, final = self.rnn(frames)  # (num_layers * 2, N, hidden), last layer's directions at the end
+            return torch.cat([final[-2], final[-1]], dim=-1)
+        return self.rnn(frames)[:, -1]
+
+
+def spatial_partitions(parents: np.ndarray, center: int) -> Tensor:
+    """The three normalized adjacency partitions of ST-GCN's "spatial" strategy, shape (3, V, V).
+
+    Entry ``[k, i, j]`` weighs joint ``i``'s features into joint ``j``. Neighbours of ``j`` (itself included)
+    fall into: the same hop distance from ``center`` as ``j`` (partition 0), closer to it (1), farther (2).
+    Column ``j`` is divided by ``j``'s degree, so summed over partitions each joint averages its neighbours.
+
+    Args:
+        parents: ``parents[v]`` is the joint ``v`` connects to (``parents[v] == v`` for the root).
+        center: the joint distances are measured from (spine shoulder for Kinect v2).
+    """
+    num_joints = len(parents)
+    adjacency = np.eye(num_joints)
+    for child, parent in enumerate(parents):
+        adjacency[child, parent] = adjacency[parent, child] = 1.0
+    hops = np.full(num_joints, -1)
+    hops[center] = 0
+    queue = deque([center])
+    while queue:
+        joint = queue.popleft()
+        for neighbour in np.flatnonzero(adjacency[joint]):
+            if hops[neighbour] < 0:
+                hops[neighbour] = hops[joint] + 1
+                queue.append(neighbour)
+    normalized = adjacency / adjacency.sum(axis=0, keepdims=True)
+    sender, receiver = np.meshgrid(np.arange(num_joints), np.arange(num_joints), indexing="ij")
+    masks = (
+        hops[sender] == hops[receiver],
+        hops[sender] < hops[receiver],
+        hops[sender] > hops[receiver],
+    )
+    return torch.tensor(np.stack([normalized * mask for mask in masks]), dtype=torch.float32)
+
+
+class GraphConvBlock(nn.Module):
+    """One ST-GCN block: spatial graph convolution, temporal convolution, residual connection.
+
+    Args:
+        in_channels: input channels.
+        out_channels: output channels.
+        adjacency: (K, V, V) partitions; each gets its own 1x1 convolution and a learnable edge importance.
+        stride: temporal stride.
+        residual: add a (projected when shapes change) shortcut.
+        temporal_kernel: frames seen by the temporal convolution.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        adjacency: Tensor,
+        stride: int = 1,
+        residual: bool = True,
+        temporal_kernel: int = 9,
+    ) -> None:
+        super().__init__()
+        self.register_buffer("adjacency", adjacency)
+        self.edge_importance = nn.Parameter(torch.ones_like(adjacency))
+        self.partitions = adjacency.shape[0]
+        self.spatial = nn.Conv2d(in_channels, out_channels * self.partitions, kernel_size=1)
+        self.temporal = nn.Sequential(
+            nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(
+                out_channels,
+                out_channels,
+                kernel_size=(temporal_kernel, 1),
+                stride=(stride, 1),
+                padding=(temporal_kernel // 2, 0),
+            ),
+            nn.BatchNorm2d(out_channels),
+        )
+        self.shortcut: Optional[nn.Module] = None
+        if residual and in_channels == out_channels and stride == 1:
+            self.shortcut = nn.Identity()
+        elif residual:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, kernel_size=1, stride=(stride, 1)),
+                nn.BatchNorm2d(out_channels),
+            )
+        self.activation = nn.ReLU(inplace=True)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, C_in, T, V) -> (N, C_out, T / stride, V)."""
+        n, _, t, v = x.shape
+        messages = self.spatial(x).view(n, self.partitions, -1, t, v)
+        aggregated = torch.einsum("nkctv,kvw->nctw", messages, self.adjacency * self.edge_importance)
+        out = self.temporal(aggregated)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
+        return self.activation(out)
+
+
+class STGCNEncoder(nn.Module):
+    """ST-GCN (Yan et al., 2018) as used by SkeletonCLR / AimCLR, with a configurable width.
+
+    Ten blocks of widths ``w, w, w, w, 2w, 2w, 2w, 4w, 4w, 4w`` (temporal stride 2 entering ``2w`` and ``4w``)
+    on the Kinect v2 graph; each body is encoded separately, features are averaged over frames, joints and
+    bodies. ``width=64`` is the original ST-GCN; SkeletonCLR / AimCLR use a quarter of it (``width=16``).
+
+    Args:
+        width: channels of the first blocks; the feature is ``4 * width`` wide.
+    """
+
+    def __init__(self, width: int = 64) -> None:
+        super().__init__()
+        self.feature_dim = 4 * width
+        adjacency = spatial_partitions(BONE_PARENTS, center=JOINT_INDEX["spine_shoulder"])
+        self.input_norm = nn.BatchNorm1d(NUM_COORDS * NUM_JOINTS)
+        plan = [(NUM_COORDS, width, 1, False)] + [(width, width, 1, True)] * 3
+        plan += [(width, 2 * width, 2, True)] + [(2 * width, 2 * width, 1, True)] * 2
+        plan += [(2 * width, 4 * width, 2, True)] + [(4 * width, 4 * width, 1, True)] * 2
+        self.blocks = nn.Sequential(
+            *(GraphConvBlock(cin, cout, adjacency, stride, residual) for cin, cout, stride, residual in plan)
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, T, 25, M) -> (N, 4 * width)."""
+        n, c, t, v, m = x.shape
+        bodies = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # one sequence per body
+        bodies = self.input_norm(bodies).view(n * m, v, c, t).permute(0, 2, 3, 1)
+        features = self.blocks(bodies).mean(dim=(2, 3))
+        return features.view(n, m, -1).mean(dim=1)
+
+
+def build_encoder(name: str, *, hidden_size: int = 1024, num_layers: int = 3, stgcn_width: int = 64) -> nn.Module:
+    """Build an encoder by name (see :data:`ENCODERS`); it exposes ``feature_dim``."""
+    if name == "gru":
+        return RecurrentEncoder(hidden_size, num_layers, bidirectional=False)
+    if name == "bigru":
+        return RecurrentEncoder(hidden_size, num_layers, bidirectional=True)
+    if name == "stgcn":
+        return STGCNEncoder(stgcn_width)
+    raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}")
+
+
+class EmbeddingNet(nn.Module):
+    """An encoder followed by the projection head ``Linear(F, F) -> ReLU -> Linear(F, embed_dim)``.
+
+    Args:
+        backbone: encoder exposing ``feature_dim``.
+        embed_dim: output dim of the head (128 in the paper).
+    """
+
+    def __init__(self, backbone: nn.Module, embed_dim: int = 128) -> None:
+        super().__init__()
+        width = int(backbone.feature_dim)
+        self.embed_dim = embed_dim
+        self.backbone = backbone
+        self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, embed_dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(N, 3, T, 25, 2) -> (N, embed_dim), not normalized (the loss normalizes)."""
+        return self.head(self.backbone(x))

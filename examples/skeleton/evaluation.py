@@ -1,0 +1,288 @@
+"""Evaluation protocols of SPEC section 4: 1-NN on frozen features, linear probe, fine-tuning.
+
+All of them read features before the projection head. Evaluation runs on one device.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from skeleton.augment import center_crop_resize, temporal_crop_resize
+from skeleton.config import ClassifierConfig, KNNConfig
+from skeleton.training import EpochSampler, Precision, ProgressBar, lr_at, set_lr
+
+# SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
+TRAIN_CROP_RATIOS = (0.5, 1.0)
+EVAL_CROP_RATIO = 0.95
+CLIP_FRAMES = 64
+
+
+def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        **kwargs,
+    )
+
+
+@torch.no_grad()
+def extract_features(
+    encoder: nn.Module,
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    device: torch.device,
+    precision: Precision,
+    num_workers: int = 0,
+    normalize: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Features of the centre 95 % crop of every sample (L2-normalized by default), with the labels.
+
+    The encoder runs in eval mode (and is put back in the mode it was in); results are on ``device``.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    features, labels = [], []
+    for x, num_frames, label in _loader(dataset, batch_size, num_workers, device):
+        clip = center_crop_resize(x.to(device, non_blocking=True), num_frames.to(device), EVAL_CROP_RATIO, CLIP_FRAMES)
+        with precision.autocast():
+            features.append(encoder(clip).float())
+        labels.append(label.to(device))
+    encoder.train(was_training)
+    stacked = torch.cat(features)
+    return F.normalize(stacked, dim=1) if normalize else stacked, torch.cat(labels)
+
+
+@torch.no_grad()
+def nearest_neighbors(memory: Tensor, queries: Tensor, chunk_size: int = 8192) -> Tensor:
+    """Index of the most similar memory row for each query (dot product; cosine for unit rows).
+
+    The (queries x memory) similarity matrix is computed in ``chunk_size x chunk_size`` blocks keeping a
+    running maximum, so memory stays bounded: 50k x 50k runs in a few hundred MB on a GPU.
+
+    Args:
+        memory: (N, F) features.
+        queries: (M, F) features.
+        chunk_size: rows of queries and of memory per block.
+
+    Returns:
+        (M,) long indices into ``memory``.
+    """
+    if memory.shape[0] == 0:
+        raise ValueError("the kNN memory is empty")
+    nearest = torch.empty(queries.shape[0], dtype=torch.long, device=queries.device)
+    for q_start in range(0, queries.shape[0], chunk_size):
+        block = queries[q_start : q_start + chunk_size]
+        best = torch.full((block.shape[0],), -float("inf"), device=queries.device)
+        best_index = torch.zeros(block.shape[0], dtype=torch.long, device=queries.device)
+        for m_start in range(0, memory.shape[0], chunk_size):
+            similarity, index = (block @ memory[m_start : m_start + chunk_size].T).max(dim=1)
+            better = similarity > best
+            best = torch.where(better, similarity, best)
+            best_index = torch.where(better, index + m_start, best_index)
+        nearest[q_start : q_start + chunk_size] = best_index
+    return nearest
+
+
+def knn_top1(
+    train_features: Tensor, train_labels: Tensor, val_features: Tensor, val_labels: Tensor, chunk_size: int = 8192
+) -> float:
+    """1-NN top-1 accuracy (fraction) of the validation features against the training features."""
+    predicted = train_labels[nearest_neighbors(train_features, val_features, chunk_size)]
+    return float((predicted == val_labels).float().mean())
+
+
+def evaluate_knn(
+    encoder: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    cfg: KNNConfig,
+    *,
+    device: torch.device,
+    precision: Precision,
+    num_workers: int = 0,
+) -> float:
+    """SPEC section 4 kNN: 1-NN, cosine, L2-normalized pre-head features, training set as memory."""
+    kwargs = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=num_workers)
+    train_features, train_labels = extract_features(encoder, train_set, **kwargs)
+    val_features, val_labels = extract_features(encoder, val_set, **kwargs)
+    return knn_top1(train_features, train_labels, val_features, val_labels, cfg.chunk_size)
+
+
+def labelled_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
+    """Indices of a random labelled subset: ``round(ratio * n_c)`` samples (at least one) of every class c."""
+    if not 0 < ratio <= 1:
+        raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        count = max(1, int(round(ratio * len(members))))
+        chosen.append(rng.choice(members, size=count, replace=False))
+    return np.sort(np.concatenate(chosen))
+
+
+@dataclass
+class ClassifierResult:
+    """Top-1 accuracies (fractions) of a supervised protocol: the best epoch's and the last epoch's."""
+
+    best_top1: float
+    last_top1: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class ClassifierTraining:
+    """Train ``Linear(F, classes)`` on an encoder: frozen in eval mode (linear probe) or fine-tuned.
+
+    SPEC section 4: SGD with momentum, step schedule, training crops of 50-100 % of the valid frames,
+    evaluation on the centre 95 % crop after every epoch; the head starts from N(0, 0.01). For the linear
+    probe, validation features do not change and are computed once.
+
+    Args:
+        encoder: feature extractor exposing ``feature_dim`` (modified in place when fine-tuning).
+        num_classes: classifier outputs.
+        cfg: the protocol's hyperparameters.
+        finetune: train the encoder too (semi-supervised, transfer) instead of freezing it.
+        device: training device.
+        precision: mixed-precision mode.
+        seed: seed of the data order and the crops.
+        num_workers: DataLoader workers.
+        max_steps: stop after this many steps in total (smoke tests).
+        progress: show progress bars.
+    """
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        num_classes: int,
+        cfg: ClassifierConfig,
+        *,
+        finetune: bool,
+        device: torch.device,
+        precision: Precision,
+        seed: int = 0,
+        num_workers: int = 0,
+        max_steps: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
+        self.encoder = encoder.to(device)
+        self.head = nn.Linear(int(encoder.feature_dim), num_classes).to(device)
+        nn.init.normal_(self.head.weight, std=0.01)
+        nn.init.zeros_(self.head.bias)
+        self.cfg = cfg
+        self.finetune = finetune
+        self.device = device
+        self.precision = precision
+        self.seed = seed
+        self.num_workers = num_workers
+        self.max_steps = max_steps
+        self.progress = progress
+        self.encoder.requires_grad_(finetune)
+        parameters = list(self.head.parameters()) + (list(self.encoder.parameters()) if finetune else [])
+        self.optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def _features(self, clip: Tensor) -> Tensor:
+        if self.finetune:
+            return self.encoder(clip)
+        with torch.no_grad():
+            return self.encoder(clip)
+
+    @torch.no_grad()
+    def _val_top1(self, val_set: Dataset, cached: Optional[tuple[Tensor, Tensor]]) -> float:
+        features, labels = cached or self._val_features(val_set)
+        with self.precision.autocast():
+            predicted = self.head(features).argmax(dim=1)
+        return float((predicted == labels).float().mean())
+
+    def _val_features(self, val_set: Dataset) -> tuple[Tensor, Tensor]:
+        return extract_features(
+            self.encoder,
+            val_set,
+            batch_size=self.cfg.batch_size,
+            device=self.device,
+            precision=self.precision,
+            num_workers=self.num_workers,
+            normalize=False,
+        )
+
+    def fit(self, train_set: Dataset, val_set: Dataset, description: str = "linear") -> ClassifierResult:
+        """Train for ``cfg.epochs`` epochs and evaluate after each; returns best and last top-1."""
+        cached_val = None if self.finetune else self._val_features(val_set)
+        batch_size = min(self.cfg.batch_size, len(train_set))  # tiny labelled subsets still get batches
+        sampler = EpochSampler(len(train_set), batch_size, self.seed)
+        loader = _loader(train_set, batch_size, self.num_workers, self.device, sampler=sampler, drop_last=True)
+        history: list[dict[str, float]] = []
+        steps = 0
+        for epoch in range(self.cfg.epochs):
+            lr = lr_at(self.cfg.lr, self.cfg.lr_milestones, epoch)
+            set_lr(self.optimizer, lr)
+            sampler.set_epoch(epoch)
+            self.encoder.train(self.finetune)
+            bar = ProgressBar(loader, len(loader), batch_size, f"{description} {epoch + 1}/{self.cfg.epochs}", self.progress)
+            loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
+            for x, num_frames, label in bar:
+                x, num_frames = x.to(self.device, non_blocking=True), num_frames.to(self.device)
+                label = label.to(self.device)
+                clip = temporal_crop_resize(
+                    x, num_frames, TRAIN_CROP_RATIOS, CLIP_FRAMES, CLIP_FRAMES, generator=self.generator
+                )
+                with self.precision.autocast():
+                    logits = self.head(self._features(clip)).float()
+                loss = F.cross_entropy(logits, label)
+                self.precision.backward_step(loss, self.optimizer)
+                loss_sum += loss.detach() * len(label)
+                correct += (logits.argmax(dim=1) == label).sum()
+                seen += len(label)
+                steps += 1
+                bar.update(loss=float(loss.detach()))
+                if self.max_steps is not None and steps >= self.max_steps:
+                    break
+            bar.close()
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "lr": lr,
+                    "train_loss": float(loss_sum) / max(seen, 1),
+                    "train_top1": float(correct) / max(seen, 1),
+                    "val_top1": self._val_top1(val_set, cached_val),
+                }
+            )
+            if self.max_steps is not None and steps >= self.max_steps:
+                break
+        val = [row["val_top1"] for row in history]
+        return ClassifierResult(best_top1=max(val), last_top1=val[-1], history=history)
+
+
+def finetune_on_subsets(
+    encoder: nn.Module,
+    train_set: Dataset,
+    val_set: Dataset,
+    num_classes: int,
+    cfg: ClassifierConfig,
+    *,
+    ratio: float,
+    repeats: int,
+    seed: int,
+    **kwargs: Any,
+) -> list[ClassifierResult]:
+    """Semi-supervised protocol: fine-tune a fresh copy of ``encoder`` on ``repeats`` labelled subsets."""
+    results = []
+    for repeat in range(repeats):
+        indices = labelled_subset(np.asarray(train_set.labels), ratio, seed + repeat)
+        training = ClassifierTraining(
+            copy.deepcopy(encoder), num_classes, cfg, finetune=True, seed=seed + repeat, **kwargs
+        )
+        results.append(training.fit(Subset(train_set, indices.tolist()), val_set, f"semi {repeat + 1}/{repeats}"))
+    return results

@@ -1,0 +1,311 @@
+"""MoCo pretraining with the HaLP loss: plain MoCo until ``halp_start_epoch``, then MoCo + HaLP.
+
+One :class:`Pretraining` owns the model, the loss, the optimizer and the data of a run, trains epoch by
+epoch and writes ``checkpoints/last.pt`` after every epoch (rank 0 under DDP). A checkpoint holds
+everything needed to continue exactly: the query and key encoders, the queue, the loss's prototype bank,
+the optimizer, the position in the epoch, the per-epoch history and every rank's RNG states.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+from torch import Tensor
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from halp_loss import HaLPInfoNCE
+from skeleton import distributed
+from skeleton.augment import pretrain_view
+from skeleton.checkpoint import build_embedding_net, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from skeleton.config import RunConfig, load_split, to_dict
+from skeleton.evaluation import evaluate_knn
+from skeleton.moco import MoCo
+from skeleton.training import EpochSampler, GracefulStop, Precision, ProgressBar, lr_at, set_lr
+
+TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
+"""Per-step values of ``HaLPInfoNCE.last`` averaged into the epoch history."""
+
+HALP_TERMS = ("kept_fraction", "mean_t")
+"""Terms that exist only on steps where the HaLP term was computed."""
+
+
+def build_criterion(cfg: RunConfig) -> HaLPInfoNCE:
+    """The loss of SPEC section 2 with the run's hyperparameters (its bank gathers keys across ranks)."""
+    p = cfg.pretrain
+    options: dict[str, Any] = {}
+    if p.estimator != "sampled":  # HaLPInfoNCE's default; other estimators are passed through
+        options["estimator"] = p.estimator
+    return HaLPInfoNCE(
+        temperature=p.temperature,
+        halp_weight=p.halp_weight,
+        num_prototypes=p.num_prototypes,
+        num_positives=p.num_positives,
+        lam=p.lam,
+        objective=p.objective,
+        prototype_window=p.prototype_window,
+        prototype_every=p.prototype_every,
+        seed=cfg.seed,
+        **options,
+    )
+
+
+@dataclass
+class Position:
+    """Where training stands: finished epochs, batches done in the current one, optimizer steps."""
+
+    epoch: int = 0
+    batch: int = 0
+    step: int = 0
+
+
+class EpochStats:
+    """Sums of the loss terms over an epoch's steps (the HaLP-only terms over the HaLP steps)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.sums = torch.zeros(len(TERMS) + 2, device=device)  # terms, steps, HaLP steps
+
+    def add(self, terms: dict[str, float], halp_active: bool) -> None:
+        values = [terms[name] if (name not in HALP_TERMS or halp_active) else 0.0 for name in TERMS]
+        self.sums += torch.tensor([*values, 1.0, float(halp_active)], device=self.sums.device)
+
+    def means(self) -> dict[str, Optional[float]]:
+        """Averages over the epoch and over ranks; ``None`` for HaLP terms of an epoch without HaLP."""
+        sums = distributed.mean_over_ranks(self.sums).tolist()
+        steps, halp_steps = sums[-2], sums[-1]
+        means: dict[str, Optional[float]] = {}
+        for name, total in zip(TERMS, sums):
+            count = halp_steps if name in HALP_TERMS else steps
+            means[name] = total / count if count > 0 else None
+        return means
+
+
+class Pretraining:
+    """A pretraining run (see the module docstring).
+
+    Args:
+        cfg: the run's configuration.
+        out_dir: run folder; checkpoints go to ``out_dir/checkpoints``.
+        device: this rank's device.
+        progress: show progress bars (rank 0 only).
+    """
+
+    def __init__(self, cfg: RunConfig, out_dir: Path, device: torch.device, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.out_dir = out_dir
+        self.device = device
+        self.is_main = distributed.is_main()
+        self.progress = progress and self.is_main
+        p = cfg.pretrain
+        world = distributed.world_size()
+        if p.batch_size % world:
+            raise ValueError(f"batch size {p.batch_size} is not divisible by the {world} ranks")
+        if p.key_bn == "sync" and world > 1 and device.type != "cuda":
+            raise ValueError("key_bn='sync' needs CUDA (nn.SyncBatchNorm); use 'shuffle' on the CPU")
+        rank = distributed.rank()
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        self.model = MoCo(build_embedding_net(cfg), p.queue_size, p.key_momentum, p.key_bn).to(device)
+        self.criterion = build_criterion(cfg).to(device)
+        self.optimizer = torch.optim.SGD(
+            self.model.query.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        )
+        self.precision = Precision(cfg.amp, device)
+        # Each rank draws its own augmentations and positives; both generators are saved with checkpoints.
+        self.generators = {
+            "augment": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank),
+            "positives": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank),
+        }
+        self.criterion.generator = self.generators["positives"]
+        torch.manual_seed(cfg.seed * 1000 + rank)
+        self.train_set = load_split(cfg, "train")
+        self.val_set = load_split(cfg, "val") if p.knn_every > 0 and self.is_main else None
+        self.sampler = EpochSampler(len(self.train_set), p.batch_size // world, cfg.seed, rank, world)
+        self.loader = DataLoader(
+            self.train_set,
+            batch_size=p.batch_size // world,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=cfg.num_workers > 0,
+        )
+        self.position = Position()
+        self.history: list[dict[str, Any]] = []
+        self.stats = EpochStats(device)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out_dir / "checkpoints"
+
+    # -- checkpoints -------------------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """The checkpoint payload (call on every rank: it gathers the RNG states of all ranks)."""
+        return {
+            "config": to_dict(self.cfg),
+            "model": self.model.state_dict(),
+            "criterion": self.criterion.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "precision": self.precision.state_dict(),
+            "position": vars(self.position).copy(),
+            "epoch_sums": self.stats.sums.cpu(),
+            "history": self.history,
+            "rng": distributed.gather_objects(rng_state(self.generators)),
+        }
+
+    def save(self, name: str = "last.pt") -> Optional[Path]:
+        """Write a checkpoint (rank 0); all ranks must call it."""
+        payload = self.state()
+        path = save_checkpoint(payload, self.checkpoint_dir / name) if self.is_main else None
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        return path
+
+    def resume(self, path: Path) -> None:
+        """Continue the run of a checkpoint exactly where it stopped."""
+        checkpoint = load_checkpoint(path)
+        self._load_training_state(checkpoint)
+        self.criterion.load_state_dict(checkpoint["criterion"])
+        self.precision.load_state_dict(checkpoint["precision"])
+        self.stats.sums.copy_(checkpoint["epoch_sums"])
+        states = checkpoint["rng"]
+        if len(states) == distributed.world_size():
+            restore_rng_state(states[distributed.rank()], self.generators)
+        elif self.is_main:
+            print(f"checkpoint was written by {len(states)} ranks, now {distributed.world_size()}: fresh RNG states")
+
+    def init_from(self, path: Path) -> None:
+        """Start this run from another run's checkpoint: weights, queue, optimizer, epoch and history.
+
+        This is the paper's two-phase recipe: a plain MoCo run to epoch 200, then a HaLP run initialized from
+        it. The loss's prototype bank and the RNG states start afresh.
+        """
+        checkpoint = load_checkpoint(path)
+        self._load_training_state(checkpoint)
+        if self.position.batch:
+            raise ValueError(f"{path} was written in the middle of an epoch; use --resume to finish that run")
+
+    def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.position = Position(**checkpoint["position"])
+        self.history = list(checkpoint["history"])
+
+    # -- training ----------------------------------------------------------------------------------------
+
+    def run(self) -> str:
+        """Train until ``cfg.pretrain.epochs``, or ``cfg.max_steps`` steps, or Ctrl-C / SIGTERM.
+
+        Returns:
+            ``"done"`` (last epoch reached), ``"max_steps"`` or ``"interrupted"``; a run that stops early
+            writes ``last.pt`` at the step it stopped, from which ``--resume`` continues exactly.
+        """
+        p = self.cfg.pretrain
+        train_model = self.model
+        if distributed.is_distributed():
+            train_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                broadcast_buffers=False,  # the queues are kept identical by enqueue's all-gather
+            )
+        steps_this_run = 0
+        with GracefulStop() as stop:
+            while self.position.epoch < p.epochs:
+                epoch = self.position.epoch
+                lr = lr_at(p.lr, p.lr_milestones, epoch)
+                set_lr(self.optimizer, lr)
+                self.criterion.halp_weight = p.halp_weight if epoch >= p.halp_start_epoch else 0.0
+                self.sampler.set_epoch(epoch, skip_batches=self.position.batch)
+                self.model.train()
+                self.criterion.train()
+                bar = ProgressBar(
+                    self.loader,
+                    self.sampler.batches_per_epoch,
+                    p.batch_size,
+                    f"pretrain {epoch + 1}/{p.epochs}",
+                    self.progress,
+                    initial=self.position.batch,
+                )
+                started = time.perf_counter()
+                rate = 0.0
+                for x, num_frames, _ in bar:
+                    terms, halp_active = self._step(train_model, x, num_frames)
+                    self.stats.add(terms, halp_active)
+                    self.position.batch += 1
+                    self.position.step += 1
+                    steps_this_run += 1
+                    rate = bar.update(loss=terms["loss"], halp=terms["halp"])
+                    out_of_steps = self.cfg.max_steps is not None and steps_this_run >= self.cfg.max_steps
+                    if distributed.any_rank(stop.requested, self.device) or out_of_steps:
+                        bar.close()
+                        self.save()
+                        return "max_steps" if out_of_steps else "interrupted"
+                bar.close()
+                self._finish_epoch(lr, rate, time.perf_counter() - started)
+        return "done"
+
+    def _step(self, train_model: torch.nn.Module, x: Tensor, num_frames: Tensor) -> tuple[dict[str, float], bool]:
+        x = x.to(self.device, non_blocking=True)
+        num_frames = num_frames.to(self.device, non_blocking=True)
+        with torch.no_grad():
+            query_view = pretrain_view(x, num_frames, generator=self.generators["augment"])
+            key_view = pretrain_view(x, num_frames, generator=self.generators["augment"])
+        halp_active = self.criterion.halp_weight > 0 and self.criterion.bank.ready
+        with self.precision.autocast():
+            query, key = train_model(query_view, key_view)
+            loss = self.criterion(query, key, self.model.queue.T)
+        self.precision.backward_step(loss, self.optimizer)
+        self.model.enqueue(key)  # after the step: the loss above used the queue without these keys
+        terms = self.criterion.last
+        if not math.isfinite(terms["loss"]):
+            raise FloatingPointError(f"non-finite loss at step {self.position.step}: {terms}")
+        return terms, halp_active
+
+    def _finish_epoch(self, lr: float, samples_per_s: float, seconds: float) -> None:
+        p = self.cfg.pretrain
+        epoch = self.position.epoch
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "phase": "halp" if epoch >= p.halp_start_epoch else "moco",
+            "lr": lr,
+            **self.stats.means(),
+            "samples_per_s": samples_per_s,
+            "seconds": seconds,
+            "knn_top1": None,
+        }
+        last_epoch = epoch + 1 == p.epochs
+        if p.knn_every > 0 and ((epoch + 1) % p.knn_every == 0 or last_epoch):
+            row["knn_top1"] = self._monitor_knn()
+        self.history.append(row)
+        self.position = Position(epoch=epoch + 1, batch=0, step=self.position.step)
+        self.stats = EpochStats(self.device)
+        self.save()
+        if p.save_every > 0 and (epoch + 1) % p.save_every == 0:
+            self.save(f"epoch_{epoch + 1:04d}.pt")
+        if epoch + 1 == p.halp_start_epoch:
+            self.save(f"epoch_{epoch + 1:04d}_moco.pt")  # the plain-MoCo checkpoint of the two-phase recipe
+        if self.is_main:
+            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if v is not None}
+            print(" ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+
+    def _monitor_knn(self) -> Optional[float]:
+        """kNN top-1 of the current query encoder (rank 0; the other ranks wait)."""
+        top1 = None
+        if self.is_main:
+            assert self.val_set is not None
+            top1 = evaluate_knn(
+                self.model.query.backbone,
+                self.train_set,
+                self.val_set,
+                self.cfg.knn,
+                device=self.device,
+                precision=self.precision,
+                num_workers=self.cfg.num_workers,
+            )
+        if distributed.is_distributed():
+            torch.distributed.barrier()
+        return top1

@@ -1,0 +1,54 @@
+"""What a run leaves behind besides checkpoints: CSV logs, ``metrics.json`` and the results table."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Optional
+
+
+def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
+    """Write the rows (one per epoch) with the union of their keys as columns; ``None`` becomes empty."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: "" if value is None else value for key, value in row.items()})
+
+
+def update_metrics(path: Path, **entries: Any) -> dict[str, Any]:
+    """Merge ``entries`` into the JSON object at ``path`` (created if missing) and return the result.
+
+    Protocols run as separate commands on the same ``--out`` folder add up to one ``metrics.json``.
+    """
+    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics.update(entries)
+    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def _percent(value: Optional[float]) -> str:
+    return "-" if value is None else f"{100 * value:.1f} %"
+
+
+def results_table(metrics: dict[str, Any]) -> str:
+    """A markdown table of the top-1 accuracies present in ``metrics``, with chance level."""
+    rows = [("protocol", "top-1")]
+    if "knn_top1" in metrics:
+        rows.append(("kNN (1-NN, cosine)", _percent(metrics["knn_top1"])))
+    if "linear_top1" in metrics:
+        rows.append(("linear (best / last)", f"{_percent(metrics['linear_top1'])} / {_percent(metrics['linear_top1_last'])}"))
+    if "semi_top1" in metrics:
+        label = f"semi-supervised {100 * metrics['semi_ratio']:g} % (mean best over {len(metrics['semi_runs'])})"
+        rows.append((label, f"{_percent(metrics['semi_top1'])} ± {_percent(metrics['semi_top1_std'])}"))
+    if "transfer_top1" in metrics:
+        rows.append(("transfer (best / last)", f"{_percent(metrics['transfer_top1'])} / {_percent(metrics['transfer_top1_last'])}"))
+    rows.append((f"chance ({metrics['num_classes']} classes)", _percent(1.0 / metrics["num_classes"])))
+    width = max(len(label) for label, _ in rows)
+    lines = [f"| {label:<{width}} | {value} |" for label, value in rows]
+    lines.insert(1, f"|{'-' * (width + 2)}|---|")
+    return "\n".join(lines)
