@@ -78,7 +78,9 @@ def _reference_window(rng, n, ratio_range, min_length):
     return rng.integers(0, n - length + 1), length
 
 
-@pytest.mark.parametrize("n, ratio_range", [(300, (0.1, 1.0)), (150, LINEAR_RATIO_RANGE), (80, (0.1, 1.0)), (30, (0.1, 1.0))])
+@pytest.mark.parametrize(
+    "n, ratio_range", [(300, (0.1, 1.0)), (150, LINEAR_RATIO_RANGE), (80, (0.1, 1.0)), (30, (0.1, 1.0))]
+)
 def test_crop_window_statistics_match_spec(n, ratio_range):
     draws = 20000
     generator = torch.Generator().manual_seed(2)

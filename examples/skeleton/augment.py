@@ -136,7 +136,9 @@ def temporal_crop_resize(
     return crop_resize(x, start, length, out_frames)
 
 
-def center_crop_resize(x: torch.Tensor, num_frames: torch.Tensor, ratio: float = 0.95, out_frames: int = 64) -> torch.Tensor:
+def center_crop_resize(
+    x: torch.Tensor, num_frames: torch.Tensor, ratio: float = 0.95, out_frames: int = 64
+) -> torch.Tensor:
     """Deterministic centred crop of the valid frames, resized to ``out_frames`` (evaluation view).
 
     Args:
@@ -167,7 +169,9 @@ def shear(x: torch.Tensor, *, magnitude: float = 1.0, generator: torch.Generator
     return _apply(x, matrices[:, None].expand(-1, x.shape[3], -1, -1))
 
 
-def joint_corruption(x: torch.Tensor, num_joints: int = 15, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def joint_corruption(
+    x: torch.Tensor, num_joints: int = 15, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Per sample, with p = 0.5 zero ``num_joints`` random distinct joints, else mix their xyz by a random matrix.
 
     The zeroing or mixing applies to every frame and both bodies; the mixing matrix (3x3, entries U(-1, 1))
@@ -203,7 +207,9 @@ def shear_or_corrupt(x: torch.Tensor, *, generator: torch.Generator | None = Non
     return _apply(x, torch.where(corrupt[:, None, None, None], corrupted, sheared))
 
 
-def pretrain_view(x: torch.Tensor, num_frames: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def pretrain_view(
+    x: torch.Tensor, num_frames: torch.Tensor, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """One augmented view for contrastive pretraining: random crop-resize to 64 frames, then shear or corruption.
 
     Args:

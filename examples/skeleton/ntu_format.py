@@ -16,21 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .joints import MAX_BODIES_READ, NUM_BODIES, NUM_JOINTS
+from .joints import MAX_BODIES_READ, MAX_FRAMES, NUM_BODIES, NUM_JOINTS
+from .text_parsing import SkeletonFormatError, parse_floats, parse_number_lines
 
 BODY_VALUES = 10
 JOINT_VALUES = 12
 NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
-
-
-class SkeletonFormatError(ValueError):
-    """A malformed skeleton, label or split file, located by file name and 1-based line number."""
-
-    def __init__(self, path: str | os.PathLike, line: int, message: str) -> None:
-        self.path = str(path)
-        self.line = line
-        self.message = message
-        super().__init__(f"{self.path}:{line}: {message}")
 
 
 @dataclass(frozen=True)
@@ -136,6 +127,17 @@ def select_bodies(slots: np.ndarray, keep: int = NUM_BODIES) -> np.ndarray:
     return slots[order]
 
 
+def kept_bodies(recording: SkeletonRecording, max_frames: int = MAX_FRAMES) -> np.ndarray:
+    """The bodies the reference keeps from a recording: its first ``max_frames`` frames, up to 4 bodies per
+    frame by position in the frame, then the 2 of highest motion energy (measured on the kept frames).
+
+    Returns:
+        float64 array (2, min(F, max_frames), 25, 3).
+    """
+    slots = recording.body_slots(MAX_BODIES_READ)[:, :max_frames]
+    return select_bodies(slots, NUM_BODIES)
+
+
 def read_skeleton(path: str | os.PathLike) -> SkeletonRecording:
     """Read and validate one ``.skeleton`` file.
 
@@ -181,7 +183,7 @@ def parse_skeleton(text: str, source: str | os.PathLike = "<text>") -> SkeletonR
         for _ in range(body_counts[frame]):
             tokens, line = cursor.values(BODY_VALUES, f"body line of frame {frame + 1}")
             body_ids.append(_body_id(tokens[0], source, line))
-            body_info.append(_floats(tokens[1:], source, line))
+            body_info.append(parse_floats(tokens[1:], source, line))
             joints = cursor.count(f"joint count of frame {frame + 1}")
             if joints != NUM_JOINTS:
                 raise SkeletonFormatError(source, cursor.index, f"expected {NUM_JOINTS} joints, got {joints}")
@@ -195,7 +197,7 @@ def parse_skeleton(text: str, source: str | os.PathLike = "<text>") -> SkeletonR
         body_counts=body_counts,
         body_ids=np.array(body_ids, dtype=np.uint64),
         body_info=np.array(body_info, dtype=np.float64).reshape(-1, BODY_VALUES - 1),
-        joints=_parse_block(lines, joint_lines, JOINT_VALUES, source).reshape(-1, NUM_JOINTS, JOINT_VALUES),
+        joints=parse_number_lines(lines, joint_lines, JOINT_VALUES, source).reshape(-1, NUM_JOINTS, JOINT_VALUES),
     )
 
 
@@ -293,42 +295,6 @@ class _Cursor:
         self._need(count, what)
         self.index += count
         return self.index - count
-
-
-def _parse_block(lines: list[str], indices: list[int], width: int, source: str | os.PathLike) -> np.ndarray:
-    """Parse lines of ``width`` numbers each into (len(indices), width) float64, locating any bad line.
-
-    The whole block is converted at once; only when that fails are the lines parsed one by one, which
-    names the first offending line.
-    """
-    tokens = " ".join(lines[i] for i in indices).split()
-    if len(tokens) == width * len(indices):
-        try:
-            values = np.array(tokens, dtype=np.float64).reshape(len(indices), width)
-        except ValueError:
-            values = None
-        if values is not None and np.isfinite(values).all():
-            return values
-    rows = []
-    for index in indices:
-        row = lines[index].split()
-        if len(row) != width:
-            raise SkeletonFormatError(source, index + 1, f"expected {width} values, got {len(row)}")
-        rows.append(_floats(row, source, index + 1))
-    return np.array(rows, dtype=np.float64).reshape(len(indices), width)
-
-
-def _floats(tokens: list[str], source: str | os.PathLike, line: int) -> list[float]:
-    values = []
-    for token in tokens:
-        try:
-            value = float(token)
-        except ValueError:
-            raise SkeletonFormatError(source, line, f"non-numeric value {token!r}") from None
-        if not np.isfinite(value):
-            raise SkeletonFormatError(source, line, f"non-finite value {token!r}")
-        values.append(value)
-    return values
 
 
 def _body_id(token: str, source: str | os.PathLike, line: int) -> int:

@@ -201,12 +201,24 @@ def split_indices(config: SyntheticConfig, split: str) -> np.ndarray:
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-    ids = sample_ids(config)
-    if config.benchmark == "xsub":
-        held_out = np.array([sample.performer % 4 == 0 for sample in ids])
-    else:
-        held_out = np.array([sample.camera == 1 for sample in ids])
+    held_out = np.array([is_held_out(config.benchmark, s.performer, s.camera) for s in sample_ids(config)])
     return np.flatnonzero(held_out if split == "val" else ~held_out)
+
+
+def is_held_out(benchmark: str, performer: int, camera: int) -> bool:
+    """Whether a synthetic sample belongs to the validation side of ``"xsub"`` or ``"xview"``.
+
+    x-sub holds out every fourth performer (4, 8, ...); x-view holds out camera 1, as NTU trains on
+    cameras 2 and 3.
+
+    Raises:
+        ValueError: for another benchmark.
+    """
+    if benchmark == "xsub":
+        return performer % 4 == 0
+    if benchmark == "xview":
+        return camera == 1
+    raise ValueError(f"benchmark must be 'xsub' or 'xview', got {benchmark!r}")
 
 
 def generate_synthetic(config: SyntheticConfig, indices: np.ndarray | None = None) -> SyntheticSamples:

@@ -13,7 +13,15 @@ from einops import rearrange
 
 from .joints import NUM_JOINTS
 from .ntu_format import recording_from_bodies, write_skeleton
-from .synthetic import SyntheticSamples
+from .pku_format import (
+    FRAME_CONVENTIONS,
+    SPLIT_FILES,
+    PkuSegment,
+    write_pku_labels,
+    write_pku_skeleton,
+    write_pku_split,
+)
+from .synthetic import SyntheticSamples, is_held_out
 
 
 def write_ntu_skeleton_files(
@@ -64,3 +72,70 @@ def write_ntu_skeleton_files(
         write_skeleton(path, recording_from_bodies(bodies), crlf=crlf, exponent=exponent)
         paths.append(path)
     return paths
+
+
+def write_pku_files(
+    samples: SyntheticSamples,
+    out_dir: str | os.PathLike,
+    *,
+    samples_per_video: int = 4,
+    frame_convention: str = "reference",
+    crlf: bool = False,
+    seed: int = 0,
+) -> list[str]:
+    """Write samples as a PKU-MMD Phase II folder: ``skeleton/``, ``label/`` and the two split files.
+
+    Samples of one performer and camera are concatenated into videos of up to ``samples_per_video`` actions,
+    each preceded by a few frames holding its first pose; the label rows locate them under
+    ``frame_convention``. Cameras 1-3 are the PKU views L, M, R; the splits follow the synthetic x-sub and
+    x-view rules (:func:`skeleton.synthetic.is_held_out`).
+
+    Args:
+        samples: output of :func:`skeleton.synthetic.generate_synthetic`.
+        out_dir: destination folder (created if needed).
+        samples_per_video: action instances per video.
+        frame_convention: ``"reference"`` ([start, end) 0-based) or ``"inclusive"`` (1-based, inclusive).
+        crlf: CRLF line endings in skeleton and label files.
+        seed: seed of the pause lengths.
+
+    Returns:
+        The video names, in writing order.
+
+    Raises:
+        ValueError: for more than 3 cameras, an unknown frame convention or samples_per_video < 1.
+    """
+    if samples.camera.size and samples.camera.max() > 3:
+        raise ValueError("PKU-MMD has 3 views (L, M, R); samples use more cameras")
+    if frame_convention not in FRAME_CONVENTIONS:
+        raise ValueError(f"frame_convention must be one of {FRAME_CONVENTIONS}, got {frame_convention!r}")
+    if samples_per_video < 1:
+        raise ValueError(f"samples_per_video must be >= 1, got {samples_per_video}")
+    out = Path(out_dir)
+    (out / "skeleton").mkdir(parents=True, exist_ok=True)
+    (out / "label").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    first_index = 1 if frame_convention == "inclusive" else 0
+    videos, train = [], {benchmark: [] for benchmark in SPLIT_FILES}
+    for performer, camera in sorted(set(zip(samples.performer.tolist(), samples.camera.tolist()))):
+        members = np.flatnonzero((samples.performer == performer) & (samples.camera == camera))
+        for chunk, start in enumerate(range(0, len(members), samples_per_video)):
+            frames, segments = [], []
+            length = 0
+            for i in members[start : start + samples_per_video]:
+                bodies = rearrange(samples.data[i, :, : samples.num_frames[i]], "c t v m -> t m v c")
+                pause = int(rng.integers(3, 12))
+                frames += [np.repeat(bodies[:1], pause, axis=0), bodies]
+                length += pause
+                stop = length + len(bodies)
+                segments.append(PkuSegment(int(samples.labels[i]) + 1, length + first_index, stop, 1.0, 0))
+                length = stop
+            video = f"A{performer:02d}N{chunk + 1:02d}-{'LMR'[camera - 1]}"
+            write_pku_skeleton(out / "skeleton" / f"{video}.txt", np.concatenate(frames), crlf=crlf)
+            write_pku_labels(out / "label" / f"{video}.txt", segments, crlf=crlf)
+            videos.append(video)
+            for benchmark, names in train.items():
+                if not is_held_out(benchmark, performer, camera):
+                    names.append(video)
+    for benchmark, file_name in SPLIT_FILES.items():
+        write_pku_split(out / file_name, train[benchmark], [v for v in videos if v not in train[benchmark]])
+    return videos
