@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from halp_loss._checks import check_lam, check_matrix, check_positive_int, compute_dtype
 from halp_loss.bank import PrototypeBank
+from halp_loss.expected import DEFAULT_NUM_NODES, expected_halp_term
 from halp_loss.functional import (
     OBJECTIVES,
     ContrastiveLogits,
@@ -20,7 +21,9 @@ from halp_loss.functional import (
 )
 from halp_loss.geometry import resolve_candidates
 
-__all__ = ["HaLPInfoNCE"]
+__all__ = ["ESTIMATORS", "HaLPInfoNCE"]
+
+ESTIMATORS = ("sampled", "expected")
 
 
 class HaLPInfoNCE(nn.Module):
@@ -37,11 +40,17 @@ class HaLPInfoNCE(nn.Module):
     - ``objective="infonce"``: each kept positive scored against the row's negatives,
       ``-log(e^{q.h/T} / (e^{q.h/T} + sum_j e^{q.n_j/T}))``.
 
-    It is computed from dot products, without materializing the (B, M, D) positives. Prototypes come from the
-    module's :class:`PrototypeBank`, fed with the keys on every training-mode call after the loss is computed
-    (as MoCo enqueues after the step), or from the ``prototypes`` argument, which bypasses the bank. Until the
-    bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the loss is
-    exactly plain InfoNCE.
+    It is computed from dot products, without materializing the (B, M, D) positives, by one of two estimators:
+
+    - ``estimator="sampled"`` (the paper): ``num_positives`` random positives per anchor;
+    - ``estimator="expected"``: the exact ``num_positives -> infinity`` limit of the sampled term, averaged over
+      every candidate target and step in closed form (:func:`halp_loss.expected_halp_term`): deterministic, no
+      gradient noise from the draws, and cheaper than sampling 100 positives.
+
+    Prototypes come from the module's :class:`PrototypeBank`, fed with the keys on every training-mode call after
+    the loss is computed (as MoCo enqueues after the step), or from the ``prototypes`` argument, which bypasses the
+    bank. Until the bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the
+    loss is exactly plain InfoNCE.
 
     Everything runs in float32 (float64 for float64 inputs) with autocast disabled, so logits, softmax and
     log-sum-exp are full precision under mixed-precision training. Gradient flows into the query (both views
@@ -53,7 +62,7 @@ class HaLPInfoNCE(nn.Module):
         temperature: T of all logits.
         halp_weight: weight of the HaLP term (released code: 2 for NTU, 1 for PKU-MMD II).
         num_prototypes: P, prototypes fitted by the bank.
-        num_positives: M, positives per anchor.
+        num_positives: M, positives per anchor (``estimator="sampled"``; ignored by ``"expected"``).
         lam: ``u ~ U(0, lam)``, ``t = (1 - u) t_max``; float in [0, 1].
         objective: ``"align"`` or ``"infonce"``.
         prototype_window: keys the bank clusters.
@@ -62,7 +71,10 @@ class HaLPInfoNCE(nn.Module):
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
         prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
         seed: base seed of the bank's k-means seeding.
-        generator: optional generator for the positives' draws.
+        generator: optional generator for the positives' draws (``estimator="sampled"``).
+        estimator: ``"sampled"`` or ``"expected"``.
+        num_nodes: Gauss-Legendre nodes per kept interval for ``estimator="expected"`` with
+            ``objective="infonce"``; the default is accurate to ~1e-6.
 
     Raises:
         ValueError: for invalid hyperparameters.
@@ -93,6 +105,8 @@ class HaLPInfoNCE(nn.Module):
         prototype_warmup: Optional[int] = None,
         seed: int = 0,
         generator: Optional[torch.Generator] = None,
+        estimator: str = "sampled",
+        num_nodes: int = DEFAULT_NUM_NODES,
     ) -> None:
         super().__init__()
         if not temperature > 0:
@@ -102,6 +116,9 @@ class HaLPInfoNCE(nn.Module):
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         check_positive_int(num_positives, "num_positives")
+        if estimator not in ESTIMATORS:
+            raise ValueError(f"estimator must be one of {ESTIMATORS}, got {estimator!r}")
+        check_positive_int(num_nodes, "num_nodes")
         if isinstance(lam, Tensor):
             raise ValueError("lam must be a float in [0, 1]; per-positive tensors are for hallucinate_positives")
         check_lam(lam, 1, num_positives)
@@ -114,6 +131,8 @@ class HaLPInfoNCE(nn.Module):
         self.gather_distributed = gather_distributed
         self.num_candidates = num_candidates
         self.generator = generator
+        self.estimator = estimator
+        self.num_nodes = num_nodes
         self.bank = PrototypeBank(
             num_prototypes, prototype_window, prototype_every, warmup=prototype_warmup, seed=seed
         )
@@ -168,6 +187,18 @@ class HaLPInfoNCE(nn.Module):
         return loss
 
     def _halp_term(self, logits: ContrastiveLogits, prototypes: Tensor) -> HaLPTerm:
+        if self.estimator == "expected":
+            return expected_halp_term(
+                logits.query,
+                logits.anchor,
+                prototypes,
+                lam=self.lam,
+                num_candidates=self.num_candidates,
+                objective=self.objective,
+                temperature=self.temperature,
+                negatives_lse=logits.negatives_lse,
+                num_nodes=self.num_nodes,
+            )
         return sampled_halp_term(
             logits.query,
             logits.anchor,

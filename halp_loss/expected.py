@@ -1,0 +1,273 @@
+"""The HaLP term in the limit of infinitely many positives (SPEC section 1b): exact, deterministic, zero variance.
+
+:func:`halp_loss.functional.sampled_halp_term` averages over ``M`` random positives per anchor, each with a
+random target ``p_s`` (uniform over the candidates) and a random step ``t`` (uniform on
+``[(1 - lam) t_max, t_max]``). Its ``M -> infinity`` limit has a closed form.
+
+Along the walk from the anchor ``k`` toward ``p_s`` (angle ``w``), a positive passes the rank filter while
+``h(t) . (p0 - p_j) >= 0`` for every third prototype ``p_j``, ``p0`` the anchor's nearest. Scaled by ``sin w``
+this is, with ``x = t w``,
+
+    g_j(x) = a_j sin(w - x) + c_j sin(x),    a_j = k . (p0 - p_j) >= 0,    c_j = p_s . (p0 - p_j),
+
+a sinusoid that starts at ``g_j(0) >= 0`` and, over an arc of length ``w <= pi``, changes sign at most once.
+It ends below zero exactly when ``c_j < 0``, and then crosses at ``x = atan2(a_j sin w, a_j cos w - c_j)``.
+So the kept positives of a walk are exactly those with ``t <= t_exit``, the first crossing (or ``t_max``), and
+every expectation the term needs is an integral over one known interval of ``t``.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import NamedTuple, Optional
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from halp_loss._checks import Lam, check_lam, check_positive_int, compute_dtype
+from halp_loss.functional import OBJECTIVES, HaLPTerm, aggregate_kept, positive_loss
+from halp_loss.geometry import (
+    candidate_targets,
+    checked_unit_inputs,
+    resolve_candidates,
+    slerp_coefficients,
+    unit_rows,
+    walk_geometry,
+)
+
+__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term"]
+
+DEFAULT_NUM_NODES = 16
+"""Gauss-Legendre nodes per kept interval for ``objective="infonce"``: ~1e-6 relative error at T = 0.07."""
+
+
+class ExitTimes(NamedTuple):
+    """Where each anchor's walks toward its candidate targets leave the anchor's cell.
+
+    Attributes:
+        nearest: (B,) long, the anchor's nearest prototype ``p0``.
+        target: (B, C) long, the candidate targets (all other prototypes in index order by default).
+        t_exit: (B, C) fraction of the geodesic up to which the walk stays in ``p0``'s cell, ``<= t_max``;
+            positives with ``t <= t_exit`` pass the rank filter and those beyond it do not.
+        t_max: (B, C) fraction at which the walk reaches the boundary between ``p0``'s and the target's cells.
+        exit_prototype: (B, C) long, the prototype whose cell the walk enters at ``t_exit``: the target itself
+            unless a third prototype's cell comes first.
+    """
+
+    nearest: Tensor
+    target: Tensor
+    t_exit: Tensor
+    t_max: Tensor
+    exit_prototype: Tensor
+
+
+class CandidateWalks(NamedTuple):
+    """Geometry of the walks from each anchor toward each of its candidate targets; all (B, C) but ``nearest``."""
+
+    nearest: Tensor
+    target: Tensor
+    cos_w: Tensor
+    w: Tensor
+    t_max: Tensor
+    degenerate: Tensor
+    t_exit: Tensor
+    exit_prototype: Tensor
+
+
+def walk_exits(
+    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, w: Tensor, t_max: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``t_exit, exit_prototype`` (both (B, C)) of the walks toward ``target``, from dot products alone.
+
+    Args:
+        sim_anchor: (B, P) anchor-prototype cosines.
+        sim_protos: (P, P) prototype-prototype cosines.
+        nearest: (B,) nearest prototype of each anchor.
+        target: (B, C) target prototypes.
+        w: (B, C) angles between the anchors and their targets.
+        t_max: (B, C) boundary fractions of the walks (:func:`halp_loss.geometry.walk_geometry`).
+    """
+    a = (sim_anchor.gather(1, nearest[:, None]) - sim_anchor).clamp_min(0.0)[:, None, :]
+    c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
+    sin_w, cos_w = torch.sin(w)[..., None], torch.cos(w)[..., None]
+    theta = torch.atan2(a * sin_w, a * cos_w - c)
+    t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
+    t_max = t_max[..., None]
+    # Copies of a prototype have equal cosines only up to rounding (and their rank filter decisions are rounding
+    # noise in the sampled estimator). Differences within `tol` are ties, and ties are kept: a copy of p0 (c ~ 0)
+    # never cuts a walk, and a copy of the target crosses at t_max, not before it.
+    tol = 64 * torch.finfo(w.dtype).eps
+    cuts = (c < -tol) & (t_cross < t_max - tol)
+    # p0 and the target are not third parties (the target's crossing is t_max itself).
+    index = torch.arange(sim_protos.shape[0], device=target.device)
+    cuts &= (index != target[..., None]) & (index != nearest[:, None, None])
+    t_exit, first = torch.where(cuts, t_cross, t_max).min(dim=2)
+    t_max = t_max.squeeze(2)
+    return t_exit, torch.where(t_exit < t_max, first, target)
+
+
+def candidate_walks(anchor: Tensor, protos: Tensor, num_candidates: int) -> CandidateWalks:
+    """:class:`CandidateWalks` from unit-norm (B, D) anchors toward their candidates among unit-norm (P, D)
+    prototypes (no validation, no autograd)."""
+    sim_anchor, sim_protos = anchor @ protos.T, protos @ protos.T
+    nearest = sim_anchor.argmax(dim=1)
+    target = candidate_targets(sim_anchor, nearest, num_candidates)
+    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
+    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, w, t_max)
+    return CandidateWalks(nearest, target, cos_w, w, t_max, degenerate, t_exit, exit_prototype)
+
+
+@torch.no_grad()
+def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[int] = None) -> ExitTimes:
+    """Where each geodesic from an anchor toward a candidate target leaves the anchor's prototype cell.
+
+    The rank filter keeps exactly the positives with ``t <= t_exit``; ``t_exit < t_max`` where a third
+    prototype's cell comes before the target's. Ties are kept (the boundary belongs to the cell), and cosines
+    equal to within 64 machine epsilons count as ties, so that copies of a prototype add no boundary.
+
+    Args:
+        anchor: (B, D) anchors; normalized inside.
+        prototypes: (P, D) prototypes, ``P >= 2``; normalized inside.
+        num_candidates: the targets are this many most similar prototypes other than the nearest (default all
+            ``P - 1``, in index order).
+
+    Returns:
+        :class:`ExitTimes` with (B, C) fields in float32 (float64 if an input is float64).
+
+    Raises:
+        ValueError: for inputs of the wrong rank, dtype or device, a dim mismatch, ``P < 2``, ``num_candidates``
+            out of range, non-finite values or zero-norm rows.
+
+    Example:
+        >>> k = torch.nn.functional.normalize(torch.randn(8, 16), dim=1)
+        >>> prototypes = torch.nn.functional.normalize(torch.randn(20, 16), dim=1)
+        >>> out = exit_times(k, prototypes)
+        >>> out.t_exit.shape, bool((out.t_exit <= out.t_max).all())
+        (torch.Size([8, 19]), True)
+    """
+    k, protos, num_candidates = checked_unit_inputs(anchor, prototypes, num_candidates)
+    walks = candidate_walks(k, protos, num_candidates)
+    return ExitTimes(walks.nearest, walks.target, walks.t_exit, walks.t_max, walks.exit_prototype)
+
+
+def kept_interval(walks: CandidateWalks, lam: Lam) -> tuple[Tensor, Tensor, Tensor]:
+    """``probability, low, length``: the probability that a positive of each walk is kept, and the kept
+    interval ``[low, low + length]`` of ``t``, whose law given kept is uniform on it.
+    """
+    low = (1.0 - lam) * walks.t_max
+    span = walks.t_max - low
+    length = (walks.t_exit - low).clamp_min(0.0)
+    # lam = 0, or a walk of length zero, is a point mass at t_max: kept unless a third prototype cuts the walk
+    # before it (t_exit <= t_max always).
+    at_max = (walks.t_exit >= walks.t_max).to(span)
+    probability = torch.where(span > 0, length / span.clamp_min(torch.finfo(span.dtype).tiny), at_max)
+    return probability, low, length
+
+
+@functools.lru_cache(maxsize=16)
+def unit_gauss_legendre(num_nodes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
+    """Gauss-Legendre nodes on [0, 1] and weights summing to 1, cached per device so that a training step does
+    not copy them from the host."""
+    nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
+    # Normal tensors even when first called under inference mode: the weights are saved for backward later.
+    with torch.inference_mode(False):
+        as_tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
+        return as_tensor((nodes + 1.0) / 2.0), as_tensor(weights / 2.0)
+
+
+def check_lam_per_anchor(lam: Lam, rows: int) -> None:
+    """``lam`` is a float in [0, 1] or a tensor of such values broadcastable to (rows, 1): one value per anchor."""
+    check_lam(lam, rows, 1)
+    if isinstance(lam, Tensor) and torch.broadcast_shapes(lam.shape, (rows, 1)) != (rows, 1):
+        raise ValueError(f"lam must broadcast to (rows, 1) = ({rows}, 1), one value per anchor; got {tuple(lam.shape)}")
+
+
+def expected_halp_term(
+    query: Tensor,
+    anchor: Tensor,
+    prototypes: Tensor,
+    *,
+    lam: Lam = 0.8,
+    num_candidates: Optional[int] = None,
+    objective: str = "align",
+    temperature: float = 0.07,
+    negatives_lse: Optional[Tensor] = None,
+    num_nodes: int = DEFAULT_NUM_NODES,
+) -> HaLPTerm:
+    """The HaLP term over infinitely many positives per anchor: the ``num_positives -> infinity`` limit of
+    :func:`halp_loss.functional.sampled_halp_term`, deterministic and with zero variance.
+
+    For each anchor and each candidate target the rank filter keeps the steps ``t <= t_exit``
+    (:func:`exit_times`), so with ``t`` uniform on ``[(1 - lam) t_max, t_max]`` the probability of being kept
+    and the law of the kept positives are known exactly. The term is the ratio of sums over all anchors and
+    targets ``sum E[keep * loss] / sum E[keep]``, which is what the sampled estimator's
+    ``sum keep * loss / sum keep`` converges to. For ``"align"`` the mean of ``q . h`` over a kept interval
+    ``[t1, t2]`` is ``sinc((t2 - t1) w / 2) q . h((t1 + t2) / 2)``; for ``"infonce"`` the interval is integrated
+    by Gauss-Legendre quadrature. ``lam = 0`` is the limit of a point mass at ``t_max``. The cost is
+    O(R C P) for the exits plus O(R C num_nodes) for ``"infonce"``, independent of any number of positives.
+
+    Args:
+        query: (R, D) unit-norm queries (receive the gradient).
+        anchor: (R, D) unit-norm anchors (detached inside).
+        prototypes: (P, D) prototypes (normalized and detached inside).
+        lam: float in [0, 1], or a tensor of such values broadcastable to (R, 1).
+        num_candidates: targets among this many nearest other prototypes (default all ``P - 1``).
+        objective: ``"align"`` (released code) or ``"infonce"`` (positives scored against the negatives).
+        temperature: T.
+        negatives_lse: (R,) negatives' log-sum-exp of each query row, for ``"infonce"``.
+        num_nodes: Gauss-Legendre nodes per interval for ``"infonce"`` (unused by ``"align"``, which is closed
+            form); the default is accurate to ~1e-6.
+
+    Returns:
+        :class:`HaLPTerm` whose ``kept_fraction`` is the mean probability of being kept and ``mean_t`` the mean
+        step of the kept positives. Float32 (float64 if ``query`` or ``anchor`` is float64), with autocast
+        disabled inside.
+
+    Raises:
+        ValueError: for an unknown ``objective``, ``"infonce"`` without ``negatives_lse``, ``num_nodes < 1``,
+            ``lam`` outside [0, 1] or of a shape other than per anchor, or ``num_candidates`` out of range.
+
+    Example:
+        >>> q = torch.nn.functional.normalize(torch.randn(64, 128), dim=1).requires_grad_()
+        >>> k = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+        >>> prototypes = torch.nn.functional.normalize(torch.randn(20, 128), dim=1)
+        >>> term = expected_halp_term(q, k, prototypes, lam=0.8)
+        >>> term.loss.backward()
+        >>> q.grad.shape
+        torch.Size([64, 128])
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    check_positive_int(num_nodes, "num_nodes")
+    check_lam_per_anchor(lam, query.shape[0])
+    dtype = compute_dtype(query, anchor)
+    with torch.autocast(device_type=query.device.type, enabled=False):
+        query = query.to(dtype)
+        anchor = anchor.detach().to(dtype)
+        protos = unit_rows(prototypes.detach().to(dtype))
+        num_candidates = resolve_candidates(num_candidates, protos.shape[0])
+        if isinstance(lam, Tensor):
+            lam = lam.to(device=query.device, dtype=dtype)
+        with torch.no_grad():
+            walks = candidate_walks(anchor, protos, num_candidates)
+            probability, low, length = kept_interval(walks, lam)
+            middle = low + length / 2
+        query_anchor = (query * anchor).sum(dim=1, keepdim=True)
+        query_target = (query @ protos.T).gather(1, walks.target)
+        # The slerp is unit-norm analytically, so unlike the sampled estimator no division by the computed norm:
+        # the linear fallback of slerp_coefficients (sin w = 0) only occurs on walks of length zero, at t = 0.
+        if objective == "align":
+            alpha, beta, _ = slerp_coefficients(middle, walks.cos_w, walks.w, walks.degenerate)
+            shrink = torch.sinc(length * walks.w / (2 * math.pi))
+            per_walk = -shrink * (alpha * query_anchor + beta * query_target) / temperature
+        else:
+            nodes, weights = unit_gauss_legendre(num_nodes, dtype, query.device)
+            t = low[..., None] + length[..., None] * nodes
+            alpha, beta, _ = slerp_coefficients(
+                t, walks.cos_w[..., None], walks.w[..., None], walks.degenerate[..., None]
+            )
+            similarity = alpha * query_anchor[..., None] + beta * query_target[..., None]
+            per_walk = positive_loss(similarity, negatives_lse, objective, temperature) @ weights
+        return aggregate_kept(per_walk, probability, middle)
