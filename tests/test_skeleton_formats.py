@@ -75,14 +75,16 @@ def test_write_read_round_trip(tmp_path, crlf, exponent):
     rng = np.random.default_rng(0)
     counts = np.array([0, 1, 3, 4, 2, 0])
     total = counts.sum()
+    joints = rng.normal(size=(total, 25, 12)) * np.array([1] * 3 + [300] * 4 + [1] * 5)
+    joints *= 10.0 ** -rng.integers(0, 6, (total, 25, 12))  # some tiny values, printed in exponent notation
+    joints[..., 11] = rng.integers(0, 3, (total, 25))  # tracking state
     recording = SkeletonRecording(
         body_counts=counts,
         body_ids=rng.integers(0, 2**63, size=total, dtype=np.int64).astype(np.uint64) * np.uint64(2),
-        body_info=np.round(rng.normal(size=(total, 9)), 3),
-        # metres, pixels, quaternions; some tiny values, which print in exponent notation
-        joints=rng.normal(size=(total, 25, 12))
-        * np.array([1] * 3 + [300] * 4 + [1] * 5)
-        * 10.0 ** -rng.integers(0, 6, (total, 25, 12)),
+        body_info=np.concatenate(
+            [rng.integers(0, 3, (total, 6)), rng.normal(size=(total, 2)), rng.integers(0, 3, (total, 1))], axis=1
+        ),
+        joints=joints,
     )
     path = tmp_path / "S001C001P001R001A001.skeleton"
     write_skeleton(path, recording, crlf=crlf, exponent=exponent)

@@ -206,23 +206,27 @@ def write_skeleton(
 ) -> None:
     """Write a recording as a ``.skeleton`` file.
 
+    The state, confidence and flag fields are written as integers, the others as numbers.
+
     Args:
         path: destination file.
         recording: content to write.
         crlf: end lines with ``\\r\\n`` instead of ``\\n``.
-        exponent: write every non-integral value in exponent notation (``8.094816E-05``); otherwise the
+        exponent: write every non-integer field in exponent notation (``8.094816E-05``); otherwise the
             shortest of fixed and exponent notation, as the Kinect SDK prints.
     """
-    fmt = "%.6E" if exponent else "%.7G"
+    number = "%.6E" if exponent else "%.7G"
+    # clippedEdges, hand confidences/states and isRestricted are integers, then leanX leanY, trackingState
+    body_format = "%d " + " ".join(["%d"] * 6 + [number] * 2 + ["%d"])
+    joint_format = " ".join([number] * (JOINT_VALUES - 1) + ["%d"])  # the last field is the tracking state
     out = [str(recording.num_frames)]
     body = 0
     for count in recording.body_counts:
         out.append(str(int(count)))
         for _ in range(count):
-            info = " ".join(_format(value, fmt) for value in recording.body_info[body])
-            out.append(f"{int(recording.body_ids[body])} {info}")
+            out.append(body_format % (int(recording.body_ids[body]), *recording.body_info[body]))
             out.append(str(NUM_JOINTS))
-            out.extend(" ".join(_format(value, fmt) for value in row) for row in recording.joints[body])
+            out.extend(joint_format % tuple(row) for row in recording.joints[body].tolist())
             body += 1
     newline = "\r\n" if crlf else "\n"
     with open(path, "w", encoding="ascii", newline="") as handle:
@@ -301,7 +305,3 @@ def _body_id(token: str, source: str | os.PathLike, line: int) -> int:
     if not token.isdigit() or int(token) >= 2**64:
         raise SkeletonFormatError(source, line, f"body id must be an unsigned 64-bit integer, got {token!r}")
     return int(token)
-
-
-def _format(value: float, fmt: str) -> str:
-    return str(int(value)) if float(value).is_integer() else fmt % value

@@ -57,6 +57,11 @@ class PkuSegment:
         raise ValueError(f"unknown frame convention {convention!r}; expected one of {FRAME_CONVENTIONS}")
 
 
+def sample_name(video: str, row: int) -> str:
+    """Name of the sample cut from label row ``row`` (1-based, among the rows) of a video: ``<video>_<row:03d>``."""
+    return f"{video}_{row:03d}"
+
+
 def read_pku_skeleton(path: str | os.PathLike) -> np.ndarray:
     """Read a PKU-MMD II skeleton file.
 
@@ -86,9 +91,9 @@ def write_pku_skeleton(path: str | os.PathLike, bodies: np.ndarray, *, crlf: boo
         crlf: CRLF line endings.
     """
     rows = rearrange(np.asarray(bodies, dtype=np.float64), "f m v c -> f (m v c)")
-    newline = "\r\n" if crlf else "\n"
+    line = " ".join(["%.7g"] * VALUES_PER_FRAME) + ("\r\n" if crlf else "\n")
     with open(path, "w", encoding="ascii", newline="") as handle:
-        handle.write("".join(" ".join(f"{value:.7g}" for value in row) + newline for row in rows))
+        handle.write("".join(line % tuple(row) for row in rows.tolist()))
 
 
 def read_pku_labels(path: str | os.PathLike) -> list[PkuSegment]:

@@ -17,6 +17,7 @@ from .pku_format import (
     FRAME_CONVENTIONS,
     SPLIT_FILES,
     PkuSegment,
+    sample_name,
     write_pku_labels,
     write_pku_skeleton,
     write_pku_split,
@@ -82,7 +83,7 @@ def write_pku_files(
     frame_convention: str = "reference",
     crlf: bool = False,
     seed: int = 0,
-) -> list[str]:
+) -> dict[str, str]:
     """Write samples as a PKU-MMD Phase II folder: ``skeleton/``, ``label/`` and the two split files.
 
     Samples of one performer and camera are concatenated into videos of up to ``samples_per_video`` actions,
@@ -99,7 +100,7 @@ def write_pku_files(
         seed: seed of the pause lengths.
 
     Returns:
-        The video names, in writing order.
+        ``{PKU sample name: synthetic sample name}``, PKU names as ``prepare`` gives them (``<video>_<row>``).
 
     Raises:
         ValueError: for more than 3 cameras, an unknown frame convention or samples_per_video < 1.
@@ -115,27 +116,28 @@ def write_pku_files(
     (out / "label").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     first_index = 1 if frame_convention == "inclusive" else 0
-    videos, train = [], {benchmark: [] for benchmark in SPLIT_FILES}
+    videos, train, names = [], {benchmark: [] for benchmark in SPLIT_FILES}, {}
     for performer, camera in sorted(set(zip(samples.performer.tolist(), samples.camera.tolist()))):
         members = np.flatnonzero((samples.performer == performer) & (samples.camera == camera))
         for chunk, start in enumerate(range(0, len(members), samples_per_video)):
             frames, segments = [], []
             length = 0
-            for i in members[start : start + samples_per_video]:
+            video = f"A{performer:02d}N{chunk + 1:02d}-{'LMR'[camera - 1]}"
+            for row, i in enumerate(members[start : start + samples_per_video], start=1):
                 bodies = rearrange(samples.data[i, :, : samples.num_frames[i]], "c t v m -> t m v c")
                 pause = int(rng.integers(3, 12))
                 frames += [np.repeat(bodies[:1], pause, axis=0), bodies]
                 length += pause
                 stop = length + len(bodies)
-                segments.append(PkuSegment(int(samples.labels[i]) + 1, length + first_index, stop, 1.0, 0))
+                segments.append(PkuSegment(int(samples.labels[i]) + 1, length + first_index, stop, 1.0, row))
+                names[sample_name(video, row)] = samples.names[i]
                 length = stop
-            video = f"A{performer:02d}N{chunk + 1:02d}-{'LMR'[camera - 1]}"
             write_pku_skeleton(out / "skeleton" / f"{video}.txt", np.concatenate(frames), crlf=crlf)
             write_pku_labels(out / "label" / f"{video}.txt", segments, crlf=crlf)
             videos.append(video)
-            for benchmark, names in train.items():
+            for benchmark, videos_of_split in train.items():
                 if not is_held_out(benchmark, performer, camera):
-                    names.append(video)
+                    videos_of_split.append(video)
     for benchmark, file_name in SPLIT_FILES.items():
         write_pku_split(out / file_name, train[benchmark], [v for v in videos if v not in train[benchmark]])
-    return videos
+    return names

@@ -1,0 +1,627 @@
+"""``prepare``: raw NTU RGB+D 60/120 or PKU-MMD II files to the prepared layout of CMD/HaLP (SPEC section 3.1).
+
+Usage (through ``examples/skeleton_moco.py``)::
+
+    skeleton_moco.py prepare --dataset ntu60 --raw RAW --out DATA_ROOT/ntu60 \
+        --ignore-list NTU_RGBD_samples_with_missing_skeletons.txt
+    skeleton_moco.py prepare --dataset ntu120 --raw RAW --out DATA_ROOT/ntu120 \
+        --ignore-list NTU_RGBD120_samples_with_missing_skeletons.txt
+    skeleton_moco.py prepare --dataset pku2 --raw PKU --out DATA_ROOT/pku2
+
+For NTU, every ``*.skeleton`` under ``RAW`` (searched recursively, so the NTU-60 and NTU-120 archives can sit
+side by side) that belongs to the dataset is read; ``ntu60`` skips setups above 17 and actions above 60.
+For PKU-MMD II, ``PKU`` holds ``skeleton/``, ``label/``, ``cross_subject_v2.txt`` and ``cross_view_v2.txt``.
+
+Files are parsed and pre-normalized in ``--workers`` processes; samples stream into ``.npy`` files opened
+with ``np.lib.format.open_memmap`` (re-opened per block, so memory stays bounded whatever the dataset size).
+Progress is saved after every block in ``OUT/.prepare/``: an interrupted run resumes where it stopped when
+started again with the same arguments. Malformed files are reported with file name and line, skipped and
+listed in the final summary; the exit code is 0 unless ``--strict`` is given and something was skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import multiprocessing
+import os
+import pickle
+import shutil
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from einops import rearrange
+from tqdm import tqdm
+
+from .joints import (
+    BENCHMARKS,
+    MAX_FRAMES,
+    NTU60_MAX_ACTION,
+    NTU60_MAX_SETUP,
+    NTU_FULL_FILE_COUNTS,
+    NTU_MISSING_COUNTS,
+    NUM_CLASSES,
+    PUBLISHED_SPLIT_SIZES,
+    SPLITS,
+    ntu_is_training,
+)
+from .layout import SAMPLE_SHAPE, data_file, label_file, num_frame_file, pack_sample
+from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
+from .pku_format import (
+    FRAME_CONVENTIONS,
+    SPLIT_FILES,
+    read_pku_labels,
+    read_pku_skeleton,
+    read_pku_split,
+    sample_name,
+)
+from .prenormalize import prenormalize
+from .text_parsing import SkeletonFormatError
+
+DATASETS = tuple(BENCHMARKS)
+PENDING, DONE, MALFORMED, EMPTY = 0, 1, 2, 3
+SUMMARY_FILE = "prepare_summary.json"
+WORK_DIR = ".prepare"
+SAMPLES_PER_BATCH = 8  # files a worker parses and pre-normalizes per task
+SAMPLES_PER_WORKER_BLOCK = 64  # samples in flight per worker between two saves of the progress
+
+
+class PrepareError(RuntimeError):
+    """The prepared data fails a consistency check (e.g. split sizes differ from the published ones)."""
+
+
+def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the ``prepare`` options to an argument parser."""
+    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which raw dataset --raw holds")
+    parser.add_argument("--raw", required=True, type=Path, help="folder of the raw files (see module docstring)")
+    parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. DATA_ROOT/ntu60")
+    parser.add_argument(
+        "--ignore-list",
+        type=Path,
+        help="NTU missing-skeleton list (samples to leave out); a prose header before the ids is fine",
+    )
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--strict", action="store_true", help="exit with 1 if any file was malformed")
+    parser.add_argument(
+        "--pku-frames",
+        choices=FRAME_CONVENTIONS,
+        default="reference",
+        help="PKU label frames: [start, end) 0-based as the reference (default) or 1-based inclusive",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run_prepare(args: argparse.Namespace) -> int:
+    """Run ``prepare`` from parsed arguments (see :func:`add_prepare_arguments`).
+
+    Returns:
+        Exit code: 0 on success (malformed files skipped and listed), 1 with ``--strict`` when files were
+        skipped as malformed, 2 on an error (missing input, bad arguments, a failed consistency check).
+    """
+    try:
+        summary = prepare_dataset(
+            args.dataset,
+            args.raw,
+            args.out,
+            ignore_list=args.ignore_list,
+            workers=args.workers,
+            pku_frames=args.pku_frames,
+            progress=not args.quiet,
+        )
+    except (FileNotFoundError, ValueError, PrepareError) as error:
+        print(f"prepare: error: {error}", file=sys.stderr)
+        return 2
+    print(summary.report())
+    return 1 if args.strict and summary.malformed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point of this module alone (``skeleton_moco.py prepare`` is the usual one)."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_prepare_arguments(parser)
+    return run_prepare(parser.parse_args(argv))
+
+
+@dataclass
+class PrepareSummary:
+    """What a ``prepare`` run produced and skipped.
+
+    Attributes:
+        dataset: ``ntu60``, ``ntu120`` or ``pku2``.
+        out: output folder.
+        counts: ``{benchmark: {"train": n, "val": n}}``.
+        malformed: ``file:line: message`` of every skipped malformed or unreadable input.
+        empty: names of samples dropped because no body appears in any frame.
+        ignored: samples left out through ``--ignore-list``.
+        outside: NTU files that belong to another dataset (e.g. NTU-120 setups in an ``ntu60`` run).
+        truncated: samples longer than 300 frames (their first 300 are kept).
+        published_sizes_checked: whether the split sizes were checked against the published ones.
+    """
+
+    dataset: str
+    out: str
+    counts: dict[str, dict[str, int]] = field(default_factory=dict)
+    malformed: list[str] = field(default_factory=list)
+    empty: list[str] = field(default_factory=list)
+    ignored: int = 0
+    outside: int = 0
+    truncated: int = 0
+    published_sizes_checked: bool = False
+
+    def report(self) -> str:
+        """A human-readable multi-line summary."""
+        lines = [f"prepared {self.dataset} into {self.out}"]
+        for benchmark, counts in self.counts.items():
+            lines.append(f"  {benchmark}: train {counts['train']}, val {counts['val']}")
+        if self.published_sizes_checked:
+            lines.append("  split sizes equal the published ones")
+        lines.append(f"  left out by --ignore-list: {self.ignored}")
+        if self.outside:
+            lines.append(f"  files of another dataset, not used: {self.outside}")
+        if self.truncated:
+            lines.append(f"  longer than {MAX_FRAMES} frames, first {MAX_FRAMES} kept: {self.truncated}")
+        lines.append(f"  dropped, no body in any frame: {len(self.empty)}")
+        lines.extend(f"    {name}" for name in self.empty)
+        lines.append(f"  skipped, malformed: {len(self.malformed)}")
+        lines.extend(f"    {message}" for message in self.malformed)
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    """One sample to prepare."""
+
+    name: str
+    label: int  # 0-based
+    train: tuple[bool, ...]  # per benchmark of the dataset
+    segment: tuple[int, int] | None  # PKU: 0-based [first, stop) in the video; NTU: the whole file
+    where: str  # location for error messages about this sample
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One file to read and the candidates cut from it."""
+
+    kind: str  # "ntu" or "pku"
+    path: str
+    items: tuple[tuple[int, _Candidate], ...]  # (candidate index, candidate)
+
+
+@dataclass
+class _Scan:
+    candidates: list[_Candidate] = field(default_factory=list)
+    jobs: list[_Job] = field(default_factory=list)
+    malformed: list[str] = field(default_factory=list)
+    ignored: int = 0
+    outside: int = 0
+    files_in_scope: int = 0
+    ignore_ids_in_scope: int = 0
+
+
+def prepare_dataset(
+    dataset: str,
+    raw: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    ignore_list: str | os.PathLike | None = None,
+    workers: int = 1,
+    pku_frames: str = "reference",
+    progress: bool = False,
+    log: Callable[[str], None] = print,
+) -> PrepareSummary:
+    """Convert a raw dataset to ``out/<benchmark>/{train,val}_{data_joint.npy,num_frame.npy,label.pkl}``.
+
+    Args:
+        dataset: ``"ntu60"``, ``"ntu120"`` or ``"pku2"``.
+        raw: folder of the raw files (see the module docstring).
+        out: output folder; ``out/.prepare`` holds the progress of an unfinished run.
+        ignore_list: NTU missing-skeleton list; its samples are left out.
+        workers: processes parsing files; 1 parses in this process.
+        pku_frames: frame convention of PKU label files (see :mod:`skeleton.pku_format`).
+        progress: show a progress bar.
+        log: receives one-line status messages.
+
+    Returns:
+        The summary (also saved as ``out/prepare_summary.json``).
+
+    Raises:
+        FileNotFoundError: if ``raw`` or a required file in it is missing, or it holds no skeleton file.
+        ValueError: for invalid arguments or an unreadable ignore list / PKU split file.
+        PrepareError: if, on the complete NTU dataset with the official ignore list, a split size differs
+            from the published one.
+    """
+    if dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
+    if workers < 1:
+        raise ValueError(f"--workers must be >= 1, got {workers}")
+    if pku_frames not in FRAME_CONVENTIONS:
+        raise ValueError(f"--pku-frames must be one of {FRAME_CONVENTIONS}, got {pku_frames!r}")
+    raw = Path(raw)
+    if not raw.is_dir():
+        raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
+    if dataset == "pku2":
+        if ignore_list is not None:
+            raise ValueError("--ignore-list applies to the NTU datasets only")
+        scan = _scan_pku(raw, pku_frames)
+    else:
+        ignore = read_ignore_list(ignore_list) if ignore_list is not None else set()
+        scan = _scan_ntu(dataset, raw, ignore)
+    writer = _Writer(dataset, Path(out), scan, log)
+    summary = writer.finished_summary()
+    if summary is not None:
+        log(f"{out} is already prepared with these inputs (delete it to prepare again)")
+        return summary
+    writer.process(workers, progress)
+    return writer.finalize()
+
+
+def read_ignore_list(path: str | os.PathLike) -> set[str]:
+    """Read an NTU missing-skeleton list: sample names, one per line, after an optional prose header.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ValueError: on a line after the first sample name that is neither blank nor a sample name, or a
+            file without any sample name.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--ignore-list {path} does not exist")
+    names: set[str] = set()
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line, text in enumerate(handle.read().splitlines(), start=1):
+            token = text.strip().removesuffix(".skeleton")
+            if NTU_NAME.fullmatch(token):
+                names.add(token)
+            elif names and token:
+                raise ValueError(f"{path}:{line}: expected a sample name like S001C002P003R002A013, got {text!r}")
+    if not names:
+        raise ValueError(f"{path}: no sample name (SsssCcccPpppRrrrAaaa) found")
+    return names
+
+
+def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
+    files = sorted(raw.rglob("*.skeleton"))
+    if not files:
+        raise FileNotFoundError(f"no *.skeleton files under --raw {raw}")
+    scan = _Scan()
+    seen: dict[str, Path] = {}
+    for path in files:
+        try:
+            sample = NtuSampleId.parse(path.name)
+        except ValueError as error:
+            scan.malformed.append(f"{path}:0: {error}")
+            continue
+        if dataset == "ntu60" and (sample.setup > NTU60_MAX_SETUP or sample.action > NTU60_MAX_ACTION):
+            scan.outside += 1
+            continue
+        if sample.name in seen:
+            scan.malformed.append(f"{path}:0: duplicate of {seen[sample.name]}, skipped")
+            continue
+        seen[sample.name] = path
+        scan.files_in_scope += 1
+        if sample.name in ignore:
+            scan.ignored += 1
+            continue
+        train = tuple(
+            ntu_is_training(dataset, benchmark, sample.setup, sample.camera, sample.performer)
+            for benchmark in BENCHMARKS[dataset]
+        )
+        candidate = _Candidate(sample.name, sample.action - 1, train, None, str(path))
+        scan.jobs.append(_Job("ntu", str(path), ((len(scan.candidates), candidate),)))
+        scan.candidates.append(candidate)
+    scan.ignore_ids_in_scope = sum(
+        1
+        for name in ignore
+        if dataset == "ntu120"
+        or (int(name[1:4]) <= NTU60_MAX_SETUP and int(name[-3:]) <= NTU60_MAX_ACTION)
+    )
+    return scan
+
+
+def _scan_pku(raw: Path, frames: str) -> _Scan:
+    required = [raw / "skeleton", raw / "label", *(raw / name for name in SPLIT_FILES.values())]
+    missing = [str(path) for path in required if not path.exists()]
+    if missing:
+        raise FileNotFoundError(
+            f"--raw {raw} is not a PKU-MMD II folder: missing {', '.join(missing)}"
+            f" (expected skeleton/, label/, {', '.join(SPLIT_FILES.values())})"
+        )
+    try:
+        splits = {benchmark: read_pku_split(raw / name) for benchmark, name in SPLIT_FILES.items()}
+    except SkeletonFormatError as error:
+        raise ValueError(f"unreadable split file: {error}") from None
+    videos = sorted((raw / "skeleton").glob("*.txt"))
+    if not videos:
+        raise FileNotFoundError(f"no skeleton files (*.txt) under {raw / 'skeleton'}")
+    scan = _Scan()
+    for path in videos:
+        video = path.stem
+        label_path = raw / "label" / path.name
+        train = tuple(video in splits[benchmark][0] for benchmark in BENCHMARKS["pku2"])
+        listed = [video in splits[b][0] or video in splits[b][1] for b in BENCHMARKS["pku2"]]
+        if not all(listed):
+            scan.malformed.append(f"{path}:0: video {video} missing from {', '.join(SPLIT_FILES.values())}")
+            continue
+        try:
+            segments = read_pku_labels(label_path)
+        except FileNotFoundError:
+            scan.malformed.append(f"{label_path}:0: label file missing")
+            continue
+        except SkeletonFormatError as error:
+            scan.malformed.append(str(error))
+            continue
+        items = []
+        for number, segment in enumerate(segments, start=1):
+            if segment.action > NUM_CLASSES["pku2"]:
+                classes = NUM_CLASSES["pku2"]
+                scan.malformed.append(f"{label_path}:{segment.line}: action {segment.action} > {classes}")
+                continue
+            candidate = _Candidate(
+                sample_name(video, number), segment.action - 1, train, segment.frames(frames),
+                f"{label_path}:{segment.line}",
+            )  # fmt: skip
+            items.append((len(scan.candidates), candidate))
+            scan.candidates.append(candidate)
+        scan.files_in_scope += 1
+        if items:
+            scan.jobs.append(_Job("pku", str(path), tuple(items)))
+    return scan
+
+
+def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndarray]:
+    """Worker task: read files, cut and pack samples, pre-normalize them together.
+
+    Returns:
+        ``(results, samples)``: per candidate ``(index, status, frames in the source, message)``, and the
+        pre-normalized float32 samples of the candidates with status DONE, in order.
+    """
+    results, samples = [], []
+    for job in jobs:
+        try:
+            if job.kind == "ntu":
+                recording = read_skeleton(job.path)
+                whole = (kept_bodies(recording), recording.num_frames)
+            else:
+                video = read_pku_skeleton(job.path)
+        except (SkeletonFormatError, OSError) as error:
+            results += [(index, MALFORMED, 0, str(error)) for index, _ in job.items]
+            continue
+        for index, candidate in job.items:
+            if candidate.segment is None:
+                bodies, total = whole
+            else:
+                first, stop = candidate.segment
+                if not 0 <= first < stop <= len(video):
+                    message = f"{candidate.where}: frames [{first}, {stop}) outside the video's {len(video)} frames"
+                    results.append((index, MALFORMED, 0, message))
+                    continue
+                bodies, total = rearrange(video[first:stop], "t m v c -> m t v c"), stop - first
+            sample, _ = pack_sample(bodies)
+            if not sample.any():
+                results.append((index, EMPTY, total, f"{candidate.where}: no body in any frame"))
+                continue
+            results.append((index, DONE, total, ""))
+            samples.append(sample)
+    stacked = np.stack(samples) if samples else np.zeros((0, *SAMPLE_SHAPE), dtype=np.float32)
+    return results, prenormalize(stacked)
+
+
+class _Writer:
+    """Streams processed samples into the output files and keeps the resumable progress."""
+
+    def __init__(self, dataset: str, out: Path, scan: _Scan, log: Callable[[str], None]) -> None:
+        self.dataset = dataset
+        self.out = out
+        self.scan = scan
+        self.log = log
+        self.benchmarks = BENCHMARKS[dataset]
+        self.work = out / WORK_DIR
+        candidates = [(c.name, c.label, c.train, c.segment, c.where) for c in scan.candidates]
+        self.fingerprint = hashlib.sha256(json.dumps([dataset, candidates]).encode()).hexdigest()
+        train = np.array([c.train for c in scan.candidates], dtype=bool).reshape(-1, len(self.benchmarks))
+        # members[(benchmark, split)]: boolean mask of the candidates of that split
+        self.members = {
+            (benchmark, split): train[:, b] if split == "train" else ~train[:, b]
+            for b, benchmark in enumerate(self.benchmarks)
+            for split in SPLITS
+        }
+        self.status = np.zeros(len(scan.candidates), dtype=np.int8)
+        self.num_frames = np.zeros(len(scan.candidates), dtype=np.int64)
+        self.messages: dict[str, str] = {}
+
+    def _partial(self, benchmark: str, split: str) -> Path:
+        return self.out / benchmark / (data_file(split) + ".partial")
+
+    def finished_summary(self) -> PrepareSummary | None:
+        """The saved summary if ``out`` already holds a finished preparation of the same inputs."""
+        path = self.out / SUMMARY_FILE
+        if not path.is_file():
+            return None
+        saved = json.loads(path.read_text())
+        outputs = [
+            self.out / benchmark / name(split)
+            for benchmark in self.benchmarks
+            for split in SPLITS
+            for name in (data_file, num_frame_file, label_file)
+        ]
+        if saved.pop("fingerprint", None) != self.fingerprint or not all(p.is_file() for p in outputs):
+            return None
+        return PrepareSummary(**saved)
+
+    def _resume(self) -> bool:
+        state = self.work / "state.json"
+        if not state.is_file() or not all(self._partial(b, s).is_file() for b, s in self.members):
+            return False
+        saved = json.loads(state.read_text())
+        if saved["fingerprint"] != self.fingerprint:
+            self.log(f"discarding the unfinished preparation in {self.work}: its inputs differ")
+            return False
+        self.status = np.load(self.work / "status.npy")
+        self.num_frames = np.load(self.work / "num_frames.npy")
+        self.messages = saved["messages"]
+        self.log(f"resuming: {int((self.status != PENDING).sum())} of {len(self.status)} samples already done")
+        return True
+
+    def _start(self) -> None:
+        shutil.rmtree(self.work, ignore_errors=True)
+        self.work.mkdir(parents=True)
+        (self.out / SUMMARY_FILE).unlink(missing_ok=True)
+        for (benchmark, split), mask in self.members.items():
+            (self.out / benchmark).mkdir(parents=True, exist_ok=True)
+            shape = (int(mask.sum()), *SAMPLE_SHAPE)  # upper bound; shrunk to the kept samples at the end
+            np.lib.format.open_memmap(self._partial(benchmark, split), mode="w+", dtype=np.float32, shape=shape)
+        self._save_state()
+
+    def _save_state(self) -> None:
+        for name, array in (("status.npy", self.status), ("num_frames.npy", self.num_frames)):
+            _atomic_write(self.work / name, lambda handle, a=array: np.save(handle, a))
+        state = {"fingerprint": self.fingerprint, "messages": self.messages}
+        _atomic_write(self.work / "state.json", lambda handle: handle.write(json.dumps(state).encode()))
+
+    def process(self, workers: int, progress: bool) -> None:
+        """Process every pending candidate, in order, saving progress after each block."""
+        if not self._resume():
+            self._start()
+        # Candidates complete in order, so the finished ones are a prefix and the next write positions are
+        # the counts of finished samples per split.
+        done = int(np.argmin(self.status != PENDING)) if (self.status == PENDING).any() else len(self.status)
+        position = {key: int((self.status[:done] == DONE)[mask[:done]].sum()) for key, mask in self.members.items()}
+        jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
+        block = SAMPLES_PER_WORKER_BLOCK * workers
+        bar = tqdm(
+            total=len(self.status) - done, unit="sample", disable=not progress, desc=f"prepare {self.dataset}"
+        )
+        pool = multiprocessing.Pool(workers) if workers > 1 else None
+        try:
+            for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
+                outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}
+                try:
+                    for results, samples in pool.imap(_process, batches) if pool else map(_process, batches):
+                        kept = iter(samples)
+                        for index, status, total, message in results:
+                            if status == DONE:
+                                sample = next(kept)
+                                for key, mask in self.members.items():
+                                    if mask[index]:
+                                        outputs[key][position[key]] = sample
+                                        position[key] += 1
+                            elif status == MALFORMED:
+                                self.messages[str(index)] = message
+                            self.status[index], self.num_frames[index] = status, total
+                        bar.update(len(results))
+                finally:
+                    for array in outputs.values():
+                        array.flush()
+                    del outputs  # unmapping releases the written pages: memory stays bounded
+                    self._save_state()
+        finally:
+            bar.close()
+            if pool is not None:
+                pool.terminate()
+
+    def finalize(self) -> PrepareSummary:
+        """Check the split sizes, write the final files, the summary, and remove the progress."""
+        summary = PrepareSummary(dataset=self.dataset, out=str(self.out), ignored=self.scan.ignored)
+        summary.outside = self.scan.outside
+        summary.truncated = int(((self.status == DONE) & (self.num_frames > MAX_FRAMES)).sum())
+        skipped = [self.messages[str(i)] for i in np.flatnonzero(self.status == MALFORMED)]
+        summary.malformed = list(dict.fromkeys(self.scan.malformed + skipped))  # a bad video fails all its samples
+        summary.empty = [self.scan.candidates[i].name for i in np.flatnonzero(self.status == EMPTY)]
+        for benchmark in self.benchmarks:
+            summary.counts[benchmark] = {
+                split: int((self.status == DONE)[self.members[benchmark, split]].sum()) for split in SPLITS
+            }
+        summary.published_sizes_checked = self._check_published_sizes(summary)
+        for (benchmark, split), mask in self.members.items():
+            kept = np.flatnonzero(mask & (self.status == DONE))
+            folder = self.out / benchmark
+            _truncate_rows(self._partial(benchmark, split), len(kept))
+            frames = np.minimum(self.num_frames[kept], MAX_FRAMES)
+            _atomic_write(folder / num_frame_file(split), lambda handle, f=frames: np.save(handle, f))
+            names = [self.scan.candidates[i].name for i in kept]
+            labels = [self.scan.candidates[i].label for i in kept]
+            _atomic_write(folder / label_file(split), lambda handle, v=(names, labels): pickle.dump(v, handle))
+            os.replace(self._partial(benchmark, split), folder / data_file(split))
+        saved = {**asdict(summary), "fingerprint": self.fingerprint}
+        _atomic_write(self.out / SUMMARY_FILE, lambda handle: handle.write(json.dumps(saved, indent=1).encode()))
+        shutil.rmtree(self.work)
+        return summary
+
+    def _check_published_sizes(self, summary: PrepareSummary) -> bool:
+        """On the complete NTU dataset with its official ignore list, the split sizes must be the published ones."""
+        if self.dataset not in NTU_FULL_FILE_COUNTS:
+            return False
+        complete = (
+            self.scan.files_in_scope == NTU_FULL_FILE_COUNTS[self.dataset]
+            and self.scan.ignore_ids_in_scope == NTU_MISSING_COUNTS[self.dataset]
+            and not summary.malformed
+        )
+        if not complete:
+            return False
+        for benchmark in self.benchmarks:
+            expected = PUBLISHED_SPLIT_SIZES[self.dataset, benchmark]
+            found = (summary.counts[benchmark]["train"], summary.counts[benchmark]["val"])
+            if found != expected:
+                raise PrepareError(
+                    f"{self.dataset} {benchmark}: {found[0]} train / {found[1]} val samples, but the published split"
+                    f" has {expected[0]} / {expected[1]}; {len(summary.empty)} samples without body were dropped"
+                    f" (progress kept in {self.work})"
+                )
+        return True
+
+
+def _blocks(jobs: list[_Job], per_batch: int, per_block: int) -> Iterator[list[list[_Job]]]:
+    """Group jobs into worker batches of about ``per_batch`` samples, and batches into blocks of ``per_block``."""
+    block: list[list[_Job]] = []
+    batch: list[_Job] = []
+    batch_size = block_size = 0
+    for job in jobs:
+        batch.append(job)
+        batch_size += len(job.items)
+        if batch_size >= per_batch:
+            block.append(batch)
+            block_size += batch_size
+            batch, batch_size = [], 0
+            if block_size >= per_block:
+                yield block
+                block, block_size = [], 0
+    if batch:
+        block.append(batch)
+    if block:
+        yield block
+
+
+def _atomic_write(path: Path, write: Callable) -> None:
+    """Write through a temporary file and rename it, so an interruption never leaves a half-written file."""
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "wb") as handle:
+        write(handle)
+    os.replace(temporary, path)
+
+
+def _truncate_rows(path: Path, rows: int) -> None:
+    """Shrink the first axis of an ``.npy`` file in place: rewrite its header, same length, and cut the data."""
+    with open(path, "r+b") as handle:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+        else:
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+        data_start = handle.tell()
+        prefix = 8 + (2 if version == (1, 0) else 4)  # magic string, version, header length field
+        header = repr({"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran_order,
+                       "shape": (rows, *shape[1:])})  # fmt: skip
+        room = data_start - prefix - 1  # the header ends with a newline
+        if len(header) > room:
+            raise PrepareError(f"cannot shrink {path}: new header longer than the old one")
+        handle.seek(prefix)
+        handle.write((header.ljust(room) + "\n").encode("latin1"))
+    os.truncate(path, data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,268 @@
+"""`prepare` end to end: synthetic samples -> real-format files -> prepared layout -> loader."""
+
+import argparse
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import skeleton.prepare as prepare_module
+from skeleton.datasets import load_dataset
+from skeleton.joints import NTU60_XSUB_TRAIN_PERFORMERS
+from skeleton.prenormalize import prenormalize
+from skeleton.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
+from skeleton.synthetic import SyntheticConfig, generate_synthetic
+from skeleton.synthetic_files import write_ntu_skeleton_files, write_pku_files
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=3, repetitions=2, max_frames=30, min_frames=12)
+
+
+@pytest.fixture(scope="module")
+def samples():
+    return generate_synthetic(CONFIG)
+
+
+def _quiet(_message):
+    pass
+
+
+def _prepare(dataset, raw, out, **options):
+    return prepare_dataset(dataset, raw, out, log=_quiet, **options)
+
+
+def _args(*argv):
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    return parser.parse_args([*argv, "--quiet"])
+
+
+def _check_against_synthetic(dataset, samples, bodies=2):
+    """Every prepared sample equals the pre-normalized synthetic one on its valid frames."""
+    index = {name: i for i, name in enumerate(samples.names)}
+    expected = prenormalize(samples.data)
+    for i in range(len(dataset)):
+        x, count, label = dataset[i]
+        j = index[dataset.names[i]]
+        n = int(samples.num_frames[j])
+        assert int(count) == n and label == samples.labels[j]
+        np.testing.assert_allclose(x.numpy()[:, :n, :, :bodies], expected[j, :, :n, :, :bodies], atol=1e-4)
+        assert np.any(x.numpy()[:, n:] != 0)  # the 300-frame axis is repeat-filled, never zero-padded
+
+
+@pytest.mark.parametrize("crlf, exponent, extra_bodies", [(False, False, 0), (True, True, 2)])
+def test_ntu60_round_trip(tmp_path, samples, crlf, exponent, extra_bodies):
+    write_ntu_skeleton_files(samples, tmp_path / "raw", crlf=crlf, exponent=exponent, extra_bodies=extra_bodies)
+    summary = _prepare("ntu60", tmp_path / "raw", tmp_path / "data" / "ntu60", workers=2)
+    assert not summary.malformed and not summary.empty and summary.ignored == 0
+    performers_train = np.isin(samples.performer, list(NTU60_XSUB_TRAIN_PERFORMERS))
+    assert summary.counts["xsub"] == {"train": performers_train.sum(), "val": (~performers_train).sum()}
+    cameras_train = np.isin(samples.camera, [2, 3])
+    assert summary.counts["xview"] == {"train": cameras_train.sum(), "val": (~cameras_train).sum()}
+    folder = tmp_path / "data" / "ntu60" / "xsub"
+    data = np.load(folder / "train_data_joint.npy", mmap_mode="r")
+    assert data.dtype == np.float32 and data.shape == (performers_train.sum(), 3, 300, 25, 2)
+    with open(folder / "train_label.pkl", "rb") as handle:
+        names, labels = pickle.load(handle)
+    assert isinstance(names, list) and isinstance(labels, list) and names == sorted(names)
+    assert np.load(folder / "train_num_frame.npy").shape == (len(names),)
+    assert not (tmp_path / "data" / "ntu60" / ".prepare").exists()
+    for split in ("train", "val"):
+        for benchmark in ("ntu60-xsub", "ntu60-xview"):
+            # with ghost bodies, a single performer's second body is a ghost: compare body 0 only then
+            _check_against_synthetic(load_dataset(benchmark, split, tmp_path / "data"), samples, 1 + (not extra_bodies))
+
+
+def test_ntu120_xset_and_ntu60_scope(tmp_path, samples):
+    write_ntu_skeleton_files(samples, tmp_path / "raw" / "nturgb+d_skeletons")
+    extra = generate_synthetic(CONFIG, np.arange(3))
+    extra = extra._replace(names=["S018C001P001R001A001", "S001C001P001R001A061", "S032C001P050R001A120"])
+    write_ntu_skeleton_files(extra, tmp_path / "raw" / "nturgb+d_skeletons120")
+    summary = _prepare("ntu60", tmp_path / "raw", tmp_path / "ntu60")
+    assert summary.outside == 3 and sum(summary.counts["xsub"].values()) == len(samples.names)
+    summary = _prepare("ntu120", tmp_path / "raw", tmp_path / "ntu120")
+    even = np.array([int(name[1:4]) % 2 == 0 for name in samples.names])
+    assert summary.counts["xset"] == {"train": even.sum() + 2, "val": (~even).sum() + 1}
+    assert load_dataset("ntu120-xset", "train", tmp_path).num_classes == 120
+
+
+def test_ignore_list_with_header(tmp_path, samples):
+    write_ntu_skeleton_files(samples, tmp_path / "raw")
+    ignore = tmp_path / "missing.txt"
+    ignore.write_text(
+        "The following samples have missing or incomplete skeletons.\nPlease ignore them.\n\n"
+        + "\n".join(samples.names[:5])
+        + "\nS099C001P001R001A001\n\n"
+    )
+    assert read_ignore_list(ignore) == {*samples.names[:5], "S099C001P001R001A001"}
+    summary = _prepare("ntu60", tmp_path / "raw", tmp_path / "out", ignore_list=ignore)
+    assert summary.ignored == 5 and sum(summary.counts["xview"].values()) == len(samples.names) - 5
+    assert not set(samples.names[:5]) & set(load_dataset("ntu60-xview", "val", tmp_path / "out").names)
+    ignore.write_text("header\nS001C001P001R001A001\nnot a name\n")
+    with pytest.raises(ValueError, match=r"missing.txt:3: expected a sample name"):
+        read_ignore_list(ignore)
+    ignore.write_text("only prose\n")
+    with pytest.raises(ValueError, match="no sample name"):
+        read_ignore_list(ignore)
+
+
+def test_malformed_truncated_and_empty_files_are_reported_and_skipped(tmp_path, samples, capsys):
+    raw = tmp_path / "raw"
+    paths = write_ntu_skeleton_files(samples, raw)
+    lines = paths[0].read_text().splitlines()
+    lines[5] = "0.1 0.2"
+    paths[0].write_text("\n".join(lines) + "\n")
+    paths[1].write_text("\n".join(paths[1].read_text().splitlines()[:40]) + "\n")  # truncated
+    paths[2].write_text("3\n0\n0\n0\n")  # three frames, no body in any
+    (raw / "notes.skeleton").write_text("1\n0\n")
+    code = run_prepare(_args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", "2"))
+    report = capsys.readouterr().out
+    assert code == 0
+    assert f"{paths[0]}:6: body line of frame 1: expected 10 values, got 2" not in report  # line 6 is a joint line
+    assert f"{paths[0]}:6: expected 12 values, got 2" in report
+    assert f"{paths[1]}:41: file ends early" in report
+    assert f"{raw / 'notes.skeleton'}:0:" in report and "skipped, malformed: 3" in report
+    assert "dropped, no body in any frame: 1" in report and samples.names[2] in report
+    summary = json.loads((tmp_path / "out" / "prepare_summary.json").read_text())
+    assert len(summary["malformed"]) == 3 and summary["empty"] == [samples.names[2]]
+    kept = set()
+    for split in ("train", "val"):
+        dataset = load_dataset("ntu60-xsub", split, tmp_path / "out")
+        kept |= set(dataset.names)
+        assert all(np.abs(dataset.data[i]).sum() > 0 for i in range(len(dataset)))  # never a zeroed sample
+    assert kept == set(samples.names[3:])
+    strict = _args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "strict"), "--strict")
+    assert run_prepare(strict) == 1
+
+
+def test_input_errors(tmp_path, capsys):
+    assert run_prepare(_args("--dataset", "ntu60", "--raw", str(tmp_path / "nowhere"), "--out", str(tmp_path))) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"no \*.skeleton files"):
+        _prepare("ntu120", tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(FileNotFoundError, match="cross_subject_v2.txt"):
+        _prepare("pku2", tmp_path / "empty", tmp_path / "out")
+    with pytest.raises(ValueError, match="NTU datasets only"):
+        _prepare("pku2", tmp_path / "empty", tmp_path / "out", ignore_list=tmp_path / "x")
+
+
+def test_interrupted_run_resumes(tmp_path, samples, monkeypatch):
+    write_ntu_skeleton_files(samples, tmp_path / "raw")
+    _prepare("ntu60", tmp_path / "raw", tmp_path / "whole")
+    process, calls = prepare_module._process, []
+
+    def interrupted(jobs):
+        calls.append(len(jobs))
+        if len(calls) == 11:  # in the second block of 64 samples (8 per batch)
+            raise KeyboardInterrupt
+        return process(jobs)
+
+    monkeypatch.setattr(prepare_module, "_process", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        _prepare("ntu60", tmp_path / "raw", tmp_path / "resumed")
+    status = np.load(tmp_path / "resumed" / ".prepare" / "status.npy")
+    assert (status != 0).sum() == 80 and not (tmp_path / "resumed" / "xsub" / "train_data_joint.npy").exists()
+    monkeypatch.setattr(prepare_module, "_process", process)
+    messages = []
+    prepare_dataset("ntu60", tmp_path / "raw", tmp_path / "resumed", log=messages.append)
+    assert messages == ["resuming: 80 of 96 samples already done"]
+    for benchmark in ("xsub", "xview"):
+        for name in ("train_data_joint.npy", "val_data_joint.npy", "val_num_frame.npy"):
+            whole = np.load(tmp_path / "whole" / benchmark / name)
+            np.testing.assert_array_equal(np.load(tmp_path / "resumed" / benchmark / name), whole)
+    messages.clear()
+    again = prepare_dataset("ntu60", tmp_path / "raw", tmp_path / "resumed", log=messages.append)
+    assert "already prepared" in messages[0] and again.counts["xsub"]["train"] > 0
+
+
+def test_published_split_sizes_are_asserted_on_the_full_dataset(tmp_path, samples, monkeypatch):
+    write_ntu_skeleton_files(samples, tmp_path / "raw")
+    ignore = tmp_path / "missing.txt"
+    ignore.write_text("Samples with missing skeletons:\n" + "\n".join(samples.names[:4]) + "\n")
+    monkeypatch.setitem(prepare_module.NTU_FULL_FILE_COUNTS, "ntu60", len(samples.names))
+    monkeypatch.setitem(prepare_module.NTU_MISSING_COUNTS, "ntu60", 4)
+    xsub_train = np.isin(samples.performer[4:], list(NTU60_XSUB_TRAIN_PERFORMERS))
+    xview_train = np.isin(samples.camera[4:], [2, 3])
+    sizes = {"xsub": (xsub_train.sum(), (~xsub_train).sum()), "xview": (xview_train.sum(), (~xview_train).sum())}
+    for benchmark, size in sizes.items():
+        monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("ntu60", benchmark), size)
+    assert _prepare("ntu60", tmp_path / "raw", tmp_path / "a", ignore_list=ignore).published_sizes_checked
+    monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("ntu60", "xview"), (sizes["xview"][0] + 1, 0))
+    with pytest.raises(PrepareError, match=r"ntu60 xview: \d+ train / \d+ val samples, but the published split"):
+        _prepare("ntu60", tmp_path / "raw", tmp_path / "b", ignore_list=ignore)
+    partial = _prepare("ntu60", tmp_path / "raw", tmp_path / "c")  # no ignore list: not the official setting
+    assert not partial.published_sizes_checked
+
+
+@pytest.mark.parametrize("convention", ["reference", "inclusive"])
+def test_pku2_round_trip(tmp_path, samples, convention):
+    names = write_pku_files(samples, tmp_path / "raw", frame_convention=convention, samples_per_video=5, crlf=True)
+    summary = _prepare("pku2", tmp_path / "raw", tmp_path / "pku2", pku_frames=convention)
+    assert not summary.malformed and sum(summary.counts["xsub"].values()) == len(samples.names)
+    held_out = {"pku2-xsub": samples.performer % 4 == 0, "pku2-xview": samples.camera == 1}
+    for benchmark in ("pku2-xsub", "pku2-xview"):
+        for split in ("train", "val"):
+            dataset = load_dataset(benchmark, split, tmp_path / "pku2")
+            assert dataset.num_classes == 51
+            assert len(dataset) == (held_out[benchmark] == (split == "val")).sum()
+            dataset.names = [names[name] for name in dataset.names]
+            _check_against_synthetic(dataset, samples)
+
+
+def test_pku2_wrong_convention_and_bad_labels(tmp_path, samples):
+    raw = tmp_path / "raw"
+    names = write_pku_files(samples, raw, frame_convention="inclusive", samples_per_video=5)
+    _prepare("pku2", raw, tmp_path / "shifted")  # 1-based inclusive rows read as [start, end): one frame less
+    dataset = load_dataset("pku2-xsub", "val", tmp_path / "shifted")
+    frames = dict(zip(samples.names, samples.num_frames.tolist()))
+    assert [int(dataset[i][1]) for i in range(len(dataset))] == [frames[names[n]] - 1 for n in dataset.names]
+    label = sorted((raw / "label").glob("*.txt"))[0]
+    label.write_text(label.read_text().replace("\n", "\n1,2\n", 1))
+    last = sorted((raw / "label").glob("*.txt"))[1]
+    rows = last.read_text().splitlines()
+    rows[-1] = "2,5,100000,1"
+    last.write_text("\n".join(rows) + "\n")
+    summary = _prepare("pku2", raw, tmp_path / "bad", pku_frames="inclusive")
+    assert summary.malformed[0] == f"{label}:2: expected 4 comma-separated values, got 2"
+    assert summary.malformed[1].startswith(f"{last}:{len(rows)}: frames [4, 100000) outside the video's")
+
+
+def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
+    config = SyntheticConfig(num_classes=8, num_performers=8, num_cameras=1, repetitions=5, max_frames=8, min_frames=4)
+    many = generate_synthetic(config)
+    write_ntu_skeleton_files(many, tmp_path / "many")
+    write_ntu_skeleton_files(generate_synthetic(config, np.arange(128)), tmp_path / "few")  # 2 blocks of 64
+    script = (
+        "import resource, sys; sys.path.insert(0, sys.argv[1]);"
+        "from skeleton.prepare import prepare_dataset;"
+        "prepare_dataset('ntu60', sys.argv[2], sys.argv[3], log=lambda m: None);"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
+    )
+    peaks = {}
+    for name in ("few", "many"):
+        result = subprocess.run(
+            [sys.executable, "-c", script, str(ROOT / "examples"), str(tmp_path / name), str(tmp_path / f"out-{name}")],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        peaks[name] = int(result.stdout.split()[-1]) / 1024  # MiB
+    # The outputs grow by 192 samples x 2 benchmarks x 176 KiB = 66 MiB from "few" to "many"
+    assert peaks["many"] - peaks["few"] < 16, peaks
+
+
+def test_command_line_through_skeleton_moco(tmp_path, samples):
+    write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(10)), tmp_path / "raw")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "prepare", "--dataset", "ntu60",
+         "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "ntu60"), "--workers", "2", "--quiet"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "xsub: train" in result.stdout
+    assert len(load_dataset("ntu60-xsub", "train", tmp_path / "ntu60")) + len(
+        load_dataset("ntu60-xsub", "val", tmp_path / "ntu60")
+    ) == 10
