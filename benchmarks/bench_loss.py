@@ -1,7 +1,8 @@
-"""Cost of HaLP over plain InfoNCE, of the closed-form generator over a materializing one, and of k-means.
+"""Cost of HaLP over plain InfoNCE, of the closed-form generator over a materializing one, and of k-means;
+then the two HaLP estimators (sampled with M positives vs the exact expectation): cost and gradient noise.
 
 Run: ``python benchmarks/bench_loss.py [--device cuda] [--threads N]``. Sizes are the released NTU settings:
-B = 64, K = 16384, D = 128, M = 100, P = 20. Prints a markdown table; ratios compare timings of one run.
+B = 64, K = 16384, D = 128, M = 100, P = 20. Prints markdown tables; ratios compare timings of one run.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from halp_loss import HaLPInfoNCE, hallucinate_positives, spherical_kmeans
 
 B, K, D, M, P, T = 64, 16384, 128, 100, 20, 0.07
 STEPS = 10  # one bank refit per measured block, as in training
+DRAWS = 100  # independent draws of the sampled estimator for the spread of its gradient
 
 
 def plain_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
@@ -89,6 +91,53 @@ def run(device: str, min_run_time: float) -> list[tuple[str, float, str]]:
     ]
 
 
+def query_gradient(
+    criterion: HaLPInfoNCE, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, protos: torch.Tensor
+) -> torch.Tensor:
+    q = q.detach().requires_grad_()
+    criterion(q, k, queue.T, prototypes=protos).backward()
+    return q.grad
+
+
+def run_estimators(device: str, min_run_time: float) -> list[tuple[str, str, float, float, float, float]]:
+    """HaLPInfoNCE fwd+bwd with each estimator (given prototypes, so no bank refits), and the spread of dL/dq
+    over DRAWS independent draws of the sampled estimator (the expected one is deterministic).
+
+    Returns rows ``(objective, estimator, seconds, std, relative std, gap)``: ``std`` is the mean over entries
+    of the std of dL/dq across draws, ``relative std`` that over the RMS of the HaLP term's share of dL/dq (the
+    expected estimator's), and ``gap`` the distance from the mean of the draws' gradients to the expected
+    estimator's gradient, over the norm of the latter's HaLP share.
+    """
+    torch.manual_seed(0)
+    queue = F.normalize(torch.randn(D, K, device=device), dim=0)
+    q = torch.randn(B, D, device=device, requires_grad=True)
+    k = torch.randn(B, D, device=device)
+    recent = torch.cat([F.normalize(k, dim=1), F.normalize(torch.randn(256 - B, D, device=device), dim=1)])
+    protos = spherical_kmeans(recent, P).centroids
+    sync = "torch.cuda.synchronize()" if device.startswith("cuda") else "pass"
+    rows = []
+    for objective in ("align", "infonce"):
+        criteria = {
+            f"sampled, M = {M}": HaLPInfoNCE(
+                objective=objective, num_positives=M, generator=torch.Generator(device).manual_seed(0)
+            ),
+            "expected": HaLPInfoNCE(objective=objective, estimator="expected"),
+        }
+        exact = query_gradient(criteria["expected"], q, k, queue, protos)
+        halp_share = exact - query_gradient(HaLPInfoNCE(halp_weight=0.0), q, k, queue, protos)
+        for name, criterion in criteria.items():
+            env = dict(criterion=criterion, q=q, k=k, queue=queue, protos=protos, torch=torch)
+            stmt = f"criterion(q, k, queue.T, prototypes=protos).backward(); {sync}"
+            seconds = measure(stmt, env, f"{name} {objective}", min_run_time)
+            draws = 3 if name == "expected" else DRAWS
+            grads = torch.stack([query_gradient(criterion, q, k, queue, protos) for _ in range(draws)])
+            std = grads.std(dim=0).mean()
+            gap = (grads.mean(dim=0) - exact).norm() / halp_share.norm()
+            relative = std / halp_share.square().mean().sqrt()
+            rows.append((objective, name, seconds, std.item(), relative.item(), gap.item()))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cpu")
@@ -103,6 +152,12 @@ def main() -> None:
     print("| what | time per call | ratio |\n|---|---|---|")
     for what, seconds, ratio in run(args.device, args.min_run_time):
         print(f"| {what} | {seconds * 1e3:.3f} ms | {ratio} |")
+
+    print(f"\nHaLP estimators: HaLPInfoNCE fwd+bwd, given prototypes; dL/dq over {DRAWS} draws of the sampled one")
+    print("\n| objective | estimator | time per call | std of dL/dq | / RMS of HaLP's dL/dq | mean vs expected |")
+    print("|---|---|---|---|---|---|")
+    for objective, name, seconds, std, relative, gap in run_estimators(args.device, args.min_run_time):
+        print(f"| {objective} | {name} | {seconds * 1e3:.3f} ms | {std:.2e} | {relative:.2%} | {gap:.2%} |")
 
 
 if __name__ == "__main__":
