@@ -42,6 +42,9 @@ def _add_common_arguments(parser: argparse.ArgumentParser, resumable: bool) -> N
     group = parser.add_argument_group("common options")
     group.add_argument("--dataset", choices=DATASET_NAMES, help="dataset (default: synthetic, or the checkpoint's)")
     group.add_argument("--data-root", help="folder of the prepared dataset (the output of `prepare`)")
+    group.add_argument(
+        "--synthetic", nargs="+", metavar="NAME=VALUE", help="synthetic dataset options, e.g. num_classes=5"
+    )
     group.add_argument("--out", help="run folder (default: a new folder under runs/)")
     group.add_argument("--preset", choices=PRESETS, help="cpu for synthetic data, paper otherwise (default)")
     group.add_argument("--device", help="cuda, cpu, cuda:1, ... (default: cuda when available)")

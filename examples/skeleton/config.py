@@ -216,11 +216,27 @@ def resolve_config(args: argparse.Namespace, dataset: str, base: Optional[RunCon
     for name in ("data_root", "seed", "device", "amp", "num_workers", "max_steps"):
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
+    if getattr(args, "synthetic", None):
+        cfg.synthetic = {**cfg.synthetic, **parse_synthetic(args.synthetic)}
     for dest, value in vars(args).items():
         if "." in dest and value is not None:
             section, name = dest.split(".")
             setattr(getattr(cfg, section), name, tuple(value) if isinstance(value, list) else value)
     return cfg
+
+
+def parse_synthetic(pairs: list[str]) -> dict[str, Any]:
+    """``["num_classes=5", "noise_std=0.01"]`` -> ``{"num_classes": 5, "noise_std": 0.01}``, typed and checked
+    against :class:`~skeleton.synthetic.SyntheticConfig`."""
+    hints = typing.get_type_hints(SyntheticConfig)
+    values: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, text = pair.partition("=")
+        if not sep or name not in hints:
+            raise ValueError(f"--synthetic expects NAME=VALUE with NAME one of {sorted(hints)}, got {pair!r}")
+        values[name] = hints[name](text)
+    SyntheticConfig(**values)  # validates
+    return values
 
 
 def to_dict(cfg: RunConfig) -> dict[str, Any]:

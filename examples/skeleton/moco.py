@@ -80,8 +80,9 @@ class MoCo(nn.Module):
     def enqueue(self, keys: Tensor) -> None:
         """Write the keys of all ranks (normalized) over the oldest entries of the queue."""
         keys = F.normalize(gather_rows(keys.detach()).to(self.queue.dtype), dim=1)
-        size = self.queue.shape[1]
-        keys = keys[-size:]
-        slots = (self.queue_ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        size, arrived = self.queue.shape[1], keys.shape[0]
+        keys = keys[-size:]  # more keys than slots: only the newest survive
+        first = self.queue_ptr + arrived - keys.shape[0]
+        slots = (first + torch.arange(keys.shape[0], device=keys.device)) % size
         self.queue[:, slots] = keys.T
-        self.queue_ptr.copy_((self.queue_ptr + keys.shape[0]) % size)
+        self.queue_ptr.copy_((self.queue_ptr + arrived) % size)

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from halp_loss import HaLPInfoNCE
 from skeleton import distributed
 from skeleton.augment import pretrain_view
-from skeleton.checkpoint import build_embedding_net, load_checkpoint, restore_rng_state, rng_state, save_checkpoint
+from skeleton.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
 from skeleton.config import RunConfig, load_split, to_dict
 from skeleton.evaluation import evaluate_knn
 from skeleton.moco import MoCo
@@ -166,9 +166,8 @@ class Pretraining:
             torch.distributed.barrier()
         return path
 
-    def resume(self, path: Path) -> None:
-        """Continue the run of a checkpoint exactly where it stopped."""
-        checkpoint = load_checkpoint(path)
+    def resume(self, checkpoint: dict[str, Any]) -> None:
+        """Continue the run of a checkpoint (as loaded by ``load_checkpoint``) exactly where it stopped."""
         self._load_training_state(checkpoint)
         self.criterion.load_state_dict(checkpoint["criterion"])
         self.precision.load_state_dict(checkpoint["precision"])
@@ -179,16 +178,15 @@ class Pretraining:
         elif self.is_main:
             print(f"checkpoint was written by {len(states)} ranks, now {distributed.world_size()}: fresh RNG states")
 
-    def init_from(self, path: Path) -> None:
+    def init_from(self, checkpoint: dict[str, Any]) -> None:
         """Start this run from another run's checkpoint: weights, queue, optimizer, epoch and history.
 
         This is the paper's two-phase recipe: a plain MoCo run to epoch 200, then a HaLP run initialized from
         it. The loss's prototype bank and the RNG states start afresh.
         """
-        checkpoint = load_checkpoint(path)
+        if checkpoint["position"]["batch"]:
+            raise ValueError("that checkpoint was written in the middle of an epoch; --resume its run to finish it")
         self._load_training_state(checkpoint)
-        if self.position.batch:
-            raise ValueError(f"{path} was written in the middle of an epoch; use --resume to finish that run")
 
     def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
         self.model.load_state_dict(checkpoint["model"])

@@ -1,0 +1,112 @@
+"""Skeleton encoders: the whole-sequence paired GRU equals the released step-by-step formulation."""
+
+import pytest
+import torch
+from torch import nn
+
+from skeleton.encoders import (
+    ENCODERS,
+    EmbeddingNet,
+    PairedGRU,
+    RecurrentEncoder,
+    STGCNEncoder,
+    build_encoder,
+    flatten_frames,
+    spatial_partitions,
+)
+from skeleton.joints import BONE_PARENTS, JOINT_INDEX
+
+
+def released_step_by_step(encoder: RecurrentEncoder, gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
+    """The released model: a bidirectional nn.GRU fed one frame at a time with the carried state."""
+    frames = flatten_frames(x)
+    frames = encoder.input_norm(frames.transpose(1, 2)).transpose(1, 2)
+    state = None
+    for t in range(frames.shape[1]):
+        output, state = gru(frames[:, t : t + 1], state)
+    return output[:, -1]
+
+
+@pytest.mark.parametrize("num_layers", [1, 3])
+def test_paired_gru_equals_step_by_step_bidirectional_gru(num_layers):
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(hidden_size=24, num_layers=num_layers).double().eval()
+    gru = nn.GRU(150, 24, num_layers, batch_first=True, bidirectional=True).double()
+    encoder.rnn.load_bidirectional(gru)
+    x = torch.randn(5, 3, 17, 25, 2, dtype=torch.float64)
+    torch.testing.assert_close(encoder(x), released_step_by_step(encoder, gru, x), rtol=1e-10, atol=1e-10)
+
+
+def test_paired_gru_gradients_match_step_by_step():
+    torch.manual_seed(1)
+    encoder = RecurrentEncoder(hidden_size=8, num_layers=2).double().eval()
+    gru = nn.GRU(150, 8, 2, batch_first=True, bidirectional=True).double()
+    encoder.rnn.load_bidirectional(gru)
+    x = torch.randn(3, 3, 9, 25, 2, dtype=torch.float64)
+    encoder(x).square().sum().backward()
+    released_step_by_step(encoder, gru, x).square().sum().backward()
+    torch.testing.assert_close(encoder.rnn.reverse_grus[1].weight_hh_l0.grad, gru.weight_hh_l1_reverse.grad)
+    torch.testing.assert_close(encoder.rnn.forward_grus[0].weight_ih_l0.grad, gru.weight_ih_l0.grad)
+
+
+def test_load_bidirectional_rejects_mismatched_gru():
+    with pytest.raises(ValueError, match="bidirectional"):
+        PairedGRU(150, 8, 2).load_bidirectional(nn.GRU(150, 8, 2, bidirectional=False))
+
+
+def test_flatten_frames_feature_index():
+    x = torch.zeros(1, 3, 2, 25, 2)
+    x[0, 2, 1, 7, 1] = 1.0  # c = 2, t = 1, v = 7, m = 1
+    flat = flatten_frames(x)
+    assert flat.shape == (1, 2, 150)
+    assert flat[0, 1].nonzero().item() == 7 * 6 + 2 * 2 + 1
+
+
+def test_bidirectional_feature_is_final_state_of_each_direction():
+    torch.manual_seed(0)
+    encoder = RecurrentEncoder(hidden_size=6, num_layers=2, bidirectional=True).eval()
+    x = torch.randn(2, 3, 11, 25, 2)
+    frames = encoder.input_norm(flatten_frames(x).transpose(1, 2)).transpose(1, 2)
+    outputs, _ = encoder.rnn(frames)
+    expected = torch.cat([outputs[:, -1, :6], outputs[:, 0, 6:]], dim=1)
+    torch.testing.assert_close(encoder(x), expected)
+
+
+@pytest.mark.parametrize("name", ENCODERS)
+def test_encoders_shapes_and_gradients(name):
+    torch.manual_seed(0)
+    backbone = build_encoder(name, hidden_size=16, num_layers=2, stgcn_width=8)
+    net = EmbeddingNet(backbone, embed_dim=12)
+    x = torch.randn(4, 3, 32, 25, 2)
+    out = net(x)
+    assert out.shape == (4, 12)
+    assert backbone(x).shape == (4, backbone.feature_dim)
+    out.sum().backward()
+    assert all(p.grad is not None for p in net.parameters())
+
+
+def test_unknown_encoder():
+    with pytest.raises(ValueError, match="unknown encoder"):
+        build_encoder("lstm")
+
+
+def test_spatial_partitions_average_neighbours():
+    center = JOINT_INDEX["spine_shoulder"]
+    parts = spatial_partitions(BONE_PARENTS, center)
+    assert parts.shape == (3, 25, 25)
+    torch.testing.assert_close(parts.sum(dim=(0, 1)), torch.ones(25, dtype=torch.float32))
+    # The centre has no neighbour closer to itself; its neighbours are all farther.
+    assert parts[1, :, center].sum() == 0
+    assert parts[2, :, center].sum() > 0
+    # Every edge of the tree appears in exactly one partition, in both directions.
+    support = (parts.sum(dim=0) > 0).int()
+    assert torch.equal(support, support.T)
+    assert int(support.sum()) == 25 + 2 * 24
+
+
+def test_stgcn_is_invariant_to_body_order():
+    torch.manual_seed(0)
+    encoder = STGCNEncoder(width=4).eval()
+    x = torch.randn(2, 3, 16, 25, 2)
+    torch.testing.assert_close(encoder(x), encoder(x.flip(-1)), rtol=1e-5, atol=1e-6)
+    assert encoder.feature_dim == 16

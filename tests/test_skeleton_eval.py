@@ -1,0 +1,105 @@
+"""Evaluation protocols and the shared training pieces: chunked 1-NN, labelled subsets, classifier
+training (frozen vs fine-tuned), the step schedule and the resumable sampler."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from skeleton.config import ClassifierConfig
+from skeleton.datasets import load_dataset
+from skeleton.encoders import build_encoder
+from skeleton.evaluation import ClassifierTraining, knn_top1, labelled_subset, nearest_neighbors
+from skeleton.synthetic import SyntheticConfig
+from skeleton.training import EpochSampler, Precision, lr_at
+
+SMALL = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=4, max_frames=48, min_frames=24)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 7, 64, 10_000])
+def test_nearest_neighbors_matches_brute_force(chunk_size):
+    torch.manual_seed(0)
+    memory = F.normalize(torch.randn(150, 16), dim=1)
+    queries = F.normalize(torch.randn(70, 16), dim=1)
+    expected = (queries @ memory.T).argmax(dim=1)
+    assert torch.equal(nearest_neighbors(memory, queries, chunk_size), expected)
+
+
+def test_knn_top1_on_separated_clusters():
+    torch.manual_seed(0)
+    centres = F.normalize(torch.randn(5, 32), dim=1)
+    labels = torch.arange(5).repeat_interleave(20)
+    features = F.normalize(centres[labels] + 0.05 * torch.randn(100, 32), dim=1)
+    assert knn_top1(features[::2], labels[::2], features[1::2], labels[1::2], chunk_size=16) == 1.0
+    shuffled = labels[torch.randperm(100)]
+    assert knn_top1(features[::2], shuffled[::2], features[1::2], labels[1::2]) < 0.6
+
+
+def test_nearest_neighbors_empty_memory():
+    with pytest.raises(ValueError, match="empty"):
+        nearest_neighbors(torch.zeros(0, 4), torch.zeros(3, 4))
+
+
+def test_labelled_subset_is_per_class_and_reproducible():
+    labels = np.repeat(np.arange(3), [100, 50, 7])
+    chosen = labelled_subset(labels, 0.1, seed=3)
+    assert np.bincount(labels[chosen]).tolist() == [10, 5, 1]
+    assert np.array_equal(chosen, labelled_subset(labels, 0.1, seed=3))
+    assert not np.array_equal(chosen, labelled_subset(labels, 0.1, seed=4))
+    with pytest.raises(ValueError, match="ratio"):
+        labelled_subset(labels, 0.0, seed=0)
+
+
+def test_lr_steps():
+    assert lr_at(0.01, (351,), 350) == 0.01
+    assert lr_at(0.01, (351,), 351) == pytest.approx(0.001)
+    assert lr_at(0.005, (50, 70), 75) == pytest.approx(0.00005)
+
+
+def test_epoch_sampler_shards_and_skips():
+    ranks = [EpochSampler(50, batch_size=4, seed=1, rank=r, world_size=2) for r in range(2)]
+    for sampler in ranks:
+        sampler.set_epoch(3)
+    shards = [list(sampler) for sampler in ranks]
+    assert len(shards[0]) == len(shards[1]) == 6 * 4  # 50 // 8 = 6 global batches, whole batches only
+    assert not set(shards[0]) & set(shards[1])
+    ranks[0].set_epoch(3, skip_batches=2)
+    assert list(ranks[0]) == shards[0][8:]
+    assert len(ranks[0]) == 16
+    ranks[0].set_epoch(4)
+    assert list(ranks[0]) != shards[0]
+    with pytest.raises(ValueError, match="no full batch"):
+        EpochSampler(5, batch_size=4, seed=0, world_size=2)
+
+
+def _classifier(encoder, finetune, epochs=3):
+    cfg = ClassifierConfig(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,))
+    return ClassifierTraining(
+        encoder, 4, cfg, finetune=finetune, device=torch.device("cpu"), precision=Precision("none", torch.device("cpu")),
+        progress=False,
+    )
+
+
+def test_linear_probe_keeps_the_encoder_frozen():
+    torch.manual_seed(0)
+    train, val = load_dataset("synthetic", "train", synthetic=SMALL), load_dataset("synthetic", "val", synthetic=SMALL)
+    encoder = build_encoder("gru", hidden_size=16, num_layers=1)
+    before = {k: v.clone() for k, v in encoder.state_dict().items()}
+    result = _classifier(encoder, finetune=False).fit(train, val)
+    for name, value in encoder.state_dict().items():
+        assert torch.equal(value, before[name]), name  # weights and BatchNorm statistics
+    assert len(result.history) == 3
+    assert result.best_top1 == max(row["val_top1"] for row in result.history)
+    assert result.last_top1 == result.history[-1]["val_top1"]
+    assert all(0.0 <= row["val_top1"] <= 1.0 for row in result.history)
+    assert result.history[-1]["lr"] == pytest.approx(0.01)
+
+
+def test_finetuning_trains_the_encoder():
+    torch.manual_seed(0)
+    train, val = load_dataset("synthetic", "train", synthetic=SMALL), load_dataset("synthetic", "val", synthetic=SMALL)
+    encoder = build_encoder("gru", hidden_size=16, num_layers=1)
+    before = encoder.input_norm.weight.clone()
+    training = _classifier(encoder, finetune=True, epochs=1)
+    training.fit(train, val)
+    assert not torch.equal(encoder.input_norm.weight, before)
