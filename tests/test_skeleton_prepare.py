@@ -266,3 +266,16 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
     assert len(load_dataset("ntu60-xsub", "train", tmp_path / "ntu60")) + len(
         load_dataset("ntu60-xsub", "val", tmp_path / "ntu60")
     ) == 10
+
+
+def test_split_rules_and_published_sizes():
+    from skeleton.joints import NTU_FULL_FILE_COUNTS, NTU_MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
+
+    for (dataset, _), (train, val) in PUBLISHED_SPLIT_SIZES.items():
+        assert train + val == NTU_FULL_FILE_COUNTS[dataset] - NTU_MISSING_COUNTS[dataset]
+    assert ntu_is_training("ntu60", "xsub", 1, 1, 38) and not ntu_is_training("ntu60", "xsub", 1, 1, 3)
+    assert ntu_is_training("ntu120", "xsub", 20, 1, 103) and not ntu_is_training("ntu60", "xsub", 1, 1, 45)
+    assert ntu_is_training("ntu120", "xset", 32, 1, 1) and not ntu_is_training("ntu120", "xset", 31, 2, 1)
+    assert ntu_is_training("ntu60", "xview", 1, 2, 3) and not ntu_is_training("ntu60", "xview", 1, 1, 1)
+    with pytest.raises(ValueError, match="unknown NTU benchmark"):
+        ntu_is_training("ntu60", "xset", 1, 1, 1)
