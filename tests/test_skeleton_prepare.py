@@ -122,10 +122,10 @@ def test_malformed_truncated_and_empty_files_are_reported_and_skipped(tmp_path, 
     code = run_prepare(_args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", "2"))
     report = capsys.readouterr().out
     assert code == 0
-    assert f"{paths[0]}:6: body line of frame 1: expected 10 values, got 2" not in report  # line 6 is a joint line
-    assert f"{paths[0]}:6: expected 12 values, got 2" in report
+    assert f"{paths[0]}:6: expected 12 values, got 2" in report  # line 6 is the second joint line
     assert f"{paths[1]}:41: file ends early" in report
-    assert f"{raw / 'notes.skeleton'}:0:" in report and "skipped, malformed: 3" in report
+    assert f"{raw / 'notes.skeleton'}: 'notes.skeleton' is not an NTU sample name" in report
+    assert "skipped, malformed: 3" in report
     assert "dropped, no body in any frame: 1" in report and samples.names[2] in report
     summary = json.loads((tmp_path / "out" / "prepare_summary.json").read_text())
     assert len(summary["malformed"]) == 3 and summary["empty"] == [samples.names[2]]

@@ -102,9 +102,17 @@ def test_thousands_of_samples_in_seconds():
 
 
 @pytest.mark.parametrize(
-    "field, value",
-    [("num_classes", 0), ("max_frames", 10), ("benchmark", "xset"), ("drop_frame_prob", 1.0), ("num_performers", 1000)],
+    "options, message",
+    [
+        ({"num_classes": 0}, "num_classes must be >= 1"),
+        ({"max_frames": 10}, "max_frames"),
+        ({"benchmark": "xset"}, "benchmark must be"),
+        ({"drop_frame_prob": 1.0}, "drop_frame_prob"),
+        ({"num_performers": 1000}, "999"),
+        ({"num_performers": 3}, "num_performers must be >= 4"),
+        ({"benchmark": "xview", "num_cameras": 1}, "num_cameras must be >= 2"),
+    ],
 )
-def test_config_validation(field, value):
-    with pytest.raises(ValueError, match=field.split("_")[0] if field != "num_performers" else "999"):
-        SyntheticConfig(**{field: value})
+def test_config_validation(options, message):
+    with pytest.raises(ValueError, match=message):
+        SyntheticConfig(**options)

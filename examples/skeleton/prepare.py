@@ -193,6 +193,8 @@ class _Job:
 
 @dataclass
 class _Scan:
+    """What was found under --raw: the samples to prepare, grouped by file, and what was left out."""
+
     candidates: list[_Candidate] = field(default_factory=list)
     jobs: list[_Job] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
@@ -276,7 +278,7 @@ def read_ignore_list(path: str | os.PathLike) -> set[str]:
             token = text.strip().removesuffix(".skeleton")
             if NTU_NAME.fullmatch(token):
                 names.add(token)
-            elif names and token:
+            elif names and token:  # prose is only allowed before the first sample name
                 raise ValueError(f"{path}:{line}: expected a sample name like S001C002P003R002A013, got {text!r}")
     if not names:
         raise ValueError(f"{path}: no sample name (SsssCcccPpppRrrrAaaa) found")
@@ -293,13 +295,13 @@ def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
         try:
             sample = NtuSampleId.parse(path.name)
         except ValueError as error:
-            scan.malformed.append(f"{path}:0: {error}")
+            scan.malformed.append(f"{path}: {error}")
             continue
-        if dataset == "ntu60" and (sample.setup > NTU60_MAX_SETUP or sample.action > NTU60_MAX_ACTION):
+        if not _in_scope(dataset, sample):
             scan.outside += 1
             continue
         if sample.name in seen:
-            scan.malformed.append(f"{path}:0: duplicate of {seen[sample.name]}, skipped")
+            scan.malformed.append(f"{path}: duplicate of {seen[sample.name]}, skipped")
             continue
         seen[sample.name] = path
         scan.files_in_scope += 1
@@ -313,13 +315,13 @@ def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
         candidate = _Candidate(sample.name, sample.action - 1, train, None, str(path))
         scan.jobs.append(_Job("ntu", str(path), ((len(scan.candidates), candidate),)))
         scan.candidates.append(candidate)
-    scan.ignore_ids_in_scope = sum(
-        1
-        for name in ignore
-        if dataset == "ntu120"
-        or (int(name[1:4]) <= NTU60_MAX_SETUP and int(name[-3:]) <= NTU60_MAX_ACTION)
-    )
+    scan.ignore_ids_in_scope = sum(_in_scope(dataset, NtuSampleId.parse(name)) for name in ignore)
     return scan
+
+
+def _in_scope(dataset: str, sample: NtuSampleId) -> bool:
+    """Whether an NTU sample belongs to ``dataset`` (NTU-120 contains NTU-60)."""
+    return dataset == "ntu120" or (sample.setup <= NTU60_MAX_SETUP and sample.action <= NTU60_MAX_ACTION)
 
 
 def _scan_pku(raw: Path, frames: str) -> _Scan:
@@ -331,7 +333,7 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
             f" (expected skeleton/, label/, {', '.join(SPLIT_FILES.values())})"
         )
     try:
-        splits = {benchmark: read_pku_split(raw / name) for benchmark, name in SPLIT_FILES.items()}
+        splits = {b: tuple(map(set, read_pku_split(raw / name))) for b, name in SPLIT_FILES.items()}
     except SkeletonFormatError as error:
         raise ValueError(f"unreadable split file: {error}") from None
     videos = sorted((raw / "skeleton").glob("*.txt"))
@@ -344,12 +346,12 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
         train = tuple(video in splits[benchmark][0] for benchmark in BENCHMARKS["pku2"])
         listed = [video in splits[b][0] or video in splits[b][1] for b in BENCHMARKS["pku2"]]
         if not all(listed):
-            scan.malformed.append(f"{path}:0: video {video} missing from {', '.join(SPLIT_FILES.values())}")
+            scan.malformed.append(f"{path}: video {video} missing from {', '.join(SPLIT_FILES.values())}")
             continue
         try:
             segments = read_pku_labels(label_path)
         except FileNotFoundError:
-            scan.malformed.append(f"{label_path}:0: label file missing")
+            scan.malformed.append(f"{label_path}: label file missing")
             continue
         except SkeletonFormatError as error:
             scan.malformed.append(str(error))
@@ -492,10 +494,10 @@ class _Writer:
         position = {key: int((self.status[:done] == DONE)[mask[:done]].sum()) for key, mask in self.members.items()}
         jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
         block = SAMPLES_PER_WORKER_BLOCK * workers
+        pool = multiprocessing.Pool(workers) if workers > 1 else None  # before tqdm starts its monitor thread
         bar = tqdm(
             total=len(self.status) - done, unit="sample", disable=not progress, desc=f"prepare {self.dataset}"
         )
-        pool = multiprocessing.Pool(workers) if workers > 1 else None
         try:
             for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
                 outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}

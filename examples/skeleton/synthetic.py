@@ -140,6 +140,10 @@ class SyntheticConfig:
             raise ValueError("two_person_fraction must be in [0, 1] and drop_frame_prob in [0, 1)")
         if self.benchmark not in ("xsub", "xview"):
             raise ValueError(f"benchmark must be 'xsub' or 'xview', got {self.benchmark!r}")
+        if self.benchmark == "xsub" and self.num_performers < 4:
+            raise ValueError("benchmark 'xsub' holds out every fourth performer: num_performers must be >= 4")
+        if self.benchmark == "xview" and self.num_cameras < 2:
+            raise ValueError("benchmark 'xview' holds out camera 1: num_cameras must be >= 2")
 
     @property
     def num_samples(self) -> int:
