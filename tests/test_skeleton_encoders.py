@@ -15,6 +15,7 @@ from skeleton.encoders import (
     spatial_partitions,
 )
 from skeleton.joints import BONE_PARENTS, JOINT_INDEX
+from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
 
 
 def released_step_by_step(encoder: RecurrentEncoder, gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:

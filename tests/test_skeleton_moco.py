@@ -7,6 +7,7 @@ from torch import nn
 
 from halp_loss import HaLPInfoNCE
 from skeleton.moco import MoCo
+from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
 
 
 class TinyNet(nn.Module):

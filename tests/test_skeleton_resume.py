@@ -4,8 +4,9 @@ does — same queue, prototypes, weights and history; the two-phase recipe with 
 import os
 import signal
 
+import pytest
 import torch
-from test_skeleton_pipeline import tiny_config
+from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 from skeleton.checkpoint import load_checkpoint
 from skeleton.pretrain import Pretraining
@@ -33,20 +34,28 @@ def _assert_same_state(a: Pretraining, b: Pretraining):
                          for row, r in zip(b.history, a.history)]  # fmt: skip
 
 
-def test_resume_after_step_cap_equals_uninterrupted(tmp_path):
-    cfg = tiny_config(epochs=2, halp_start_epoch=0)
-    full, status = _train(cfg, tmp_path / "full")
-    assert status == "done" and full.position.step == 12
+def _config():
+    return tiny_config(epochs=2, halp_start_epoch=1)  # 6 steps of plain MoCo, then 6 with HaLP
 
-    capped = tiny_config(epochs=2, halp_start_epoch=0)
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    torch.set_num_threads(1)
+    run, status = _train(_config(), tmp_path_factory.mktemp("full"))
+    assert status == "done" and run.position.step == 12
+    return run
+
+
+def test_resume_after_step_cap_equals_uninterrupted(uninterrupted, tmp_path):
+    capped = _config()
     capped.max_steps = 4  # stops in the middle of the first epoch
     first, status = _train(capped, tmp_path / "part")
     assert status == "max_steps"
     checkpoint = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
     assert checkpoint["position"] == {"epoch": 0, "batch": 4, "step": 4}
-    resumed, status = _train(cfg, tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / "last.pt")
+    resumed, status = _train(_config(), tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / "last.pt")
     assert status == "done"
-    _assert_same_state(full, resumed)
+    _assert_same_state(uninterrupted, resumed)
 
 
 class InterruptingDataset(torch.utils.data.Dataset):
@@ -66,21 +75,19 @@ class InterruptingDataset(torch.utils.data.Dataset):
         return self.dataset[index]
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(tmp_path):
-    cfg = tiny_config(epochs=2, halp_start_epoch=1)
-    full, _ = _train(cfg, tmp_path / "full")
-
-    run = Pretraining(cfg, tmp_path / "part", CPU, progress=False)
+def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(uninterrupted, tmp_path):
+    run = Pretraining(_config(), tmp_path / "part", CPU, progress=False)
     run.loader = torch.utils.data.DataLoader(
         InterruptingDataset(run.train_set, at=16 * 7 + 3), batch_size=16, sampler=run.sampler, drop_last=True
     )
+    handler = signal.getsignal(signal.SIGINT)
     assert run.run() == "interrupted"
     checkpoint = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
     assert checkpoint["position"] == {"epoch": 1, "batch": 2, "step": 8}  # the step in flight was finished
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler or callable(signal.getsignal(signal.SIGINT))
-    resumed, status = _train(cfg, tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / "last.pt")
+    assert signal.getsignal(signal.SIGINT) is handler  # the handler of the caller is back
+    resumed, status = _train(_config(), tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / "last.pt")
     assert status == "done"
-    _assert_same_state(full, resumed)
+    _assert_same_state(uninterrupted, resumed)
 
 
 def test_two_phase_recipe_with_init_from(tmp_path):
