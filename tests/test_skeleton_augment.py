@@ -183,6 +183,8 @@ def test_pretrain_view_shapes_dtypes():
     assert half.dtype == torch.bfloat16 and half.shape == view.shape
     linear = temporal_crop_resize(x, num_frames, LINEAR_RATIO_RANGE, generator=generator)
     assert linear.shape == view.shape
+    too_long = torch.full((5,), 1000)  # counts beyond the frame axis are clamped to it
+    assert torch.equal(center_crop_resize(x, too_long, ratio=1.0), center_crop_resize(x, torch.full((5,), 300), 1.0))
 
 
 def test_modalities():

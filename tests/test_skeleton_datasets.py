@@ -58,6 +58,10 @@ def test_prepared_layout_memory_mapped(tmp_path, where):
     x, count, label = dataset[1]
     assert torch.equal(x, torch.from_numpy(data[1])) and int(count) == 300 and label == 59
     assert int(dataset[2][1]) == 1  # a zero count is clamped to one frame
+    pickled = pickle.dumps(dataset)  # as for spawned DataLoader workers: the file name, not the data
+    assert len(pickled) < 10_000
+    copy = pickle.loads(pickled)
+    assert isinstance(copy.data, np.memmap) and torch.equal(copy[1][0], x) and copy.names == dataset.names
 
 
 def test_skeletonclr_layout_derives_frame_counts(tmp_path):

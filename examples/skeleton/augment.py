@@ -121,7 +121,7 @@ def temporal_crop_resize(
 
     Args:
         x: (B, 3, T, 25, 2).
-        num_frames: (B,) valid frame counts.
+        num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio_range: crop ratio range; (0.1, 1) for pretraining, (0.5, 1) for linear-evaluation training.
         min_length: shortest crop (unless the sequence is shorter).
         out_frames: output length.
@@ -130,7 +130,8 @@ def temporal_crop_resize(
     Returns:
         (B, 3, out_frames, 25, 2).
     """
-    start, length = sample_crop_windows(num_frames.to(x.device), ratio_range, min_length, generator=generator)
+    num_frames = num_frames.to(x.device).clamp(max=x.shape[2])
+    start, length = sample_crop_windows(num_frames, ratio_range, min_length, generator=generator)
     return crop_resize(x, start, length, out_frames)
 
 
@@ -141,14 +142,14 @@ def center_crop_resize(
 
     Args:
         x: (B, 3, T, 25, 2).
-        num_frames: (B,) valid frame counts.
+        num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio: kept fraction of the valid frames.
         out_frames: output length.
 
     Returns:
         (B, 3, out_frames, 25, 2).
     """
-    start, length = center_crop_windows(num_frames.to(x.device), ratio)
+    start, length = center_crop_windows(num_frames.to(x.device).clamp(max=x.shape[2]), ratio)
     return crop_resize(x, start, length, out_frames)
 
 

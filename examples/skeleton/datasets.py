@@ -83,9 +83,7 @@ class SkeletonDataset(Dataset):
             raise ValueError(f"data must have shape (N, 3, T, {NUM_JOINTS}, {NUM_BODIES}), got {data.shape}")
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (len(data),) or len(names) != len(data):
-            raise ValueError(
-                f"{len(data)} samples but {labels.shape[0]} labels and {len(names)} names"
-            )
+            raise ValueError(f"{len(data)} samples but {labels.shape[0]} labels and {len(names)} names")
         if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
             raise ValueError(f"labels must be in [0, {num_classes}), got [{labels.min()}, {labels.max()}]")
         if num_frames is not None:
@@ -110,6 +108,19 @@ class SkeletonDataset(Dataset):
             full = np.flatnonzero(np.any(sample != 0, axis=(0, 2, 3)))
             count = int(full[-1]) + 1 if full.size else 1
         return torch.from_numpy(sample), torch.tensor(count, dtype=torch.long), int(self.labels[index])
+
+    def __getstate__(self) -> dict:
+        # A memory map would be pickled as its full content (gigabytes for NTU) when DataLoader workers or
+        # DDP processes are spawned; send the file name instead and map it again on the other side.
+        state = dict(self.__dict__)
+        if isinstance(self.data, np.memmap) and self.data.filename is not None:
+            state["data"] = Path(self.data.filename)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        if isinstance(state["data"], Path):
+            state["data"] = np.load(state["data"], mmap_mode="r")
+        self.__dict__.update(state)
 
 
 def parse_dataset_name(name: str) -> tuple[str, str]:
