@@ -3,9 +3,10 @@
 The released code augments each sample in numpy inside DataLoader workers; ``skeleton.augment`` transforms
 the whole batch at once with torch, on the batch's device. Both sides below compute the same SPEC section
 3.3 transforms (temporal crop-resize to 64 frames, then shear or joint corruption) on NTU-layout input
-(3, 300, 25, 2). Throughput is samples/s in one process on the CPU.
+(3, 300, 25, 2). Throughput is samples/s in one process; the numpy loop always runs on the CPU, the batched
+transforms on ``--device`` (default cpu; with cuda the batch is already on the GPU, as in training).
 
-    python benchmarks/bench_augment.py [--batch-sizes 64 256] [--min-run-time 1.0] [--threads N]
+    python benchmarks/bench_augment.py [--batch-sizes 64 256] [--min-run-time 1.0] [--threads N] [--device cuda]
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ def main() -> None:
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[64, 256])
     parser.add_argument("--min-run-time", type=float, default=1.0, help="seconds per measurement")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="device of the batched transforms (cpu, cuda, ...)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
     rng = np.random.default_rng(0)
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator(device).manual_seed(0)
     cases = {
         "crop-resize": (
             lambda x, n: temporal_crop_resize(x, n, generator=generator),
@@ -85,7 +88,7 @@ def main() -> None:
     for batch in args.batch_sizes:
         data = rng.normal(size=(batch, 3, 300, 25, 2)).astype(np.float32)
         num_frames = rng.integers(30, 301, size=batch)
-        x, n = torch.from_numpy(data), torch.from_numpy(num_frames)
+        x, n = torch.from_numpy(data).to(device), torch.from_numpy(num_frames).to(device)
         for name, (batched, looped) in cases.items():
             times = []
             for function, inputs in ((batched, (x, n)), (looped, (data, num_frames))):
@@ -96,8 +99,8 @@ def main() -> None:
                 )
                 times.append(timer.blocked_autorange(min_run_time=args.min_run_time).median)
             rows.append((name, batch, batch / times[1], batch / times[0], times[1] / times[0]))
-    print(f"CPU, {args.threads} torch thread(s); samples/s in one process (higher is better)\n")
-    print("| transform | batch | per-sample numpy loop | batched torch | speed-up |")
+    print(f"batched on {device}, {args.threads} torch CPU thread(s); samples/s in one process (higher is better)\n")
+    print(f"| transform | batch | per-sample numpy loop (CPU) | batched torch ({device.type}) | speed-up |")
     print("|---|---:|---:|---:|---:|")
     for name, batch, looped, batched, ratio in rows:
         print(f"| {name} | {batch} | {looped:,.0f} | {batched:,.0f} | {ratio:.1f}x |")
