@@ -77,7 +77,7 @@ class CandidateWalks(NamedTuple):
 
 
 def walk_exits(
-    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, w: Tensor, t_max: Tensor
+    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, cos_w: Tensor, w: Tensor, t_max: Tensor
 ) -> tuple[Tensor, Tensor]:
     """``t_exit, exit_prototype`` (both (B, C)) of the walks toward ``target``, from dot products alone.
 
@@ -86,13 +86,13 @@ def walk_exits(
         sim_protos: (P, P) prototype-prototype cosines.
         nearest: (B,) nearest prototype of each anchor.
         target: (B, C) target prototypes.
-        w: (B, C) angles between the anchors and their targets.
+        cos_w: (B, C) cosines between the anchors and their targets (clamped to [-1, 1]).
+        w: (B, C) their angles.
         t_max: (B, C) boundary fractions of the walks (:func:`halp_loss.geometry.walk_geometry`).
     """
     a = (sim_anchor.gather(1, nearest[:, None]) - sim_anchor).clamp_min(0.0)[:, None, :]
     c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
-    sin_w, cos_w = torch.sin(w)[..., None], torch.cos(w)[..., None]
-    theta = torch.atan2(a * sin_w, a * cos_w - c)
+    theta = torch.atan2(a * torch.sin(w)[..., None], a * cos_w[..., None] - c)
     t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
     t_max = t_max[..., None]
     # Copies of a prototype have equal cosines only up to rounding (and their rank filter decisions are rounding
@@ -115,7 +115,7 @@ def candidate_walks(anchor: Tensor, protos: Tensor, num_candidates: int) -> Cand
     nearest = sim_anchor.argmax(dim=1)
     target = candidate_targets(sim_anchor, nearest, num_candidates)
     cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
-    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, w, t_max)
+    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, cos_w, w, t_max)
     return CandidateWalks(nearest, target, cos_w, w, t_max, degenerate, t_exit, exit_prototype)
 
 

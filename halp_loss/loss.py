@@ -45,7 +45,7 @@ class HaLPInfoNCE(nn.Module):
     - ``estimator="sampled"`` (the paper): ``num_positives`` random positives per anchor;
     - ``estimator="expected"``: the exact ``num_positives -> infinity`` limit of the sampled term, averaged over
       every candidate target and step in closed form (:func:`halp_loss.expected_halp_term`): deterministic, no
-      gradient noise from the draws, and cheaper than sampling 100 positives.
+      gradient noise from the draws, at about the cost of sampling 100 positives.
 
     Prototypes come from the module's :class:`PrototypeBank`, fed with the keys on every training-mode call after
     the loss is computed (as MoCo enqueues after the step), or from the ``prototypes`` argument, which bypasses the
