@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `skeleton` package next to this file
 
@@ -29,7 +30,12 @@ from skeleton.prepare import add_prepare_arguments, run_prepare  # noqa: E402
 
 # command -> (handler, config sections with flags, sections whose flags carry no prefix, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], tuple[str, ...], tuple[str, ...], str]] = {
-    "pretrain": (commands.pretrain_command, ("model", "pretrain", "knn"), ("pretrain",), "MoCo / MoCo+HaLP pretraining"),
+    "pretrain": (
+        commands.pretrain_command,
+        ("model", "pretrain", "knn"),
+        ("pretrain",),
+        "MoCo / MoCo+HaLP pretraining",
+    ),
     "knn": (commands.knn_command, ("knn",), ("knn",), "1-NN evaluation of a pretrained encoder"),
     "linear": (commands.linear_command, ("linear",), ("linear",), "linear evaluation of a pretrained encoder"),
     "semi": (commands.semi_command, ("finetune", "semi"), ("finetune", "semi"), "semi-supervised fine-tuning"),
@@ -51,6 +57,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, resumable: bool) -> N
     group.add_argument("--seed", type=int, help="seed of initialization, data order and augmentations")
     group.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default none)")
     group.add_argument("--num-workers", type=int, help="DataLoader worker processes")
+    group.add_argument("--threads", type=int, help="CPU threads of torch ops (default: the preset's, else torch's)")
     group.add_argument("--max-steps", type=int, help="stop after this many training steps (smoke tests)")
     group.add_argument("--init-from", help="checkpoint to start from (evaluation: the pretrained encoder)")
     if resumable:

@@ -6,10 +6,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
-
 from skeleton.checkpoint import load_checkpoint
 from skeleton.pretrain import Pretraining
+from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 WORLD = 2
 STEPS = 5

@@ -2,8 +2,6 @@
 
 import pytest
 import torch
-from torch import nn
-
 from skeleton.encoders import (
     ENCODERS,
     EmbeddingNet,
@@ -16,6 +14,7 @@ from skeleton.encoders import (
 )
 from skeleton.joints import BONE_PARENTS, JOINT_INDEX
 from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
+from torch import nn
 
 
 def released_step_by_step(encoder: RecurrentEncoder, gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:

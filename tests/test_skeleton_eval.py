@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from skeleton.config import ClassifierConfig
 from skeleton.datasets import load_dataset
 from skeleton.encoders import build_encoder
@@ -76,7 +75,12 @@ def test_epoch_sampler_shards_and_skips():
 def _classifier(encoder, finetune, epochs=3):
     cfg = ClassifierConfig(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,))
     return ClassifierTraining(
-        encoder, 4, cfg, finetune=finetune, device=torch.device("cpu"), precision=Precision("none", torch.device("cpu")),
+        encoder,
+        4,
+        cfg,
+        finetune=finetune,
+        device=torch.device("cpu"),
+        precision=Precision("none", torch.device("cpu")),
         progress=False,
     )
 

@@ -5,8 +5,8 @@ import json
 import math
 
 import pytest
+import skeleton_moco  # examples/ is on sys.path (tests/conftest.py)
 import torch
-
 from skeleton.config import (
     RunConfig,
     from_dict,
@@ -15,8 +15,6 @@ from skeleton.config import (
     to_dict,
 )
 from skeleton.pretrain import Pretraining
-
-import skeleton_moco  # examples/ is on sys.path (tests/conftest.py)
 
 TINY_SYNTHETIC = {
     "num_classes": 4,
@@ -131,14 +129,24 @@ def test_bf16_autocast_on_cpu(tmp_path):
 
 def test_paper_preset_is_the_released_recipe():
     cfg = preset_config("paper", "ntu60-xsub")
-    assert (cfg.model.encoder, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.embed_dim) == ("gru", 1024, 3, 128)
+    assert (cfg.model.encoder, cfg.model.hidden_size, cfg.model.num_layers, cfg.model.embed_dim) == (
+        "gru",
+        1024,
+        3,
+        128,
+    )
     p = cfg.pretrain
     assert (p.lr, p.momentum, p.weight_decay, p.batch_size) == (0.01, 0.9, 1e-4, 64)
     assert (p.queue_size, p.key_momentum, p.temperature) == (16384, 0.999, 0.07)
     assert (p.halp_start_epoch, p.epochs, p.lr_milestones) == (200, 451, (351,))
     assert (p.halp_weight, p.num_prototypes, p.num_positives, p.lam) == (2.0, 20, 100, 0.8)
     assert (p.prototype_window, p.prototype_every, p.objective) == (256, 10, "align")
-    assert (cfg.linear.epochs, cfg.linear.lr, cfg.linear.lr_milestones, cfg.linear.batch_size) == (80, 0.005, (50, 70), 64)
+    assert (cfg.linear.epochs, cfg.linear.lr, cfg.linear.lr_milestones, cfg.linear.batch_size) == (
+        80,
+        0.005,
+        (50, 70),
+        64,
+    )
     assert (cfg.linear.momentum, cfg.linear.weight_decay) == (0.9, 0.0)
     assert (cfg.finetune.lr, cfg.finetune.epochs, cfg.finetune.lr_milestones) == (0.01, 80, (50, 70))
     pku = preset_config("paper", "pku2-xsub")

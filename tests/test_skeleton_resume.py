@@ -6,10 +6,9 @@ import signal
 
 import pytest
 import torch
-from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
-
 from skeleton.checkpoint import load_checkpoint
 from skeleton.pretrain import Pretraining
+from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 CPU = torch.device("cpu")
 

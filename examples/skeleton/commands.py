@@ -39,6 +39,11 @@ def _run_dir(out: Optional[str], command: str, dataset: str) -> Path:
     return path
 
 
+def _set_threads(cfg: RunConfig) -> None:
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+
+
 def _record(out: Path, **entries: Any) -> dict[str, Any]:
     """Merge entries into ``metrics.json`` and redraw the summary plot."""
     metrics = update_metrics(out / METRICS_FILE, **entries)
@@ -75,8 +80,10 @@ def _pretrain_config(args: argparse.Namespace) -> tuple[RunConfig, Optional[dict
 def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str, Path]:
     """Run (or continue) pretraining; returns the run, its stop status and the run folder."""
     cfg, checkpoint = _pretrain_config(args)
+    _set_threads(cfg)
     device = distributed.init_from_environment(cfg.device)
-    out = _run_dir(args.out, command, cfg.dataset)
+    resumed_run = Path(args.resume).resolve().parent.parent if args.resume else None  # RUN/checkpoints/last.pt
+    out = _run_dir(args.out or (str(resumed_run) if resumed_run else None), command, cfg.dataset)
     run = Pretraining(cfg, out, device)
     if checkpoint is not None:
         (run.resume if args.resume else run.init_from)(checkpoint)
@@ -115,7 +122,7 @@ def pipeline_command(args: argparse.Namespace) -> int:
     cfg = run.cfg
     encoder = run.model.query.backbone
     precision = Precision(cfg.amp, run.device)
-    val_set = load_split(cfg, "val")
+    val_set = run.val_set or load_split(cfg, "val")
     knn_top1 = evaluate_knn(
         encoder, run.train_set, val_set, cfg.knn, device=run.device, precision=precision, num_workers=cfg.num_workers
     )
@@ -151,6 +158,7 @@ def _evaluation_setup(
     cfg.model = source.model
     if dataset == source.dataset:
         cfg.synthetic = source.synthetic
+    _set_threads(cfg)
     torch.manual_seed(cfg.seed)
     out = _run_dir(args.out, command, dataset)
     save_config(cfg, out / f"{command}_config.json")

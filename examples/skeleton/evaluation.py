@@ -27,12 +27,7 @@ CLIP_FRAMES = 64
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
     return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        num_workers=num_workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=num_workers > 0,
-        **kwargs,
+        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs
     )
 
 
@@ -222,7 +217,15 @@ class ClassifierTraining:
         cached_val = None if self.finetune else self._val_features(val_set)
         batch_size = min(self.cfg.batch_size, len(train_set))  # tiny labelled subsets still get batches
         sampler = EpochSampler(len(train_set), batch_size, self.seed)
-        loader = _loader(train_set, batch_size, self.num_workers, self.device, sampler=sampler, drop_last=True)
+        loader = _loader(
+            train_set,
+            batch_size,
+            self.num_workers,
+            self.device,
+            sampler=sampler,
+            drop_last=True,
+            persistent_workers=self.num_workers > 0,  # reused every epoch
+        )
         history: list[dict[str, float]] = []
         steps = 0
         for epoch in range(self.cfg.epochs):
@@ -230,7 +233,9 @@ class ClassifierTraining:
             set_lr(self.optimizer, lr)
             sampler.set_epoch(epoch)
             self.encoder.train(self.finetune)
-            bar = ProgressBar(loader, len(loader), batch_size, f"{description} {epoch + 1}/{self.cfg.epochs}", self.progress)
+            bar = ProgressBar(
+                loader, len(loader), batch_size, f"{description} {epoch + 1}/{self.cfg.epochs}", self.progress
+            )
             loss_sum, correct, seen = torch.zeros((), device=self.device), torch.zeros((), device=self.device), 0
             for x, num_frames, label in bar:
                 x, num_frames = x.to(self.device, non_blocking=True), num_frames.to(self.device)

@@ -207,7 +207,8 @@ class Pretraining:
         train_model = self.model
         if distributed.is_distributed():
             train_model = DistributedDataParallel(
-                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                self.model,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
                 broadcast_buffers=False,  # the queues are kept identical by enqueue's all-gather
             )
         steps_this_run = 0
@@ -231,7 +232,7 @@ class Pretraining:
                 started = time.perf_counter()
                 rate = 0.0
                 for x, num_frames, _ in bar:
-                    terms, halp_active = self._step(train_model, x, num_frames)
+                    terms, halp_active = self.train_step(train_model, x, num_frames)
                     self.stats.add(terms, halp_active)
                     self.position.batch += 1
                     self.position.step += 1
@@ -246,7 +247,16 @@ class Pretraining:
                 self._finish_epoch(lr, rate, time.perf_counter() - started)
         return "done"
 
-    def _step(self, train_model: torch.nn.Module, x: Tensor, num_frames: Tensor) -> tuple[dict[str, float], bool]:
+    def train_step(self, train_model: torch.nn.Module, x: Tensor, num_frames: Tensor) -> tuple[dict[str, float], bool]:
+        """One optimizer step on a raw batch: two augmented views, MoCo forward, loss, update, enqueue.
+
+        Args:
+            train_model: the MoCo model, DDP-wrapped under torch.distributed.
+            x: (B, 3, T, 25, 2) raw sequences; num_frames: (B,) valid frames.
+
+        Returns:
+            The loss terms (``HaLPInfoNCE.last``) and whether the HaLP term was active.
+        """
         x = x.to(self.device, non_blocking=True)
         num_frames = num_frames.to(self.device, non_blocking=True)
         with torch.no_grad():
@@ -275,6 +285,8 @@ class Pretraining:
             "seconds": seconds,
             "knn_top1": None,
         }
+        if self.device.type == "cuda":
+            row["peak_memory_gib"] = torch.cuda.max_memory_allocated(self.device) / 2**30
         last_epoch = epoch + 1 == p.epochs
         if p.knn_every > 0 and ((epoch + 1) % p.knn_every == 0 or last_epoch):
             row["knn_top1"] = self._monitor_knn()

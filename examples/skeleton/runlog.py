@@ -41,12 +41,19 @@ def results_table(metrics: dict[str, Any]) -> str:
     if "knn_top1" in metrics:
         rows.append(("kNN (1-NN, cosine)", _percent(metrics["knn_top1"])))
     if "linear_top1" in metrics:
-        rows.append(("linear (best / last)", f"{_percent(metrics['linear_top1'])} / {_percent(metrics['linear_top1_last'])}"))
+        rows.append(
+            ("linear (best / last)", f"{_percent(metrics['linear_top1'])} / {_percent(metrics['linear_top1_last'])}")
+        )
     if "semi_top1" in metrics:
         label = f"semi-supervised {100 * metrics['semi_ratio']:g} % (mean best over {len(metrics['semi_runs'])})"
         rows.append((label, f"{_percent(metrics['semi_top1'])} ± {_percent(metrics['semi_top1_std'])}"))
     if "transfer_top1" in metrics:
-        rows.append(("transfer (best / last)", f"{_percent(metrics['transfer_top1'])} / {_percent(metrics['transfer_top1_last'])}"))
+        rows.append(
+            (
+                "transfer (best / last)",
+                f"{_percent(metrics['transfer_top1'])} / {_percent(metrics['transfer_top1_last'])}",
+            )
+        )
     rows.append((f"chance ({metrics['num_classes']} classes)", _percent(1.0 / metrics["num_classes"])))
     width = max(len(label) for label, _ in rows)
     lines = [f"| {label:<{width}} | {value} |" for label, value in rows]

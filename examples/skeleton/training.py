@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import signal
 import time
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import FrameType
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Optional
 
 import torch
 from torch import Tensor
@@ -138,7 +139,7 @@ class GracefulStop(AbstractContextManager["GracefulStop"]):
         self.requested = True
         print(f"\n{signal.Signals(signum).name}: stopping after this step and saving a checkpoint", flush=True)
 
-    def __enter__(self) -> "GracefulStop":
+    def __enter__(self) -> GracefulStop:
         for signum in (signal.SIGINT, signal.SIGTERM):
             try:
                 self._previous[signum] = signal.signal(signum, self._handle)
