@@ -62,12 +62,14 @@ def pretraining_throughput(preset: str, device: torch.device, amp: str, steps: i
     """Samples/s of full pretraining steps (augmentation, both encoders, HaLP loss, optimizer, enqueue),
     on the synthetic data with the preset's model, queue and batch size."""
     cfg = preset_config(preset, "synthetic")
-    cfg.device, cfg.amp, cfg.pretrain.halp_start_epoch = str(device), amp, 0
+    cfg.device, cfg.amp = str(device), amp
+    threads = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads or threads)  # as skeleton_moco.py runs the preset
     with tempfile.TemporaryDirectory() as out:
         run = Pretraining(cfg, Path(out), device, progress=False)
         batches = iter(run.loader)
         x, num_frames, _ = next(batches)
-        for _ in range(3):  # warm-up; also fills the prototype window so HaLP is active when timed
+        for _ in range(5):  # warm-up; also fills the prototype window (256 keys) so HaLP is active when timed
             run.train_step(run.model, x, num_frames)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -77,6 +79,7 @@ def pretraining_throughput(preset: str, device: torch.device, amp: str, steps: i
             run.train_step(run.model, x, num_frames)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        torch.set_num_threads(threads)
         return steps * cfg.pretrain.batch_size / (time.perf_counter() - started)
 
 

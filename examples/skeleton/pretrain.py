@@ -35,8 +35,11 @@ HALP_TERMS = ("kept_fraction", "mean_t")
 """Terms that exist only on steps where the HaLP term was computed."""
 
 
-def build_criterion(cfg: RunConfig) -> HaLPInfoNCE:
-    """The loss of SPEC section 2 with the run's hyperparameters (its bank gathers keys across ranks)."""
+def build_criterion(cfg: RunConfig, generator: Optional[torch.Generator] = None) -> HaLPInfoNCE:
+    """The loss of SPEC section 2 with the run's hyperparameters (its bank gathers keys across ranks).
+
+    ``generator`` draws the hallucinated positives (default: torch's global generator).
+    """
     p = cfg.pretrain
     options: dict[str, Any] = {}
     if p.estimator != "sampled":  # HaLPInfoNCE's default; other estimators are passed through
@@ -51,6 +54,7 @@ def build_criterion(cfg: RunConfig) -> HaLPInfoNCE:
         prototype_window=p.prototype_window,
         prototype_every=p.prototype_every,
         seed=cfg.seed,
+        generator=generator,
         **options,
     )
 
@@ -110,18 +114,17 @@ class Pretraining:
         rank = distributed.rank()
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = MoCo(build_embedding_net(cfg), p.queue_size, p.key_momentum, p.key_bn).to(device)
-        self.criterion = build_criterion(cfg).to(device)
-        self.optimizer = torch.optim.SGD(
-            self.model.query.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
-        )
-        self.precision = Precision(cfg.amp, device)
         # Each rank draws its own augmentations and positives; both generators are saved with checkpoints.
         self.generators = {
             "augment": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank),
             "positives": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank),
         }
-        self.criterion.generator = self.generators["positives"]
         torch.manual_seed(cfg.seed * 1000 + rank)
+        self.criterion = build_criterion(cfg, self.generators["positives"]).to(device)
+        self.optimizer = torch.optim.SGD(
+            self.model.query.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
+        )
+        self.precision = Precision(cfg.amp, device)
         self.train_set = load_split(cfg, "train")
         self.val_set = load_split(cfg, "val") if p.knn_every > 0 and self.is_main else None
         self.sampler = EpochSampler(len(self.train_set), p.batch_size // world, cfg.seed, rank, world)
