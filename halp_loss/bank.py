@@ -42,7 +42,7 @@ class PrototypeBank(nn.Module):
         gather_distributed: gather keys from all ranks before appending them.
 
     Raises:
-        ValueError: for non-positive sizes or ``window < num_prototypes``.
+        ValueError: for non-positive sizes, ``window < num_prototypes`` or a negative ``kmeans_tol``.
 
     Example:
         >>> bank = PrototypeBank(num_prototypes=20, window=256, every=10)
@@ -78,6 +78,9 @@ class PrototypeBank(nn.Module):
             check_positive_int(dim, "dim")
         if warmup is not None:
             check_positive_int(warmup, "warmup", minimum=0)
+        check_positive_int(kmeans_iters, "kmeans_iters")
+        if kmeans_tol is not None and not kmeans_tol >= 0:
+            raise ValueError(f"kmeans_tol must be None or a number >= 0, got {kmeans_tol!r}")
         self.num_prototypes = num_prototypes
         self.window = window
         self.every = every

@@ -71,7 +71,11 @@ class HaLPInfoNCE(nn.Module):
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
         prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
         seed: base seed of the bank's k-means seeding.
-        generator: optional generator for the positives' draws (``estimator="sampled"``).
+        kmeans_iters: maximum k-means iterations per bank refit.
+        kmeans_tol: k-means tolerance; ``None`` runs ``kmeans_iters`` iterations without reading a value back
+            from the device (no host sync on GPU).
+        generator: optional generator for the positives' draws (``estimator="sampled"``); it must live on the
+            embeddings' device (``torch.Generator("cuda")`` for CUDA tensors).
         estimator: ``"sampled"`` or ``"expected"``.
         num_nodes: Gauss-Legendre nodes per kept interval for ``estimator="expected"`` with
             ``objective="infonce"``; the default is accurate to ~1e-6.
@@ -85,8 +89,8 @@ class HaLPInfoNCE(nn.Module):
         >>> q, k = torch.randn(64, 128, requires_grad=True), torch.randn(64, 128)
         >>> loss = criterion(q, k, queue.T)
         >>> loss.backward()
-        >>> sorted(criterion.last)
-        ['halp', 'infonce', 'kept_fraction', 'loss', 'mean_t']
+        >>> sorted(criterion.last), criterion.active   # the bank has seen 64 of its 256 warm-up keys
+        (['halp', 'infonce', 'kept_fraction', 'loss', 'mean_t'], False)
     """
 
     def __init__(
@@ -104,6 +108,8 @@ class HaLPInfoNCE(nn.Module):
         num_candidates: Optional[int] = None,
         prototype_warmup: Optional[int] = None,
         seed: int = 0,
+        kmeans_iters: int = 50,
+        kmeans_tol: Optional[float] = 1e-4,
         generator: Optional[torch.Generator] = None,
         estimator: str = "sampled",
         num_nodes: int = DEFAULT_NUM_NODES,
@@ -134,9 +140,16 @@ class HaLPInfoNCE(nn.Module):
         self.estimator = estimator
         self.num_nodes = num_nodes
         self.bank = PrototypeBank(
-            num_prototypes, prototype_window, prototype_every, warmup=prototype_warmup, seed=seed
+            num_prototypes,
+            prototype_window,
+            prototype_every,
+            warmup=prototype_warmup,
+            kmeans_iters=kmeans_iters,
+            kmeans_tol=kmeans_tol,
+            seed=seed,
         )
         self._last: dict[str, Tensor] = {}
+        self._active = False
 
     @property
     def last(self) -> dict[str, float]:
@@ -146,6 +159,11 @@ class HaLPInfoNCE(nn.Module):
         something reads them.
         """
         return {name: float(value) for name, value in self._last.items()}
+
+    @property
+    def active(self) -> bool:
+        """Whether the last call included the HaLP term (``last`` then reports 0 for its entries otherwise)."""
+        return self._active
 
     def forward(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor] = None, *, prototypes: Optional[Tensor] = None
@@ -213,6 +231,7 @@ class HaLPInfoNCE(nn.Module):
         )
 
     def _record(self, loss: Tensor, infonce: Tensor, halp: Optional[HaLPTerm]) -> None:
+        self._active = halp is not None
         zero = torch.zeros((), device=loss.device)
         self._last = {
             "loss": loss.detach(),

@@ -40,15 +40,15 @@ def test_autocast_on_cuda(dtype: torch.dtype) -> None:
 
 def test_training_step_never_waits_on_the_device_between_refits() -> None:
     criterion = HaLPInfoNCE(prototype_every=1000).cuda()
-    queue = cuda_sphere(16384, 128, 6)
+    queue = cuda_sphere(16384, 128, 6)  # negatives as rows
     for step in range(5):  # fill the bank and fit once (the fit reads a scalar per k-means iteration)
-        criterion(cuda_sphere(64, 128, 10 + step).requires_grad_(), cuda_sphere(64, 128, 20 + step), queue.T)
+        criterion(cuda_sphere(64, 128, 10 + step).requires_grad_(), cuda_sphere(64, 128, 20 + step), queue)
     assert criterion.bank.ready
     q = cuda_sphere(64, 128, 7).requires_grad_()
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        criterion(q, cuda_sphere(64, 128, 8), queue.T).backward()
+        criterion(q, cuda_sphere(64, 128, 8), queue).backward()
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(q.grad).all()

@@ -113,10 +113,11 @@ def test_plain_infonce_until_bank_ready_and_when_weight_zero() -> None:
         if step < 2:  # 64 keys fill the window at the end of step 1
             assert loss == plain_loss == info_nce(q, k, negs, T).item()
             assert criterion.last["halp"] == 0.0 and criterion.last["kept_fraction"] == 0.0
+            assert not criterion.active
         else:
-            assert loss != plain_loss
+            assert loss != plain_loss and criterion.active
     assert criterion.bank.ready and 0.5 < criterion.last["kept_fraction"] <= 1.0
-    assert plain.bank.num_seen == 0 and not plain.bank.ready
+    assert plain.bank.num_seen == 0 and not plain.bank.ready and not plain.active
 
 
 def test_eval_mode_uses_but_does_not_feed_the_bank() -> None:
@@ -244,6 +245,7 @@ def test_input_errors() -> None:
         (dict(num_positives=0), "num_positives"),
         (dict(num_candidates=20), "num_candidates"),
         (dict(prototype_window=10), "window"),
+        (dict(kmeans_tol=-1.0), "tol"),
     ],
 )
 def test_hyperparameter_errors(kwargs: dict, message: str) -> None:
