@@ -41,9 +41,6 @@ def build_criterion(cfg: RunConfig, generator: Optional[torch.Generator] = None)
     ``generator`` draws the hallucinated positives (default: torch's global generator).
     """
     p = cfg.pretrain
-    options: dict[str, Any] = {}
-    if p.estimator != "sampled":  # HaLPInfoNCE's default; other estimators are passed through
-        options["estimator"] = p.estimator
     return HaLPInfoNCE(
         temperature=p.temperature,
         halp_weight=p.halp_weight,
@@ -51,11 +48,11 @@ def build_criterion(cfg: RunConfig, generator: Optional[torch.Generator] = None)
         num_positives=p.num_positives,
         lam=p.lam,
         objective=p.objective,
+        estimator=p.estimator,
         prototype_window=p.prototype_window,
         prototype_every=p.prototype_every,
         seed=cfg.seed,
         generator=generator,
-        **options,
     )
 
 
