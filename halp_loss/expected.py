@@ -29,12 +29,12 @@ from torch import Tensor
 from halp_loss._checks import Lam, check_lam, check_positive_int, compute_dtype
 from halp_loss.functional import OBJECTIVES, HaLPTerm, aggregate_kept, positive_loss
 from halp_loss.geometry import (
-    candidate_targets,
+    CandidateWalks,
+    candidate_walks,
     checked_unit_inputs,
     resolve_candidates,
     slerp_coefficients,
     unit_rows,
-    walk_geometry,
 )
 
 __all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term"]
@@ -61,62 +61,6 @@ class ExitTimes(NamedTuple):
     t_exit: Tensor
     t_max: Tensor
     exit_prototype: Tensor
-
-
-class CandidateWalks(NamedTuple):
-    """Geometry of the walks from each anchor toward each of its candidate targets; all (B, C) but ``nearest``."""
-
-    nearest: Tensor
-    target: Tensor
-    cos_w: Tensor
-    w: Tensor
-    t_max: Tensor
-    degenerate: Tensor
-    t_exit: Tensor
-    exit_prototype: Tensor
-
-
-def walk_exits(
-    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, cos_w: Tensor, w: Tensor, t_max: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``t_exit, exit_prototype`` (both (B, C)) of the walks toward ``target``, from dot products alone.
-
-    Args:
-        sim_anchor: (B, P) anchor-prototype cosines.
-        sim_protos: (P, P) prototype-prototype cosines.
-        nearest: (B,) nearest prototype of each anchor.
-        target: (B, C) target prototypes.
-        cos_w: (B, C) cosines between the anchors and their targets (clamped to [-1, 1]).
-        w: (B, C) their angles.
-        t_max: (B, C) boundary fractions of the walks (:func:`halp_loss.geometry.walk_geometry`).
-    """
-    a = (sim_anchor.gather(1, nearest[:, None]) - sim_anchor).clamp_min(0.0)[:, None, :]
-    c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
-    theta = torch.atan2(a * torch.sin(w)[..., None], a * cos_w[..., None] - c)
-    t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
-    t_max = t_max[..., None]
-    # Copies of a prototype have equal cosines only up to rounding (and their rank filter decisions are rounding
-    # noise in the sampled estimator). Differences within `tol` are ties, and ties are kept: a copy of p0 (c ~ 0)
-    # never cuts a walk, and a copy of the target crosses at t_max, not before it.
-    tol = 64 * torch.finfo(w.dtype).eps
-    cuts = (c < -tol) & (t_cross < t_max - tol)
-    # p0 and the target are not third parties (the target's crossing is t_max itself).
-    index = torch.arange(sim_protos.shape[0], device=target.device)
-    cuts &= (index != target[..., None]) & (index != nearest[:, None, None])
-    t_exit, first = torch.where(cuts, t_cross, t_max).min(dim=2)
-    t_max = t_max.squeeze(2)
-    return t_exit, torch.where(t_exit < t_max, first, target)
-
-
-def candidate_walks(anchor: Tensor, protos: Tensor, num_candidates: int) -> CandidateWalks:
-    """:class:`CandidateWalks` from unit-norm (B, D) anchors toward their candidates among unit-norm (P, D)
-    prototypes (no validation, no autograd)."""
-    sim_anchor, sim_protos = anchor @ protos.T, protos @ protos.T
-    nearest = sim_anchor.argmax(dim=1)
-    target = candidate_targets(sim_anchor, nearest, num_candidates)
-    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
-    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, cos_w, w, t_max)
-    return CandidateWalks(nearest, target, cos_w, w, t_max, degenerate, t_exit, exit_prototype)
 
 
 @torch.no_grad()
@@ -148,7 +92,7 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
         (torch.Size([8, 19]), True)
     """
     k, protos, num_candidates = checked_unit_inputs(anchor, prototypes, num_candidates)
-    walks = candidate_walks(k, protos, num_candidates)
+    walks = candidate_walks(k @ protos.T, protos @ protos.T, num_candidates)
     return ExitTimes(walks.nearest, walks.target, walks.t_exit, walks.t_max, walks.exit_prototype)
 
 
@@ -251,7 +195,7 @@ def expected_halp_term(
         if isinstance(lam, Tensor):
             lam = lam.to(device=query.device, dtype=dtype)
         with torch.no_grad():
-            walks = candidate_walks(anchor, protos, num_candidates)
+            walks = candidate_walks(anchor @ protos.T, protos @ protos.T, num_candidates)
             probability, low, length = kept_interval(walks, lam)
             middle = low + length / 2
         query_anchor = (query * anchor).sum(dim=1, keepdim=True)

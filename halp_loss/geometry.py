@@ -18,7 +18,15 @@ from torch import Tensor
 
 from halp_loss._checks import Lam, check_lam, check_matrix, check_positive_int, check_values, compute_dtype
 
-__all__ = ["Hallucination", "GeodesicDraws", "draw_geodesics", "hallucinate_positives", "unit_rows"]
+__all__ = [
+    "CandidateWalks",
+    "GeodesicDraws",
+    "Hallucination",
+    "candidate_walks",
+    "draw_geodesics",
+    "hallucinate_positives",
+    "unit_rows",
+]
 
 
 def unit_rows(x: Tensor) -> Tensor:
@@ -111,23 +119,6 @@ def walk_geometry(
     return cos_w, w, t_max, degenerate
 
 
-def rank_filter(
-    alpha: Tensor, beta: Tensor, sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor
-) -> Tensor:
-    """True where ``h = alpha k + beta p_target`` is still at least as close to ``p_nearest`` as to any third
-    prototype.
-
-    ``t <= t_max`` already guarantees ``h . p_nearest >= h . p_target`` analytically, so the target is left out
-    of the comparison and rounding at the boundary (``lam = 0``) cannot reject a positive. Ties are kept: the
-    boundary belongs to the cell.
-    """
-    sims = alpha[..., None] * sim_anchor[:, None, :] + beta[..., None] * sim_protos[target]
-    own = sims.gather(2, nearest[:, None, None].expand(-1, sims.shape[1], 1)).squeeze(2)
-    others = sims.scatter(2, target[..., None], float("-inf"))
-    others = others.scatter(2, nearest[:, None, None].expand(-1, sims.shape[1], 1), float("-inf"))
-    return own >= others.amax(dim=2)
-
-
 def candidate_targets(sim_anchor: Tensor, nearest: Tensor, num_candidates: int) -> Tensor:
     """(B, C) the ``num_candidates`` prototypes most similar to each anchor, its nearest excluded.
 
@@ -143,14 +134,66 @@ def candidate_targets(sim_anchor: Tensor, nearest: Tensor, num_candidates: int) 
     return others.topk(num_candidates, dim=1).indices
 
 
-def draw_targets(
-    sim_anchor: Tensor, nearest: Tensor, num_positives: int, num_candidates: int, generator: Optional[torch.Generator]
-) -> Tensor:
-    """(B, M) targets drawn uniformly with replacement among the :func:`candidate_targets`."""
-    draw = torch.randint(
-        num_candidates, (sim_anchor.shape[0], num_positives), generator=generator, device=sim_anchor.device
-    )
-    return candidate_targets(sim_anchor, nearest, num_candidates).gather(1, draw)
+class CandidateWalks(NamedTuple):
+    """Geometry of the walks from each anchor toward each of its candidate targets; all (B, C) but ``nearest``."""
+
+    nearest: Tensor
+    target: Tensor
+    cos_w: Tensor
+    w: Tensor
+    t_max: Tensor
+    degenerate: Tensor
+    t_exit: Tensor
+    exit_prototype: Tensor
+
+
+def walk_exits(
+    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, cos_w: Tensor, w: Tensor, t_max: Tensor
+) -> tuple[Tensor, Tensor]:
+    """``t_exit, exit_prototype`` (both (B, C)) of the walks toward ``target``, from dot products alone.
+
+    The walk stays in the cell of ``p0`` (the nearest prototype) while ``h(t) . (p0 - p_j) >= 0`` for every third
+    prototype ``p_j``. Scaled by ``sin w`` this is ``a_j sin((1 - t) w) + c_j sin(t w)`` with
+    ``a_j = k . (p0 - p_j) >= 0`` and ``c_j = p_s . (p0 - p_j)``: a sinusoid in ``t w`` over an arc of length
+    ``w <= pi``, which changes sign at most once, exactly when ``c_j < 0``, at
+    ``t w = atan2(a_j sin w, a_j cos w - c_j)``. So the rank filter keeps exactly ``t <= t_exit``, the first such
+    crossing (or ``t_max``): a filter on ``t`` per (anchor, target) pair instead of an argmax per positive.
+
+    Args:
+        sim_anchor: (B, P) anchor-prototype cosines.
+        sim_protos: (P, P) prototype-prototype cosines.
+        nearest: (B,) nearest prototype of each anchor.
+        target: (B, C) target prototypes.
+        cos_w: (B, C) cosines between the anchors and their targets (clamped to [-1, 1]).
+        w: (B, C) their angles.
+        t_max: (B, C) boundary fractions of the walks (:func:`walk_geometry`).
+    """
+    a = (sim_anchor.gather(1, nearest[:, None]) - sim_anchor).clamp_min(0.0)[:, None, :]
+    c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
+    theta = torch.atan2(a * torch.sin(w)[..., None], a * cos_w[..., None] - c)
+    t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
+    t_max = t_max[..., None]
+    # Copies of a prototype have equal cosines only up to rounding. Differences within `tol` are ties, and ties
+    # are kept (the boundary belongs to the cell): a copy of p0 (c ~ 0) never cuts a walk, and a copy of the
+    # target crosses at t_max, not before it.
+    tol = 64 * torch.finfo(w.dtype).eps
+    cuts = (c < -tol) & (t_cross < t_max - tol)
+    # p0 and the target are not third parties (the target's crossing is t_max itself).
+    index = torch.arange(sim_protos.shape[0], device=target.device)
+    cuts &= (index != target[..., None]) & (index != nearest[:, None, None])
+    t_exit, first = torch.where(cuts, t_cross, t_max).min(dim=2)
+    t_max = t_max.squeeze(2)
+    return t_exit, torch.where(t_exit < t_max, first, target)
+
+
+def candidate_walks(sim_anchor: Tensor, sim_protos: Tensor, num_candidates: int) -> CandidateWalks:
+    """:class:`CandidateWalks` of each anchor toward each of its candidate targets, from the (B, P)
+    anchor-prototype and (P, P) prototype-prototype cosines (no validation, no autograd)."""
+    nearest = sim_anchor.argmax(dim=1)
+    target = candidate_targets(sim_anchor, nearest, num_candidates)
+    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
+    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, cos_w, w, t_max)
+    return CandidateWalks(nearest, target, cos_w, w, t_max, degenerate, t_exit, exit_prototype)
 
 
 def draw_geodesics(
@@ -174,16 +217,24 @@ def draw_geodesics(
     Returns:
         GeodesicDraws with (B, M) coefficients such that ``h = (alpha k + beta P[target]) / norm``.
     """
-    nearest = sim_anchor.argmax(dim=1)
-    target = draw_targets(sim_anchor, nearest, num_positives, num_candidates, generator)
-    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
+    # Draws are made per positive, but the geometry depends only on the (anchor, target) pair: compute it once
+    # per candidate target and gather, so no (B, M, P) tensor is needed for the rank filter.
+    walks = candidate_walks(sim_anchor, sim_protos, num_candidates)
+    pick = torch.randint(
+        num_candidates, (sim_anchor.shape[0], num_positives), generator=generator, device=sim_anchor.device
+    )
+    target, cos_w, w, t_max, degenerate, t_exit = (
+        field.gather(1, pick)
+        for field in (walks.target, walks.cos_w, walks.w, walks.t_max, walks.degenerate, walks.t_exit)
+    )
     u = torch.rand(target.shape, generator=generator, device=w.device, dtype=w.dtype)
     if isinstance(lam, Tensor):
         lam = lam.to(device=w.device, dtype=w.dtype)
     t = (1.0 - u * lam) * t_max
     alpha, beta, norm = slerp_coefficients(t, cos_w, w, degenerate)
-    keep = rank_filter(alpha, beta, sim_anchor, sim_protos, nearest, target)
-    return GeodesicDraws(nearest, target, t, t_max, alpha, beta, norm, keep)
+    # The rank filter keeps exactly the steps up to the walk's exit from the anchor's cell.
+    keep = t <= t_exit
+    return GeodesicDraws(walks.nearest, target, t, t_max, alpha, beta, norm, keep)
 
 
 def resolve_candidates(num_candidates: Optional[int], num_prototypes: int) -> int:
