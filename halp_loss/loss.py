@@ -205,29 +205,22 @@ class HaLPInfoNCE(nn.Module):
         return loss
 
     def _halp_term(self, logits: ContrastiveLogits, prototypes: Tensor) -> HaLPTerm:
-        if self.estimator == "expected":
-            return expected_halp_term(
-                logits.query,
-                logits.anchor,
-                prototypes,
-                lam=self.lam,
-                num_candidates=self.num_candidates,
-                objective=self.objective,
-                temperature=self.temperature,
-                negatives_lse=logits.negatives_lse,
-                num_nodes=self.num_nodes,
-            )
-        return sampled_halp_term(
-            logits.query,
-            logits.anchor,
-            prototypes,
+        common = dict(
             lam=self.lam,
-            num_positives=self.num_positives,
             num_candidates=self.num_candidates,
             objective=self.objective,
             temperature=self.temperature,
             negatives_lse=logits.negatives_lse,
+        )
+        if self.estimator == "expected":
+            return expected_halp_term(logits.query, logits.anchor, prototypes, num_nodes=self.num_nodes, **common)
+        return sampled_halp_term(
+            logits.query,
+            logits.anchor,
+            prototypes,
+            num_positives=self.num_positives,
             generator=self.generator,
+            **common,
         )
 
     def _record(self, loss: Tensor, infonce: Tensor, halp: Optional[HaLPTerm]) -> None:

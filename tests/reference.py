@@ -7,6 +7,8 @@ sharing nothing with the closed forms under test.
 from __future__ import annotations
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -42,3 +44,34 @@ def boundary_by_bisection(k: np.ndarray, p0: np.ndarray, ps: np.ndarray, iters: 
 def kept(h: np.ndarray, prototypes: np.ndarray, nearest: int) -> bool:
     """The released code's rank filter: h's most similar prototype is still the anchor's."""
     return int(np.argmax(prototypes @ h)) == nearest
+
+
+DEGENERATE_CASES = (
+    "anchor_is_prototype",
+    "duplicate_prototypes",
+    "antipodal_target",
+    "all_prototypes_equal",
+    "tiny_values",
+    "two_prototypes",
+)
+
+
+def degenerate_geometry(case: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(anchors, prototypes) in float32 for one of the :data:`DEGENERATE_CASES`, in 3-D."""
+    g = torch.Generator().manual_seed(16)
+    protos = F.normalize(torch.randn(4, 3, generator=g), dim=1)
+    anchors = F.normalize(torch.randn(5, 3, generator=g), dim=1)
+    if case == "anchor_is_prototype":
+        anchors = protos.clone()
+    elif case == "duplicate_prototypes":
+        protos = torch.cat([protos, protos[:2]])
+    elif case == "antipodal_target":
+        protos = torch.stack([protos[0], -protos[0]])
+        anchors = protos[:1].repeat(3, 1)
+    elif case == "all_prototypes_equal":
+        protos = protos[:1].repeat(4, 1)
+    elif case == "tiny_values":
+        anchors = anchors * 1e-15
+    elif case == "two_prototypes":
+        protos = protos[:2]
+    return anchors, protos

@@ -21,14 +21,10 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
-def single_thread() -> Iterator[None]:
-    """One thread for torch and for the BLAS/OpenMP pools under scikit-learn: on an idle 2-core CPU two are faster,
-    but on a shared one spinning threads make these tiny workloads several times slower (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def single_blas_thread() -> Iterator[None]:
+    """One thread for the BLAS/OpenMP pools under scikit-learn too (torch's is set in conftest.py)."""
     with threadpool_limits(limits=1):
         yield
-    torch.set_num_threads(threads)
 
 
 def test_moco_minimal_runs_as_a_script_and_turns_halp_on(

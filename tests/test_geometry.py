@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import boundary_by_bisection, kept, slerp, unit
+from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, kept, slerp, unit
 
 from halp_loss import Hallucination, hallucinate_positives
 
@@ -145,24 +145,9 @@ def test_inputs_are_normalized_inside() -> None:
     assert torch.allclose(scaled.positives, plain.positives)
 
 
-@pytest.mark.parametrize(
-    "case",
-    ["anchor_is_prototype", "duplicate_prototypes", "antipodal_target", "all_prototypes_equal", "tiny_values"],
-)
+@pytest.mark.parametrize("case", DEGENERATE_CASES)
 def test_degenerate_geometry_is_finite(case: str) -> None:
-    protos = sphere(4, 3, 16, torch.float32)
-    anchors = sphere(5, 3, 17, torch.float32)
-    if case == "anchor_is_prototype":
-        anchors = protos.clone()
-    elif case == "duplicate_prototypes":
-        protos = torch.cat([protos, protos[:2]])
-    elif case == "antipodal_target":
-        protos = torch.stack([protos[0], -protos[0]])
-        anchors = protos[:1].repeat(3, 1)
-    elif case == "all_prototypes_equal":
-        protos = protos[:1].repeat(4, 1)
-    elif case == "tiny_values":
-        anchors = anchors * 1e-15
+    anchors, protos = degenerate_geometry(case)
     out = hallucinate_positives(anchors, protos, lam=0.0, num_positives=20, generator=gen())
     for field in (out.positives, out.t, out.t_max):
         assert torch.isfinite(field).all()

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from skeleton.checkpoint import load_checkpoint
 from skeleton.pretrain import Pretraining
-from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from test_skeleton_pipeline import tiny_config
 
 WORLD = 2
 STEPS = 5

@@ -13,7 +13,6 @@ from skeleton.encoders import (
     spatial_partitions,
 )
 from skeleton.joints import BONE_PARENTS, JOINT_INDEX
-from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 

@@ -11,7 +11,6 @@ from skeleton.encoders import build_encoder
 from skeleton.evaluation import ClassifierTraining, knn_top1, labelled_subset, nearest_neighbors
 from skeleton.synthetic import SyntheticConfig
 from skeleton.training import EpochSampler, Precision, lr_at
-from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
 
 SMALL = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=4, max_frames=48, min_frames=24)
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 from skeleton.moco import MoCo
-from test_skeleton_pipeline import single_thread  # noqa: F401 (autouse fixture)
 from torch import nn
 
 from halp_loss import HaLPInfoNCE

@@ -35,13 +35,6 @@ TINY_PRETRAIN_FLAGS = [
 ]  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    """The tiny models here run several times faster on one thread than with two competing ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_config(**pretrain) -> RunConfig:

@@ -8,7 +8,7 @@ import pytest
 import torch
 from skeleton.checkpoint import load_checkpoint
 from skeleton.pretrain import Pretraining
-from test_skeleton_pipeline import single_thread, tiny_config  # noqa: F401 (autouse fixture)
+from test_skeleton_pipeline import tiny_config
 
 CPU = torch.device("cpu")
 
