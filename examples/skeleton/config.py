@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from halp_loss.functional import OBJECTIVES
+from halp_loss.loss import ESTIMATORS
 
 from skeleton.datasets import SkeletonDataset, load_dataset
 from skeleton.encoders import ENCODERS
@@ -25,8 +27,6 @@ from skeleton.synthetic import SyntheticConfig
 
 PRESETS = ("paper", "cpu")
 AMP_MODES = ("none", "bf16", "fp16")
-OBJECTIVES = ("align", "infonce")
-ESTIMATORS = ("sampled", "expected")
 
 
 def _option(default: Any, help_text: str, choices: Optional[tuple[str, ...]] = None) -> Any:
