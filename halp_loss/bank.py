@@ -10,7 +10,7 @@ from torch import Tensor, nn
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
 from halp_loss.distributed import broadcast_, gather_rows, world_size
 from halp_loss.geometry import unit_rows
-from halp_loss.kmeans import spherical_kmeans
+from halp_loss.kmeans import fit_unit_points
 
 __all__ = ["PrototypeBank"]
 
@@ -37,7 +37,7 @@ class PrototypeBank(nn.Module):
         warmup: keys that must have been seen before the first fit (default ``window``; the released code
             waits until its MoCo queue of K keys has been filled, i.e. ``2 K + 1``).
         kmeans_iters: maximum spherical k-means iterations per fit.
-        kmeans_tol: spherical k-means tolerance; ``None`` runs all iterations without a device sync.
+        kmeans_tol: spherical k-means tolerance; ``None`` runs all iterations without the per-iteration host read.
         seed: base seed of the k-means seeding.
         gather_distributed: gather keys from all ranks before appending them.
 
@@ -154,12 +154,9 @@ class PrototypeBank(nn.Module):
                 f"cannot fit {self.num_prototypes} prototypes on {self.num_seen} keys; call update() first"
             )
         generator = torch.Generator(device=self.keys.device).manual_seed(self.seed + self.num_fits)
-        result = spherical_kmeans(
-            self.recent_keys(),
-            self.num_prototypes,
-            iters=self.kmeans_iters,
-            tol=self.kmeans_tol,
-            generator=generator,
+        # The window holds normalized keys, so the fit skips spherical_kmeans's value checks (host reads).
+        result = fit_unit_points(
+            self.recent_keys(), self.num_prototypes, self.kmeans_iters, self.kmeans_tol, "kmeans++", generator
         )
         self.prototypes.copy_(result.centroids)
         if world_size() > 1 and self.gather_distributed:

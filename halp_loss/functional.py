@@ -100,8 +100,8 @@ def simclr_logits(
     partner = torch.cat([local + total, local])
     rows = torch.arange(2 * batch, device=z.device)
     positive = logits[rows, partner]
-    masked = logits.index_put((rows, own), logits.new_tensor(float("-inf")))
-    masked = masked.index_put((rows, partner), logits.new_tensor(float("-inf")))
+    # Negatives: everything but the row itself and its partner, masked in one pass over the logits.
+    masked = logits.index_put((rows.repeat(2), torch.cat([own, partner])), logits.new_tensor(float("-inf")))
     anchor = torch.cat([z[batch:], z[:batch]]).detach()
     return ContrastiveLogits(z, anchor, positive, torch.logsumexp(masked, dim=1))
 

@@ -81,15 +81,14 @@ def spherical_kmeans(
 
     Assignments go to the most similar centroid; each centroid becomes the normalized mean of its points, the
     standard fast stand-in for the Karcher mean the released HaLP code computes on the CPU. Runs on the input's
-    device without leaving it (no transfer to the host; with ``tol`` set, one scalar read per iteration checks
-    convergence).
+    device; the host reads back only the input check and, with ``tol`` set, one scalar per iteration.
 
     Args:
         x: (N, D) points; normalized inside; ``N >= num_clusters``.
         num_clusters: C, number of centroids.
         iters: maximum number of update steps.
         tol: stop once no centroid moves by more than this (1 - cosine between successive centroids).
-            ``None`` runs exactly ``iters`` steps and never synchronizes with the device.
+            ``None`` runs exactly ``iters`` steps without the per-iteration read.
         init: ``"kmeans++"`` (greedy k-means++ seeding) or ``"random"`` (C distinct points drawn uniformly).
         generator: optional ``torch.Generator`` on ``x``'s device; the result is deterministic given it.
 
@@ -117,21 +116,32 @@ def spherical_kmeans(
     if init not in _INITS:
         raise ValueError(f"init must be one of {_INITS}, got {init!r}")
     check_values(x, "x")
+    return fit_unit_points(unit_rows(x.detach().to(compute_dtype(x))), num_clusters, iters, tol, init, generator)
 
-    with torch.no_grad():
-        points = unit_rows(x.detach().to(compute_dtype(x)))
-        if init == "kmeans++":
-            centroids = _kmeanspp(points, num_clusters, generator)
-        else:
-            pick = torch.randperm(points.shape[0], generator=generator, device=points.device)[:num_clusters]
-            centroids = points[pick]
+
+@torch.no_grad()
+def fit_unit_points(
+    points: Tensor,
+    num_clusters: int,
+    iters: int,
+    tol: Optional[float],
+    init: str,
+    generator: Optional[torch.Generator],
+) -> KMeansResult:
+    """:func:`spherical_kmeans` on unit-norm ``points`` without validating them, so that a caller holding
+    already-normalized data (the prototype bank, every refit) reads nothing back from the device for checks."""
+    if init == "kmeans++":
+        centroids = _kmeanspp(points, num_clusters, generator)
+    else:
+        pick = torch.randperm(points.shape[0], generator=generator, device=points.device)[:num_clusters]
+        centroids = points[pick]
+    assignments = (points @ centroids.T).argmax(dim=1)
+    steps = 0
+    for steps in range(1, iters + 1):
+        updated = _update(points, assignments, centroids)
+        shift = 1.0 - (updated * centroids).sum(dim=1)
+        centroids = updated
         assignments = (points @ centroids.T).argmax(dim=1)
-        steps = 0
-        for steps in range(1, iters + 1):
-            updated = _update(points, assignments, centroids)
-            shift = 1.0 - (updated * centroids).sum(dim=1)
-            centroids = updated
-            assignments = (points @ centroids.T).argmax(dim=1)
-            if tol is not None and float(shift.max()) <= tol:
-                break
+        if tol is not None and float(shift.max()) <= tol:
+            break
     return KMeansResult(centroids, assignments, steps)

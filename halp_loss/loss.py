@@ -73,7 +73,7 @@ class HaLPInfoNCE(nn.Module):
         seed: base seed of the bank's k-means seeding.
         kmeans_iters: maximum k-means iterations per bank refit.
         kmeans_tol: k-means tolerance; ``None`` runs ``kmeans_iters`` iterations without reading a value back
-            from the device (no host sync on GPU).
+            from the device each iteration.
         generator: optional generator for the positives' draws (``estimator="sampled"``); it must live on the
             embeddings' device (``torch.Generator("cuda")`` for CUDA tensors).
         estimator: ``"sampled"`` or ``"expected"``.
