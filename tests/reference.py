@@ -1,7 +1,7 @@
-"""Independent float64 references written from SPEC section 1, for the tests.
+"""Independent float64 references written from SPEC section 1, and the seeded inputs the tests share.
 
-They materialize every positive as a vector and find the boundary by bisection on explicit dot products,
-sharing nothing with the closed forms under test.
+The references materialize every positive as a vector and find the boundary by bisection on explicit dot
+products, sharing nothing with the closed forms under test.
 """
 
 from __future__ import annotations
@@ -44,6 +44,20 @@ def boundary_by_bisection(k: np.ndarray, p0: np.ndarray, ps: np.ndarray, iters: 
 def kept(h: np.ndarray, prototypes: np.ndarray, nearest: int) -> bool:
     """The released code's rank filter: h's most similar prototype is still the anchor's."""
     return int(np.argmax(prototypes @ h)) == nearest
+
+
+def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Seeded standard normal tensor."""
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def sphere(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """``n`` seeded random unit vectors in ``d`` dimensions."""
+    return F.normalize(randn(n, d, seed=seed, dtype=dtype), dim=1)
+
+
+def gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 DEGENERATE_CASES = (

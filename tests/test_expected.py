@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry
+from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, sphere
 
 from halp_loss import ExitTimes, HaLPInfoNCE, exit_times, expected_halp_term
 from halp_loss.functional import moco_logits, sampled_halp_term, simclr_logits
@@ -15,10 +15,6 @@ from halp_loss.functional import moco_logits, sampled_halp_term, simclr_logits
 T = 0.07
 
 
-
-
-def sphere(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype), dim=1)
 
 
 def problem(batch: int, dim: int, num_protos: int, seed: int, dtype: torch.dtype = torch.float64):

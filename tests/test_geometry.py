@@ -8,17 +8,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, kept, slerp, unit
+from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, gen, kept, slerp, sphere, unit
 
 from halp_loss import Hallucination, hallucinate_positives
-
-
-def sphere(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=dtype), dim=1)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 @pytest.mark.parametrize("dim, num_protos", [(3, 4), (8, 5), (128, 20)])

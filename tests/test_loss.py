@@ -5,23 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import gen, randn, sphere
 
 from halp_loss import HaLPInfoNCE, hallucinate_positives
 from halp_loss.functional import info_nce, nt_xent, sampled_halp_term
 
 T = 0.07
-
-
-def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def sphere(n: int, d: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    return F.normalize(randn(n, d, seed=seed, dtype=dtype), dim=1)
-
-
-def gen(seed: int = 0) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
 
 
 def reference_moco(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:

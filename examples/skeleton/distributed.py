@@ -9,18 +9,27 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
+# The library's helpers serve the example too: rank order and uneven batches are handled the same way.
+from halp_loss.distributed import broadcast_, gather_rows, rank, world_size
+
+__all__ = [
+    "any_rank",
+    "broadcast_",
+    "gather_objects",
+    "gather_rows",
+    "init_from_environment",
+    "is_distributed",
+    "is_main",
+    "mean_over_ranks",
+    "rank",
+    "shutdown",
+    "world_size",
+]
+
 
 def is_distributed() -> bool:
     """Whether a process group with more than one rank is running."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
-def rank() -> int:
-    return dist.get_rank() if is_distributed() else 0
-
-
-def world_size() -> int:
-    return dist.get_world_size() if is_distributed() else 1
+    return world_size() > 1
 
 
 def is_main() -> bool:
@@ -52,23 +61,6 @@ def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
-
-
-@torch.no_grad()
-def gather_rows(x: Tensor) -> Tensor:
-    """Concatenate ``x`` from every rank along dim 0, in rank order (all ranks must pass the same shape)."""
-    if not is_distributed():
-        return x
-    parts = [torch.empty_like(x) for _ in range(world_size())]
-    dist.all_gather(parts, x.contiguous())
-    return torch.cat(parts)
-
-
-def broadcast_(x: Tensor, src: int = 0) -> Tensor:
-    """Overwrite ``x`` on every rank with rank ``src``'s values."""
-    if is_distributed():
-        dist.broadcast(x, src)
-    return x
 
 
 def any_rank(flag: bool, device: torch.device) -> bool:
