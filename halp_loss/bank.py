@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Optional
 
 import torch
@@ -14,20 +15,36 @@ from halp_loss.kmeans import fit_unit_points
 
 __all__ = ["PrototypeBank"]
 
+COUNTERS = ("num_seen", "num_calls", "num_fits", "calls_since_fit")
+"""The schedule's counters, checkpointed in the extra state."""
+
+
+def stored_keys_usable(window: Tensor) -> Tensor:
+    """(N,) bool, which keys of the window the fits use: keys without a direction were stored as zero rows."""
+    return window.ne(0).any(dim=1)
+
 
 class PrototypeBank(nn.Module):
     """Ring buffer of the most recent keys and the spherical k-means prototypes refitted on it.
 
     The released HaLP code clusters the 256 most recently enqueued MoCo keys into 20 prototypes every 10
-    iterations. ``update`` appends keys and, in training mode, refits on the first call at which ``warmup``
-    keys have been seen (and the window is full), then every ``every`` calls. In eval mode the bank is frozen.
+    iterations. ``update`` appends keys and refits on the first call at which ``warmup`` keys have been seen (and
+    the window is full), then every ``every`` calls. In eval mode the bank is frozen: ``update`` checks its
+    input and changes nothing.
+
+    Keys that are not finite, or are zero, have no direction. They count as seen but are stored as zero rows
+    and left out of every fit, with a ``RuntimeWarning`` the first time and a running count in
+    ``num_skipped``, so one bad batch does not poison the prototypes. Testing keys on arrival would read from
+    the device every step; instead each refit reads one number, how many keys of the window are usable, and
+    skips the fit (keeping the previous prototypes) when fewer than ``num_prototypes`` are.
 
     The counters live in the module's extra state, so ``state_dict()`` holds everything needed to resume
-    exactly where training stopped (the released code forgets its warm-up counter on resume). Each fit draws
-    its k-means seeding from ``seed`` and the fit index, so a resumed run refits exactly as an uninterrupted
-    one. Under ``torch.distributed`` (initialized, world size > 1) and with ``gather_distributed``, keys are
-    gathered from all ranks in rank order and rank 0's prototypes are broadcast, so every rank holds
-    bit-identical prototypes.
+    exactly where training stopped (the released code forgets its warm-up counter on resume). Loading refuses
+    a state whose ``window``, ``num_prototypes`` or ``dim`` differ from this bank's; a bank that has not seen
+    keys yet adopts the saved ``dim``. Each fit draws its k-means seeding from ``seed`` and the fit index, so a
+    resumed run refits exactly as an uninterrupted one. Under ``torch.distributed`` (initialized, world size
+    > 1) and with ``gather_distributed``, keys are gathered from all ranks in rank order and rank 0's
+    prototypes are broadcast, so every rank holds bit-identical prototypes.
 
     Args:
         num_prototypes: P, number of prototypes.
@@ -38,11 +55,12 @@ class PrototypeBank(nn.Module):
             waits until its MoCo queue of K keys has been filled, i.e. ``2 K + 1``).
         kmeans_iters: maximum spherical k-means iterations per fit.
         kmeans_tol: spherical k-means tolerance; ``None`` runs all iterations without the per-iteration host read.
-        seed: base seed of the k-means seeding.
+        seed: base seed of the k-means seeding, an integer >= 0.
         gather_distributed: gather keys from all ranks before appending them.
 
     Raises:
-        ValueError: for non-positive sizes, ``window < num_prototypes`` or a negative ``kmeans_tol``.
+        ValueError: for non-positive sizes, ``window < num_prototypes``, a negative ``kmeans_tol`` or a seed that
+            is not an integer >= 0.
 
     Example:
         >>> bank = PrototypeBank(num_prototypes=20, window=256, every=10)
@@ -54,6 +72,7 @@ class PrototypeBank(nn.Module):
 
     keys: Tensor
     prototypes: Tensor
+    skipped: Tensor
 
     def __init__(
         self,
@@ -81,6 +100,7 @@ class PrototypeBank(nn.Module):
         check_positive_int(kmeans_iters, "kmeans_iters")
         if kmeans_tol is not None and not kmeans_tol >= 0:
             raise ValueError(f"kmeans_tol must be None or a number >= 0, got {kmeans_tol!r}")
+        check_positive_int(seed, "seed", minimum=0)
         self.num_prototypes = num_prototypes
         self.window = window
         self.every = every
@@ -91,6 +111,9 @@ class PrototypeBank(nn.Module):
         self.gather_distributed = gather_distributed
         self.register_buffer("keys", torch.zeros(window, dim or 0))
         self.register_buffer("prototypes", torch.zeros(num_prototypes, dim or 0))
+        # A device-side count, so that counting costs no host read; checkpointed through the extra state.
+        self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
+        self._warned = False
         self.num_seen = 0
         self.num_calls = 0
         self.num_fits = 0
@@ -103,7 +126,14 @@ class PrototypeBank(nn.Module):
 
     @property
     def dim(self) -> Optional[int]:
+        """Embedding dim, ``None`` until the first keys (or a checkpoint) set it."""
         return self.keys.shape[1] or None
+
+    @property
+    def num_skipped(self) -> int:
+        """Keys stored as zero rows and left out of the fits because they were not finite or were zero (reads the
+        count back from the device)."""
+        return int(self.skipped)
 
     def recent_keys(self) -> Tensor:
         """The keys in the window, oldest first (fewer than ``window`` rows before it fills)."""
@@ -114,10 +144,11 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def update(self, keys: Tensor) -> bool:
-        """Append keys (normalized) to the window and refit the prototypes when due.
+        """Append keys (normalized) to the window and refit the prototypes when due; in eval mode do nothing.
 
         Args:
-            keys: (B, D) keys, e.g. the momentum encoder's output for this step.
+            keys: (B, D) keys, e.g. the momentum encoder's output for this step. Rows that are not finite or are
+                zero are counted in ``num_skipped`` and left out of the fits.
 
         Returns:
             True if the prototypes were refitted by this call.
@@ -126,14 +157,17 @@ class PrototypeBank(nn.Module):
             ValueError: if ``keys`` is not (B, D) floating point with the bank's dim.
         """
         check_matrix(keys, "keys", self.dim)
+        if not self.training:
+            return False
         if self.gather_distributed:
             keys = gather_rows(keys)
         if self.dim is None:
             dtype = compute_dtype(keys)
             self.keys = torch.zeros(self.window, keys.shape[1], device=keys.device, dtype=dtype)
             self.prototypes = torch.zeros(self.num_prototypes, keys.shape[1], device=keys.device, dtype=dtype)
+            self.skipped = self.skipped.to(keys.device)
         arrived = keys.shape[0]
-        keys = unit_rows(keys.detach().to(self.keys))[-self.window :]
+        keys = self._usable_rows(keys)[-self.window :]
         first_slot = self.num_seen + arrived - keys.shape[0]
         slots = (torch.arange(keys.shape[0], device=keys.device) + first_slot) % self.window
         self.keys[slots] = keys
@@ -141,51 +175,107 @@ class PrototypeBank(nn.Module):
         self.num_calls += 1
         self.calls_since_fit += 1
         due = self.calls_since_fit >= self.every or not self.ready
-        if self.training and self.num_seen >= self.warmup and due:
-            self.refit()
-            return True
-        return False
+        return self.num_seen >= self.warmup and due and self._fit()
+
+    def _usable_rows(self, keys: Tensor) -> Tensor:
+        """Unit rows of ``keys`` in the bank's dtype, with zero rows where a key has no direction (non-finite,
+        which ``unit_rows`` turns into NaN, or zero), counted on the device without a host read."""
+        rows = unit_rows(keys.detach().to(self.keys))
+        usable = rows.abs().amax(dim=1, keepdim=True) > 0
+        self.skipped += (~usable).sum()
+        return torch.where(usable, rows, 0.0)
 
     @torch.no_grad()
     def refit(self) -> None:
-        """Fit the prototypes on the current window now."""
-        if self.num_seen < self.num_prototypes:
+        """Fit the prototypes on the usable keys of the current window now.
+
+        Raises:
+            ValueError: if the window holds fewer usable keys than ``num_prototypes``.
+        """
+        if not self._fit():
+            usable = int(stored_keys_usable(self.recent_keys()).sum())
             raise ValueError(
-                f"cannot fit {self.num_prototypes} prototypes on {self.num_seen} keys; call update() first"
+                f"cannot fit {self.num_prototypes} prototypes on the {usable} usable keys of the window "
+                f"({self.num_seen} seen, {self.num_skipped} not finite or zero); call update() with more keys first"
             )
+
+    def _fit(self) -> bool:
+        """Fit on the window's usable keys if there are at least ``num_prototypes``; return whether it did."""
+        window = self.recent_keys()
+        usable = stored_keys_usable(window)
+        # The one host read of a refit (the fit's input size depends on it).
+        count = int(usable.sum())
+        if count < window.shape[0]:
+            self._warn_once(window.shape[0] - count, count)
+            window = window[usable]
+        if count < self.num_prototypes:
+            return False
         generator = torch.Generator(device=self.keys.device).manual_seed(self.seed + self.num_fits)
-        # The window holds normalized keys, so the fit skips spherical_kmeans's value checks (host reads).
-        result = fit_unit_points(
-            self.recent_keys(), self.num_prototypes, self.kmeans_iters, self.kmeans_tol, "kmeans++", generator
-        )
+        # The window holds unit (or left-out zero) keys, so the fit skips spherical_kmeans's value checks.
+        result = fit_unit_points(window, self.num_prototypes, self.kmeans_iters, self.kmeans_tol, "kmeans++", generator)
         self.prototypes.copy_(result.centroids)
         if world_size() > 1 and self.gather_distributed:
             broadcast_(self.prototypes)
         self.num_fits += 1
         self.calls_since_fit = 0
+        return True
+
+    def _warn_once(self, left_out: int, usable: int) -> None:
+        if self._warned:
+            return
+        self._warned = True
+        consequence = (
+            f"fewer than num_prototypes = {self.num_prototypes} remain, so the bank keeps its prototypes"
+            if usable < self.num_prototypes
+            else f"the fit uses the other {usable}"
+        )
+        warnings.warn(
+            f"PrototypeBank: {left_out} of the {left_out + usable} keys in the window are not finite or are zero "
+            "and are left out of the fit; "
+            f"{consequence}. Shown once; PrototypeBank.num_skipped counts such keys.",
+            RuntimeWarning,
+            stacklevel=4,
+        )
 
     def get_extra_state(self) -> dict[str, int]:
-        return {
-            "num_seen": self.num_seen,
-            "num_calls": self.num_calls,
-            "num_fits": self.num_fits,
-            "calls_since_fit": self.calls_since_fit,
-        }
+        return {**{name: getattr(self, name) for name in COUNTERS}, "num_skipped": self.num_skipped}
 
     def set_extra_state(self, state: Any) -> None:
-        self.num_seen = int(state["num_seen"])
-        self.num_calls = int(state["num_calls"])
-        self.num_fits = int(state["num_fits"])
-        self.calls_since_fit = int(state["calls_since_fit"])
+        missing = [name for name in COUNTERS if name not in state]
+        if missing:
+            raise ValueError(f"the checkpoint's prototype bank state lacks {missing}; it is not a PrototypeBank state")
+        for name in COUNTERS:
+            check_positive_int(state[name], f"the checkpoint's bank counter {name}", minimum=0)
+            setattr(self, name, state[name])
+        # Checkpoints written before skipped keys were counted have no count.
+        self.skipped.fill_(state.get("num_skipped", 0))
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
-        # A bank created without `dim` adopts the saved shapes, so checkpoints load into a fresh bank.
-        for name in ("keys", "prototypes"):
-            saved = state_dict.get(prefix + name)
-            current = self._buffers[name]
-            if saved is not None and current is not None and saved.shape != current.shape and current.numel() == 0:
-                self._buffers[name] = torch.zeros(saved.shape, dtype=saved.dtype, device=current.device)
+        saved = {name: state_dict.get(prefix + name) for name in ("keys", "prototypes")}
+        if saved["keys"] is not None and saved["prototypes"] is not None:
+            self._check_saved_shapes(saved["keys"].shape, saved["prototypes"].shape)
+            # A bank that has not seen keys (dim 0) takes the saved dim, so checkpoints load into a fresh bank;
+            # the other way round the bank becomes as unfed as the checkpoint.
+            if saved["keys"].shape[1] != self.keys.shape[1]:
+                for name, tensor in saved.items():
+                    self._buffers[name] = torch.zeros(tensor.shape, dtype=tensor.dtype, device=self.keys.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def _check_saved_shapes(self, keys: torch.Size, prototypes: torch.Size) -> None:
+        """Raise ``ValueError`` naming the setting if a saved state does not fit this bank's configuration."""
+        for setting, saved, built in (
+            ("window (HaLPInfoNCE: prototype_window)", keys[0], self.window),
+            ("num_prototypes", prototypes[0], self.num_prototypes),
+        ):
+            if saved != built:
+                raise ValueError(
+                    f"the checkpoint's prototype bank has {setting} = {saved}, but this bank was built with {built}; "
+                    "build it with the checkpoint's setting"
+                )
+        if keys[1] != prototypes[1]:
+            raise ValueError(f"the checkpoint's prototype bank is inconsistent: keys {keys}, prototypes {prototypes}")
+        if keys[1] and self.dim is not None and keys[1] != self.dim:
+            raise ValueError(f"the checkpoint's prototype bank has dim = {keys[1]}, but this bank has dim = {self.dim}")
 
     def extra_repr(self) -> str:
         return (

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from halp_loss._checks import Lam, check_lam, check_positive_int, compute_dtype
-from halp_loss.functional import OBJECTIVES, HaLPTerm, aggregate_kept, positive_loss
+from halp_loss._checks import Lam, check_positive_int
+from halp_loss.functional import HaLPTerm, aggregate_kept, positive_loss, run_checked_term
 from halp_loss.geometry import (
     CandidateWalks,
     candidate_walks,
@@ -69,7 +69,7 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
 
     The rank filter keeps exactly the positives with ``t <= t_exit``; ``t_exit < t_max`` where a third
     prototype's cell comes before the target's. Ties are kept (the boundary belongs to the cell), and cosines
-    equal to within 64 machine epsilons count as ties, so that copies of a prototype add no boundary.
+    equal to within their float rounding count as ties, so that copies of a prototype add no boundary.
 
     Args:
         anchor: (B, D) anchors; normalized inside.
@@ -121,13 +121,6 @@ def unit_gauss_legendre(num_nodes: int, dtype: torch.dtype, device: torch.device
         return as_tensor((nodes + 1.0) / 2.0), as_tensor(weights / 2.0)
 
 
-def check_lam_per_anchor(lam: Lam, rows: int) -> None:
-    """``lam`` is a float in [0, 1] or a tensor of such values broadcastable to (rows, 1): one value per anchor."""
-    check_lam(lam, rows, 1)
-    if isinstance(lam, Tensor) and torch.broadcast_shapes(lam.shape, (rows, 1)) != (rows, 1):
-        raise ValueError(f"lam must broadcast to (rows, 1) = ({rows}, 1), one value per anchor; got {tuple(lam.shape)}")
-
-
 def expected_halp_term(
     query: Tensor,
     anchor: Tensor,
@@ -153,14 +146,14 @@ def expected_halp_term(
     O(R C P) for the exits plus O(R C num_nodes) for ``"infonce"``, independent of any number of positives.
 
     Args:
-        query: (R, D) unit-norm queries (receive the gradient).
-        anchor: (R, D) unit-norm anchors (detached inside).
-        prototypes: (P, D) prototypes (normalized and detached inside).
-        lam: float in [0, 1], or a tensor of such values broadcastable to (R, 1).
+        query: (R, D) unit-norm queries, ``R >= 1`` (receive the gradient).
+        anchor: (R, D) anchors (normalized and detached inside).
+        prototypes: (P, D) prototypes, ``P >= 2`` (normalized and detached inside).
+        lam: float in [0, 1], or a tensor of such values broadcastable to (R, 1): one value per anchor.
         num_candidates: targets among this many nearest other prototypes (default all ``P - 1``).
         objective: ``"align"`` (released code) or ``"infonce"`` (positives scored against the negatives).
-        temperature: T.
-        negatives_lse: (R,) negatives' log-sum-exp of each query row, for ``"infonce"``.
+        temperature: T, a finite number > 0.
+        negatives_lse: (R,) negatives' log-sum-exp of each query row, required for ``"infonce"``.
         num_nodes: Gauss-Legendre nodes per interval for ``"infonce"`` (unused by ``"align"``, which is closed
             form); the default is accurate to ~1e-6.
 
@@ -170,8 +163,11 @@ def expected_halp_term(
         disabled inside.
 
     Raises:
-        ValueError: for an unknown ``objective``, ``"infonce"`` without ``negatives_lse``, ``num_nodes < 1``,
-            ``lam`` outside [0, 1] or of a shape other than per anchor, or ``num_candidates`` out of range.
+        ValueError: for a wrong rank, dtype, width or device, an empty batch, ``anchor`` not shaped like
+            ``query``, non-finite values, zero anchor or prototype rows, ``P < 2``, ``num_candidates`` out of range,
+            ``lam`` outside [0, 1] or of a shape other than per anchor, ``num_nodes < 1``, an unknown
+            ``objective``, ``"infonce"`` without a valid ``negatives_lse``, or a temperature that is not a finite
+            number > 0.
 
     Example:
         >>> q = torch.nn.functional.normalize(torch.randn(64, 128), dim=1).requires_grad_()
@@ -182,36 +178,57 @@ def expected_halp_term(
         >>> q.grad.shape
         torch.Size([64, 128])
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     check_positive_int(num_nodes, "num_nodes")
-    check_lam_per_anchor(lam, query.shape[0])
-    dtype = compute_dtype(query, anchor)
-    with torch.autocast(device_type=query.device.type, enabled=False):
-        query = query.to(dtype)
-        anchor = anchor.detach().to(dtype)
-        protos = unit_rows(prototypes.detach().to(dtype))
-        num_candidates = resolve_candidates(num_candidates, protos.shape[0])
-        if isinstance(lam, Tensor):
-            lam = lam.to(device=query.device, dtype=dtype)
-        with torch.no_grad():
-            walks = candidate_walks(anchor @ protos.T, protos @ protos.T, num_candidates)
-            probability, low, length = kept_interval(walks, lam)
-            middle = low + length / 2
-        query_anchor = (query * anchor).sum(dim=1, keepdim=True)
-        query_target = (query @ protos.T).gather(1, walks.target)
-        # The slerp is unit-norm analytically, so unlike the sampled estimator no division by the computed norm:
-        # the linear fallback of slerp_coefficients (sin w = 0) only occurs on walks of length zero, at t = 0.
-        if objective == "align":
-            alpha, beta, _ = slerp_coefficients(middle, walks.cos_w, walks.w, walks.degenerate)
-            shrink = torch.sinc(length * walks.w / (2 * math.pi))
-            per_walk = -shrink * (alpha * query_anchor + beta * query_target) / temperature
-        else:
-            nodes, weights = unit_gauss_legendre(num_nodes, dtype, query.device)
-            t = low[..., None] + length[..., None] * nodes
-            alpha, beta, _ = slerp_coefficients(
-                t, walks.cos_w[..., None], walks.w[..., None], walks.degenerate[..., None]
-            )
-            similarity = alpha * query_anchor[..., None] + beta * query_target[..., None]
-            per_walk = positive_loss(similarity, negatives_lse, objective, temperature) @ weights
-        return aggregate_kept(per_walk, probability, middle)
+    return run_checked_term(
+        expected_term,
+        query,
+        anchor,
+        prototypes,
+        lam=lam,
+        lam_columns=1,
+        lam_meaning="one value per anchor (rows, 1)",
+        num_candidates=num_candidates,
+        objective=objective,
+        temperature=temperature,
+        negatives_lse=negatives_lse,
+        num_nodes=num_nodes,
+    )
+
+
+def expected_term(
+    query: Tensor,
+    anchor: Tensor,
+    prototypes: Tensor,
+    *,
+    lam: Lam,
+    num_candidates: Optional[int],
+    objective: str,
+    temperature: float,
+    negatives_lse: Optional[Tensor],
+    num_nodes: int,
+) -> HaLPTerm:
+    """:func:`expected_halp_term` without validation or casts: ``query`` and ``anchor`` (R, D) unit-norm rows in
+    one float dtype (``anchor`` detached), ``prototypes`` normalized and detached here."""
+    protos = unit_rows(prototypes.detach().to(query.dtype))
+    num_candidates = resolve_candidates(num_candidates, protos.shape[0])
+    if isinstance(lam, Tensor):
+        lam = lam.to(device=query.device, dtype=query.dtype)
+    with torch.no_grad():
+        walks = candidate_walks(anchor @ protos.T, protos @ protos.T, num_candidates)
+        probability, low, length = kept_interval(walks, lam)
+        middle = low + length / 2
+    query_anchor = (query * anchor).sum(dim=1, keepdim=True)
+    query_target = (query @ protos.T).gather(1, walks.target)
+    # The slerp is unit-norm analytically, so unlike the sampled estimator no division by the computed norm:
+    # the linear fallback of slerp_coefficients (sin w = 0) only occurs on walks of length zero, at t = 0.
+    if objective == "align":
+        alpha, beta, _ = slerp_coefficients(middle, walks.cos_w, walks.w, walks.degenerate)
+        shrink = torch.sinc(length * walks.w / (2 * math.pi))
+        per_walk = -shrink * (alpha * query_anchor + beta * query_target) / temperature
+    else:
+        nodes, weights = unit_gauss_legendre(num_nodes, query.dtype, query.device)
+        t = low[..., None] + length[..., None] * nodes
+        alpha, beta, _ = slerp_coefficients(t, walks.cos_w[..., None], walks.w[..., None], walks.degenerate[..., None])
+        similarity = alpha * query_anchor[..., None] + beta * query_target[..., None]
+        per_walk = positive_loss(similarity, negatives_lse, objective, temperature) @ weights
+    return aggregate_kept(per_walk, probability, middle)

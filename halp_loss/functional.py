@@ -4,18 +4,32 @@ The InfoNCE terms are written as ``logaddexp(pos, lse_neg) - pos`` with ``lse_ne
 negative logits of each row: the same value as cross-entropy over ``[pos, negatives]`` without building the
 concatenated logits, and ``lse_neg`` is then reused by the HaLP term's ``"infonce"`` objective.
 
-All functions expect float32 or float64 inputs; :class:`halp_loss.HaLPInfoNCE` casts under autocast.
+The public functions accept any floating dtype and compute in float32 (float64 when an input is float64) with
+autocast disabled; they validate their inputs and raise ``ValueError`` naming the argument. The pieces
+(``moco_logits``, ``simclr_logits``, ``info_nce_from_logits``, ``sampled_term``) do not validate: they are what
+:class:`halp_loss.HaLPInfoNCE` composes after its own checks.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from halp_loss._checks import Lam
+from halp_loss._checks import (
+    Lam,
+    check_device,
+    check_finite,
+    check_lam,
+    check_matrix,
+    check_negatives,
+    check_pair,
+    check_positive_int,
+    check_temperature,
+    check_values,
+    compute_dtype,
+)
 from halp_loss.distributed import gather_rows_with_grad, rank, world_size
 from halp_loss.geometry import draw_geodesics, resolve_candidates, unit_rows
 
@@ -29,6 +43,7 @@ __all__ = [
     "info_nce",
     "nt_xent",
     "sampled_halp_term",
+    "sampled_term",
 ]
 
 OBJECTIVES = ("align", "infonce")
@@ -64,12 +79,17 @@ class HaLPTerm(NamedTuple):
     mean_t: Tensor
 
 
+def no_autocast(device: torch.device) -> torch.autocast:
+    """A context in which autocast is off on ``device``: logits and log-sum-exp stay in full precision."""
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 def moco_logits(query: Tensor, key: Tensor, negatives: Tensor, temperature: float) -> ContrastiveLogits:
     """InfoNCE pieces for MoCo: positive ``q . k``, negatives the rows of ``negatives`` (e.g. ``queue.T``).
 
     Gradient flows into ``query`` only.
     """
-    q = F.normalize(query, dim=1)
+    q = unit_rows(query)
     k = unit_rows(key.detach())
     # Scaling the (B, D) query rather than the (B, K) logits saves a pass over the logits.
     scaled = q / temperature
@@ -86,7 +106,7 @@ def simclr_logits(
 
     Rows are ``[view1; view2]``; both views are queries, and each row's anchor is the detached other view.
     """
-    z = F.normalize(torch.cat([view1, view2]), dim=1)
+    z = unit_rows(torch.cat([view1, view2]))
     batch = view1.shape[0]
     if gather_distributed and world_size() > 1:
         # Rank-order concatenation: this rank's rows start at rank * B inside each gathered view.
@@ -115,30 +135,49 @@ def info_nce(query: Tensor, key: Tensor, negatives: Tensor, temperature: float =
     """MoCo's InfoNCE: cross-entropy over ``[q . k, q . negatives] / T`` with the positive as label.
 
     Args:
-        query: (B, D) queries; normalized inside; receive the gradient.
+        query: (B, D) queries, ``B >= 1``; normalized inside; receive the gradient.
         key: (B, D) keys; normalized and detached inside.
-        negatives: (K, D) unit-norm negatives (a MoCo ``(D, K)`` queue is passed as ``queue.T``).
-        temperature: T.
+        negatives: (K, D) unit-norm negatives (a MoCo ``(D, K)`` queue is passed as ``queue.T``); with ``K = 0``
+            the loss is 0.
+        temperature: T, a finite number > 0.
 
     Returns:
-        Scalar loss, mean over the batch.
+        Scalar loss, mean over the batch, in float32 (float64 if an input is float64).
+
+    Raises:
+        ValueError: for a non-tensor, a wrong rank, dtype, width or device, an empty batch, mismatched query and
+            key shapes, a (D, K) queue buffer passed as is, or a temperature that is not a finite number > 0.
     """
-    return info_nce_from_logits(moco_logits(query, key, negatives, temperature))
+    check_pair(query, "query", key, "key")
+    check_negatives(negatives, query)
+    temperature = check_temperature(temperature)
+    dtype = compute_dtype(query, key, negatives)
+    with no_autocast(query.device):
+        logits = moco_logits(query.to(dtype), key.to(dtype), negatives.to(dtype), temperature)
+        return info_nce_from_logits(logits)
 
 
 def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_distributed: bool = False) -> Tensor:
     """SimCLR's symmetric NT-Xent over the 2B views with in-batch negatives.
 
     Args:
-        view1: (B, D) embeddings of the first views; normalized inside.
+        view1: (B, D) embeddings of the first views, ``B >= 1``; normalized inside.
         view2: (B, D) embeddings of the second views.
-        temperature: T.
+        temperature: T, a finite number > 0.
         gather_distributed: use the views of all ranks as negatives (equal batch sizes on every rank).
 
     Returns:
-        Scalar loss, mean over the 2B rows of this rank.
+        Scalar loss, mean over the 2B rows of this rank, in float32 (float64 if a view is float64).
+
+    Raises:
+        ValueError: for a non-tensor, a wrong rank, dtype or device, an empty batch, views of different shapes,
+            or a temperature that is not a finite number > 0.
     """
-    return info_nce_from_logits(simclr_logits(view1, view2, temperature, gather_distributed))
+    check_pair(view1, "view1", view2, "view2")
+    temperature = check_temperature(temperature)
+    dtype = compute_dtype(view1, view2)
+    with no_autocast(view1.device):
+        return info_nce_from_logits(simclr_logits(view1.to(dtype), view2.to(dtype), temperature, gather_distributed))
 
 
 def aggregate_kept(per_positive: Tensor, keep: Tensor, t: Tensor) -> HaLPTerm:
@@ -164,17 +203,92 @@ def positive_loss(similarity: Tensor, negatives_lse: Optional[Tensor], objective
 
     Args:
         similarity: (R, ...) query-positive cosines.
-        negatives_lse: (R,) the rows' negatives log-sum-exp (required for ``"infonce"``).
+        negatives_lse: (R,) the rows' negatives log-sum-exp (required for ``"infonce"``, unchecked here).
         objective: ``"align"`` or ``"infonce"``.
         temperature: T.
     """
     logit = similarity / temperature
     if objective == "align":
         return -logit
-    if negatives_lse is None:
-        raise ValueError('objective="infonce" needs negatives_lse (the negatives\' log-sum-exp of each row)')
     lse = negatives_lse.reshape(negatives_lse.shape + (1,) * (logit.ndim - 1))
     return torch.logaddexp(logit, lse) - logit
+
+
+def check_term_tensors(query: Tensor, anchor: Tensor, prototypes: Tensor, negatives_lse: Optional[Tensor]) -> None:
+    """Validate the tensors of a public HaLP term: shapes, dtypes, devices and values.
+
+    This reads values back from the device (finiteness, zero rows), so :class:`halp_loss.HaLPInfoNCE`, whose own
+    checks are free of host reads, calls the unchecked terms instead.
+    """
+    check_pair(query, "query", anchor, "anchor")
+    check_matrix(prototypes, "prototypes", query.shape[1])
+    check_device(prototypes, "prototypes", query, "query")
+    if negatives_lse is not None:
+        check_negatives_lse(negatives_lse, query)
+    check_finite(query, "query")
+    check_values(anchor, "anchor")
+    check_values(prototypes, "prototypes")
+
+
+def check_negatives_lse(negatives_lse: Tensor, query: Tensor) -> None:
+    """``negatives_lse`` is (R,) floating on the query's device, without NaN or +inf (-inf is a row without
+    negatives, which the InfoNCE objective handles)."""
+    rows = query.shape[0]
+    if not isinstance(negatives_lse, Tensor):
+        raise ValueError(f"negatives_lse must be a torch.Tensor, got {type(negatives_lse).__name__}")
+    if not negatives_lse.is_floating_point():
+        raise ValueError(f"negatives_lse must be a floating-point tensor, got dtype {negatives_lse.dtype}")
+    if negatives_lse.shape != (rows,):
+        shape = tuple(negatives_lse.shape)
+        raise ValueError(f"negatives_lse must have shape ({rows},), one value per query row, got {shape}")
+    check_device(negatives_lse, "negatives_lse", query, "query")
+    if bool((torch.isnan(negatives_lse) | torch.isposinf(negatives_lse)).any()):
+        raise ValueError("negatives_lse has NaN or +inf values (-inf, a row without negatives, is allowed)")
+
+
+def run_checked_term(
+    term: Callable[..., HaLPTerm],
+    query: Tensor,
+    anchor: Tensor,
+    prototypes: Tensor,
+    *,
+    lam: Lam,
+    lam_columns: int,
+    lam_meaning: str,
+    num_candidates: Optional[int],
+    objective: str,
+    temperature: float,
+    negatives_lse: Optional[Tensor],
+    **options: Any,
+) -> HaLPTerm:
+    """Validate the arguments shared by the public HaLP terms, cast the tensors to one float dtype and evaluate the
+    unchecked ``term`` with autocast disabled. ``lam`` must broadcast to (R, ``lam_columns``), which
+    ``lam_meaning`` describes; ``options`` are the estimator's own arguments, which the caller has checked.
+
+    Raises:
+        ValueError: naming the argument, see :func:`sampled_halp_term`.
+    """
+    check_term_tensors(query, anchor, prototypes, negatives_lse)
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if objective == "infonce" and negatives_lse is None:
+        raise ValueError('objective="infonce" needs negatives_lse (the negatives\' log-sum-exp of each row)')
+    temperature = check_temperature(temperature)
+    num_candidates = resolve_candidates(num_candidates, prototypes.shape[0])
+    check_lam(lam, query.shape[0], lam_columns, lam_meaning)
+    dtype = compute_dtype(query, anchor)
+    with no_autocast(query.device):
+        return term(
+            query.to(dtype),
+            unit_rows(anchor.detach().to(dtype)),
+            prototypes,
+            lam=lam,
+            num_candidates=num_candidates,
+            objective=objective,
+            temperature=temperature,
+            negatives_lse=None if negatives_lse is None else negatives_lse.to(dtype),
+            **options,
+        )
 
 
 def sampled_halp_term(
@@ -197,21 +311,59 @@ def sampled_halp_term(
     The draws are the same as :func:`halp_loss.hallucinate_positives` makes for the same generator state.
 
     Args:
-        query: (R, D) unit-norm queries (receive the gradient).
-        anchor: (R, D) unit-norm anchors (detached inside).
-        prototypes: (P, D) prototypes (normalized and detached inside).
+        query: (R, D) unit-norm queries, ``R >= 1`` (receive the gradient).
+        anchor: (R, D) anchors (normalized and detached inside).
+        prototypes: (P, D) prototypes, ``P >= 2`` (normalized and detached inside).
         lam: float or tensor broadcastable to (R, M) in [0, 1].
-        num_positives: M.
+        num_positives: M >= 1.
         num_candidates: targets among this many nearest other prototypes (default all ``P - 1``).
         objective: ``"align"`` (released code) or ``"infonce"`` (positives scored against the negatives).
-        temperature: T.
-        negatives_lse: (R,) negatives' log-sum-exp of each query row, for ``"infonce"``.
-        generator: optional generator for the draws.
+        temperature: T, a finite number > 0.
+        negatives_lse: (R,) negatives' log-sum-exp of each query row, required for ``"infonce"``.
+        generator: optional generator for the draws, on the inputs' device.
 
     Returns:
-        :class:`HaLPTerm`.
+        :class:`HaLPTerm` in float32 (float64 if ``query`` or ``anchor`` is float64), with autocast disabled.
+
+    Raises:
+        ValueError: for a wrong rank, dtype, width or device, an empty batch, ``anchor`` not shaped like
+            ``query``, non-finite values, zero anchor or prototype rows, ``P < 2``, ``num_candidates`` out of range,
+            ``lam`` outside [0, 1] or not broadcastable, ``num_positives < 1``, an unknown ``objective``,
+            ``"infonce"`` without a valid ``negatives_lse``, or a temperature that is not a finite number > 0.
     """
-    anchor = anchor.detach()
+    check_positive_int(num_positives, "num_positives")
+    return run_checked_term(
+        sampled_term,
+        query,
+        anchor,
+        prototypes,
+        lam=lam,
+        lam_columns=num_positives,
+        lam_meaning="(batch, num_positives)",
+        num_candidates=num_candidates,
+        objective=objective,
+        temperature=temperature,
+        negatives_lse=negatives_lse,
+        num_positives=num_positives,
+        generator=generator,
+    )
+
+
+def sampled_term(
+    query: Tensor,
+    anchor: Tensor,
+    prototypes: Tensor,
+    *,
+    lam: Lam,
+    num_positives: int,
+    num_candidates: Optional[int],
+    objective: str,
+    temperature: float,
+    negatives_lse: Optional[Tensor],
+    generator: Optional[torch.Generator],
+) -> HaLPTerm:
+    """:func:`sampled_halp_term` without validation or casts: ``query`` and ``anchor`` (R, D) unit-norm rows in
+    one float dtype (``anchor`` detached), ``prototypes`` normalized and detached here."""
     protos = unit_rows(prototypes.detach().to(query.dtype))
     num_candidates = resolve_candidates(num_candidates, protos.shape[0])
     with torch.no_grad():

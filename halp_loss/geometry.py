@@ -11,12 +11,22 @@ works on those dot products alone; the (B, M, D) positives are only built when a
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from halp_loss._checks import Lam, check_lam, check_matrix, check_positive_int, check_values, compute_dtype
+from halp_loss._checks import (
+    Lam,
+    check_device,
+    check_lam,
+    check_matrix,
+    check_positive_int,
+    check_values,
+    compute_dtype,
+)
 
 __all__ = [
     "CandidateWalks",
@@ -30,9 +40,18 @@ __all__ = [
 
 
 def unit_rows(x: Tensor) -> Tensor:
-    """Rows scaled to unit norm; zero rows stay zero. Unlike ``F.normalize`` (eps 1e-12) tiny rows are still
-    normalized, since only the direction matters on the sphere."""
-    return x / x.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(x.dtype).tiny)
+    """Rows scaled to unit norm, at any finite magnitude; zero rows stay zero (differentiable).
+
+    Each row is first scaled by the power of two nearest above its largest magnitude. That scaling is exact, so
+    rows of ordinary magnitude get bit for bit ``F.normalize(x)``, while a row of 1e20s (whose squared norm
+    overflows float32) or of 1e-30s (whose squared norm underflows) is normalized as accurately. The scale
+    carries no gradient, which is exact since the result does not depend on it.
+    """
+    largest = torch.frexp(x.detach().abs().amax(dim=-1, keepdim=True)).exponent
+    # Subnormal rows would need a factor beyond the dtype's range: scaling them by its largest power of two
+    # already lifts them far from underflow.
+    limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
+    return F.normalize(x * torch.exp2(-largest.clamp(-limit, limit).to(x.dtype)), dim=-1)
 
 
 class GeodesicDraws(NamedTuple):
@@ -172,18 +191,40 @@ def walk_exits(
     c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
     theta = torch.atan2(a * torch.sin(w)[..., None], a * cos_w[..., None] - c)
     t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
-    t_max = t_max[..., None]
-    # Copies of a prototype have equal cosines only up to rounding. Differences within `tol` are ties, and ties
-    # are kept (the boundary belongs to the cell): a copy of p0 (c ~ 0) never cuts a walk, and a copy of the
-    # target crosses at t_max, not before it.
-    tol = 64 * torch.finfo(w.dtype).eps
-    cuts = (c < -tol) & (t_cross < t_max - tol)
+    cuts = third_party_cuts(a, c, w, t_max)
     # p0 and the target are not third parties (the target's crossing is t_max itself).
     index = torch.arange(sim_protos.shape[0], device=target.device)
     cuts &= (index != target[..., None]) & (index != nearest[:, None, None])
-    t_exit, first = torch.where(cuts, t_cross, t_max).min(dim=2)
-    t_max = t_max.squeeze(2)
+    t_exit, first = torch.where(cuts, t_cross, t_max[..., None]).min(dim=2)
     return t_exit, torch.where(t_exit < t_max, first, target)
+
+
+TIE_EPS = 8
+"""Cosines closer than this many machine epsilons are ties (float32 dot products of unit vectors are off by
+at most about 1.5 epsilons, measured up to D = 1024)."""
+
+
+def third_party_cuts(a: Tensor, c: Tensor, w: Tensor, t_max: Tensor) -> Tensor:
+    """(B, C, P) bool: whether prototype ``j`` cuts the walk before its end by more than a float tie.
+
+    Cosines are rounded, and ties are kept (the boundary belongs to the cell), so ``p_j`` cuts the walk only if
+    at the walk's end ``h`` is closer to ``p_j`` than to ``p0`` by more than cosines off by ``tie`` each can
+    explain: ``(a_j + tie) sin((1 - t_max) w) + (c_j + tie) sin(t_max w) < 0`` (the margin in h-space, scaled by
+    ``sin w``). The sinusoid changes sign at most once, so this holds exactly when the walk crosses into
+    ``p_j``'s cell before ``t_max`` with a margin beyond the rounding. Testing the sign of ``c_j`` against a fixed
+    tolerance instead misses clear crossings toward nearly antipodal targets, where ``1 / sin w`` amplifies the
+    cosine differences; and with the margin a copy of ``p0`` (``a_j, c_j ~ 0``) or of the target (crossing at
+    ``t_max``) never cuts.
+
+    Args:
+        a: (B, 1, P) ``k . (p0 - p_j)``, clamped at 0.
+        c: (B, C, P) ``p_s . (p0 - p_j)``.
+        w: (B, C) angles from the anchors to their targets.
+        t_max: (B, C) boundary fractions of the walks.
+    """
+    tie = TIE_EPS * torch.finfo(w.dtype).eps
+    end = (w * t_max)[..., None]
+    return (a + tie) * torch.sin(w[..., None] - end) + (c + tie) * torch.sin(end) < 0
 
 
 def candidate_walks(sim_anchor: Tensor, sim_protos: Tensor, num_candidates: int) -> CandidateWalks:
@@ -265,8 +306,7 @@ def checked_unit_inputs(
     """
     check_matrix(anchor, "anchor")
     check_matrix(prototypes, "prototypes", anchor.shape[1])
-    if prototypes.device != anchor.device:
-        raise ValueError(f"prototypes are on {prototypes.device} but anchor is on {anchor.device}")
+    check_device(prototypes, "prototypes", anchor, "anchor")
     num_candidates = resolve_candidates(num_candidates, prototypes.shape[0])
     check_values(anchor, "anchor")
     check_values(prototypes, "prototypes")
@@ -319,6 +359,7 @@ def hallucinate_positives(
     check_positive_int(num_positives, "num_positives")
     check_lam(lam, anchor.shape[0], num_positives)
     draws = draw_geodesics(k @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
-    positives = draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target]
-    positives = positives / draws.norm[..., None]
+    # Normalized by its computed norm rather than the analytic one: toward a nearly antipodal target, where
+    # alpha and beta grow like 1 / sin w, the two disagree by up to 9 % in float32.
+    positives = unit_rows(draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target])
     return Hallucination(positives, draws.keep, draws.target, draws.nearest, draws.t, draws.t_max)

@@ -7,16 +7,27 @@ from typing import Optional
 import torch
 from torch import Tensor, nn
 
-from halp_loss._checks import check_lam, check_matrix, check_positive_int, compute_dtype
+from halp_loss._checks import (
+    check_device,
+    check_lam,
+    check_matrix,
+    check_negatives,
+    check_number,
+    check_pair,
+    check_positive_int,
+    check_temperature,
+    compute_dtype,
+)
 from halp_loss.bank import PrototypeBank
-from halp_loss.expected import DEFAULT_NUM_NODES, expected_halp_term
+from halp_loss.expected import DEFAULT_NUM_NODES, expected_term
 from halp_loss.functional import (
     OBJECTIVES,
     ContrastiveLogits,
     HaLPTerm,
     info_nce_from_logits,
     moco_logits,
-    sampled_halp_term,
+    no_autocast,
+    sampled_term,
     simclr_logits,
 )
 from halp_loss.geometry import resolve_candidates
@@ -52,15 +63,19 @@ class HaLPInfoNCE(nn.Module):
     bank. Until the bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the
     loss is exactly plain InfoNCE.
 
-    Everything runs in float32 (float64 for float64 inputs) with autocast disabled, so logits, softmax and
-    log-sum-exp are full precision under mixed-precision training. Gradient flows into the query (both views
-    in SimCLR mode), never into keys, negatives or prototypes.
+    Everything runs in float32 (float64 if the query, key or negatives are float64) with autocast disabled, so
+    logits, softmax and log-sum-exp are full precision under mixed-precision training. Gradient flows into the
+    query (both views in SimCLR mode), never into keys, negatives or prototypes.
+
+    Each call checks shapes, dtypes and devices but not values, which would read from the device every step:
+    non-finite embeddings give a non-finite loss for that call, and the bank leaves their keys out of its fits
+    (:class:`PrototypeBank`), so later calls with finite inputs are finite again.
 
     Defaults are the released NTU RGB+D settings.
 
     Args:
-        temperature: T of all logits.
-        halp_weight: weight of the HaLP term (released code: 2 for NTU, 1 for PKU-MMD II).
+        temperature: T of all logits, a finite number > 0.
+        halp_weight: weight of the HaLP term, a finite number >= 0 (released code: 2 for NTU, 1 for PKU-MMD II).
         num_prototypes: P, prototypes fitted by the bank.
         num_positives: M, positives per anchor (``estimator="sampled"``; ignored by ``"expected"``).
         lam: ``u ~ U(0, lam)``, ``t = (1 - u) t_max``; float in [0, 1].
@@ -70,7 +85,7 @@ class HaLPInfoNCE(nn.Module):
         gather_distributed: SimCLR mode: use all ranks' views as negatives (equal per-rank batch sizes).
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
         prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
-        seed: base seed of the bank's k-means seeding.
+        seed: base seed of the bank's k-means seeding, an integer >= 0.
         kmeans_iters: maximum k-means iterations per bank refit.
         kmeans_tol: k-means tolerance; ``None`` runs ``kmeans_iters`` iterations without reading a value back
             from the device each iteration.
@@ -81,7 +96,10 @@ class HaLPInfoNCE(nn.Module):
             ``objective="infonce"``; the default is accurate to ~1e-6.
 
     Raises:
-        ValueError: for invalid hyperparameters.
+        ValueError: for an invalid hyperparameter, naming it: a temperature or weight that is not a finite number
+            in range, an unknown ``objective`` or ``estimator``, a size or seed that is not an integer in range,
+            ``lam`` outside [0, 1], ``num_candidates`` outside [1, P - 1], a generator that is not a
+            ``torch.Generator``.
 
     Example:
         >>> criterion = HaLPInfoNCE(temperature=0.07, halp_weight=2.0)
@@ -115,10 +133,8 @@ class HaLPInfoNCE(nn.Module):
         num_nodes: int = DEFAULT_NUM_NODES,
     ) -> None:
         super().__init__()
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature!r}")
-        if not halp_weight >= 0:
-            raise ValueError(f"halp_weight must be >= 0, got {halp_weight!r}")
+        temperature = check_temperature(temperature)
+        halp_weight = check_number(halp_weight, "halp_weight", minimum=0.0)
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
         check_positive_int(num_positives, "num_positives")
@@ -129,8 +145,10 @@ class HaLPInfoNCE(nn.Module):
             raise ValueError("lam must be a float in [0, 1]; per-positive tensors are for hallucinate_positives")
         check_lam(lam, 1, num_positives)
         resolve_candidates(num_candidates, num_prototypes)
-        self.temperature = float(temperature)
-        self.halp_weight = float(halp_weight)
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        self.temperature = temperature
+        self.halp_weight = halp_weight
         self.num_positives = num_positives
         self.lam = lam
         self.objective = objective
@@ -171,21 +189,24 @@ class HaLPInfoNCE(nn.Module):
         """Compute the loss.
 
         Args:
-            query: (B, D) query embeddings (MoCo) or first views (SimCLR); receive the gradient.
+            query: (B, D) query embeddings (MoCo) or first views (SimCLR), ``B >= 1``; receive the gradient.
             key: (B, D) momentum keys (MoCo, detached inside) or second views (SimCLR, gradient flows).
-            negatives: (K, D) negatives as rows, e.g. ``queue.T`` for MoCo's (D, K) queue buffer; ``None``
-                selects SimCLR mode.
-            prototypes: optional (P, D) prototypes to use instead of the bank's (the bank is then not fed).
+            negatives: (K, D) unit-norm negatives as rows, e.g. ``queue.T`` for MoCo's (D, K) queue buffer;
+                ``None`` selects SimCLR mode.
+            prototypes: optional (P, D) prototypes, ``P >= 2``, to use instead of the bank's (the bank is then not
+                fed); normalized inside.
 
         Returns:
             Scalar loss: InfoNCE + ``halp_weight`` * HaLP term.
 
         Raises:
-            ValueError: for mismatched shapes, a transposed negatives buffer, or bad prototypes.
+            ValueError: naming the argument, for a non-tensor, a wrong rank, dtype, width or device, an empty batch,
+                ``key`` not shaped like ``query``, a (D, K) queue buffer passed as negatives, or prototypes with
+                fewer rows than ``num_candidates + 1`` or 2.
         """
         self._check_inputs(query, key, negatives, prototypes)
-        dtype = compute_dtype(query, key)
-        with torch.autocast(device_type=query.device.type, enabled=False):
+        dtype = compute_dtype(query, key, negatives)
+        with no_autocast(query.device):
             if negatives is None:
                 logits = simclr_logits(query.to(dtype), key.to(dtype), self.temperature, self.gather_distributed)
             else:
@@ -212,9 +233,10 @@ class HaLPInfoNCE(nn.Module):
             temperature=self.temperature,
             negatives_lse=logits.negatives_lse,
         )
+        # The unchecked terms: the inputs passed _check_inputs, and their value checks would read from the device.
         if self.estimator == "expected":
-            return expected_halp_term(logits.query, logits.anchor, prototypes, num_nodes=self.num_nodes, **common)
-        return sampled_halp_term(
+            return expected_term(logits.query, logits.anchor, prototypes, num_nodes=self.num_nodes, **common)
+        return sampled_term(
             logits.query,
             logits.anchor,
             prototypes,
@@ -237,18 +259,11 @@ class HaLPInfoNCE(nn.Module):
     def _check_inputs(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor]
     ) -> None:
-        check_matrix(query, "query")
-        dim = query.shape[1]
-        check_matrix(key, "key", dim)
-        if key.shape != query.shape:
-            raise ValueError(f"key must have the shape of query {tuple(query.shape)}, got {tuple(key.shape)}")
+        """Shapes, dtypes and devices only: value checks (finiteness) would read from the device every step."""
+        check_pair(query, "query", key, "key")
         if negatives is not None:
-            if negatives.ndim == 2 and negatives.shape[0] == dim and negatives.shape[1] != dim:
-                raise ValueError(
-                    f"negatives has shape {tuple(negatives.shape)}: it looks like a MoCo (D, K) queue buffer. "
-                    f"Pass its rows as negatives, i.e. queue.T of shape ({negatives.shape[1]}, {dim})"
-                )
-            check_matrix(negatives, "negatives", dim)
+            check_negatives(negatives, query)
         if prototypes is not None:
-            check_matrix(prototypes, "prototypes", dim)
+            check_matrix(prototypes, "prototypes", query.shape[1])
+            check_device(prototypes, "prototypes", query, "query")
             resolve_candidates(self.num_candidates, prototypes.shape[0])

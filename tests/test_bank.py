@@ -39,12 +39,54 @@ def test_warmup_delays_first_fit() -> None:
     assert fits == [False] * 4 + [True, False]
 
 
-def test_eval_mode_freezes_prototypes() -> None:
+def test_eval_mode_freezes_the_bank() -> None:
+    # Issue 10: in eval mode update still appended keys and advanced the counters.
     bank = PrototypeBank(num_prototypes=4, window=64, every=1)
+    for keys in batches(2):
+        bank.update(keys)
+    before = {name: tensor.clone() for name, tensor in bank.state_dict().items() if name != "_extra_state"}
+    counters = bank.get_extra_state()
     bank.eval()
-    for keys in batches(3):
+    for keys in batches(3, seed=1):
         assert not bank.update(keys)
-    assert not bank.ready and bank.num_seen == 192
+    assert bank.get_extra_state() == counters
+    assert all(torch.equal(tensor, bank.state_dict()[name]) for name, tensor in before.items())
+    with pytest.raises(ValueError, match="keys must have 16 columns"):
+        bank.update(torch.randn(4, 8))  # still checked
+    bank.train()
+    assert bank.update(batches(1, seed=2)[0]) and bank.num_seen == 192
+
+
+def test_keys_without_direction_are_left_out_of_the_fits() -> None:
+    bank = PrototypeBank(num_prototypes=4, window=32, every=2)
+    data = batches(4, size=8, dim=3)
+    data[1][2] = float("nan")
+    data[1][5, 0] = float("inf")
+    data[2][0] = 0.0
+    with pytest.warns(RuntimeWarning, match=r"3 of the 32 keys in the window .* the fit uses the other 29"):
+        fits = [bank.update(keys) for keys in data]
+    assert fits == [False, False, False, True]
+    assert bank.num_skipped == 3 and bank.num_seen == 32
+    window = bank.recent_keys()
+    assert torch.isfinite(window).all() and (window.abs().sum(dim=1) == 0).sum() == 3
+    assert torch.isfinite(bank.prototypes).all()
+    assert torch.allclose(bank.prototypes.norm(dim=1), torch.ones(4), atol=1e-6)
+    # The prototypes are those of the usable keys alone.
+    clean = PrototypeBank(num_prototypes=4, window=29, every=1, warmup=0)
+    clean.update(window[window.abs().sum(dim=1) > 0])  # fit 0: the same k-means seed
+    assert torch.allclose(clean.prototypes, bank.prototypes, atol=1e-6)
+
+
+def test_too_few_usable_keys_skip_the_fit() -> None:
+    bank = PrototypeBank(num_prototypes=4, window=8, every=1)
+    keys = torch.randn(8, 5)
+    keys[:5] = float("nan")
+    with pytest.warns(RuntimeWarning, match="fewer than num_prototypes = 4 remain, so the bank keeps its prototypes"):
+        assert not bank.update(keys)
+    assert not bank.ready and bank.num_skipped == 5
+    with pytest.raises(ValueError, match="cannot fit 4 prototypes on the 3 usable keys of the window"):
+        bank.refit()
+    assert bank.update(torch.randn(4, 5)) and bank.ready  # the next call that brings enough keys fits
 
 
 def test_state_dict_resumes_identically() -> None:
@@ -67,6 +109,46 @@ def test_state_dict_resumes_identically() -> None:
         assert torch.equal(resumed.prototypes, history[step])
 
 
+@pytest.mark.parametrize(
+    "saved, built, message",
+    [
+        (dict(window=256), dict(window=128), r"window \(HaLPInfoNCE: prototype_window\) = 256, .* built with 128"),
+        (dict(num_prototypes=20), dict(num_prototypes=10), "num_prototypes = 20, but this bank was built with 10"),
+        (dict(), dict(dim=8), "dim = 16, but this bank has dim = 8"),
+    ],
+)
+def test_state_of_another_configuration_is_refused(saved: dict, built: dict, message: str) -> None:
+    # Issue 10: these loaded silently and failed at a later step.
+    config = dict(num_prototypes=8, window=64)
+    source = PrototypeBank(**{**config, **saved})
+    for keys in batches(5):
+        source.update(keys)
+    target = PrototypeBank(**{**config, **built})
+    with pytest.raises(ValueError, match=message):
+        target.load_state_dict(source.state_dict())
+
+
+def test_state_round_trips_the_skipped_count_and_old_states_load() -> None:
+    bank = PrototypeBank(num_prototypes=4, window=16)
+    keys = torch.randn(16, 4)
+    keys[0] = float("nan")
+    with pytest.warns(RuntimeWarning):
+        bank.update(keys)
+    resumed = PrototypeBank(num_prototypes=4, window=16)
+    resumed.load_state_dict(bank.state_dict())
+    assert resumed.num_skipped == 1 and resumed.num_seen == 16 and torch.equal(resumed.prototypes, bank.prototypes)
+    state = bank.state_dict()
+    state["_extra_state"] = {k: v for k, v in state["_extra_state"].items() if k != "num_skipped"}
+    resumed.load_state_dict(state)  # written before the count existed
+    assert resumed.num_skipped == 0
+    del state["_extra_state"]["num_fits"]
+    with pytest.raises(ValueError, match=r"lacks \['num_fits'\]"):
+        resumed.load_state_dict(state)
+    # A bank that has seen keys loads the state of one that has not, and becomes as fresh.
+    resumed.load_state_dict(PrototypeBank(num_prototypes=4, window=16).state_dict())
+    assert resumed.dim is None and not resumed.ready
+
+
 def test_keys_of_another_dim_rejected_and_arguments_validated() -> None:
     bank = PrototypeBank(num_prototypes=4, window=8, dim=16)
     with pytest.raises(ValueError, match="keys must have 16 columns"):
@@ -77,3 +159,5 @@ def test_keys_of_another_dim_rejected_and_arguments_validated() -> None:
         PrototypeBank(every=0)
     with pytest.raises(ValueError, match="cannot fit"):
         PrototypeBank(num_prototypes=4, window=8).refit()
+    with pytest.raises(ValueError, match="seed must be an integer >= 0, got 'a'"):
+        PrototypeBank(seed="a")

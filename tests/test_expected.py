@@ -348,14 +348,39 @@ def test_estimator_and_argument_validation() -> None:
     with pytest.raises(ValueError, match="num_nodes must be an integer >= 1, got 0"):
         HaLPInfoNCE(estimator="expected", num_nodes=0)
     query, anchors, protos, lse = problem(3, 4, 5, seed=12)
+    nan_row = query.clone().index_fill_(0, torch.tensor([1]), float("nan"))
     cases = [
         (dict(objective="contrastive"), r"objective must be one of \('align', 'infonce'\), got 'contrastive'"),
         (dict(objective="infonce"), "needs negatives_lse"),
         (dict(num_nodes=0), "num_nodes must be an integer >= 1"),
         (dict(lam=1.5), r"lam must be a float in \[0, 1\]"),
-        (dict(lam=torch.full((1, 4), 0.5)), r"one value per anchor; got \(1, 4\)"),
+        (dict(lam=torch.full((1, 4), 0.5)), r"lam of shape \(1, 4\) must broadcast to \(3, 1\), one value per anchor"),
         (dict(num_candidates=5), r"num_candidates must be in \[1, P - 1\]"),
+        # Issue 10: each of these used to return a number (0, NaN or a sign-flipped loss) or a raw torch error.
+        (dict(query=query.long()), "query must be a floating-point tensor"),
+        (dict(query=nan_row), r"query has non-finite values \(first in row 1\)"),
+        (dict(anchor=anchors * float("inf")), "anchor has non-finite values"),
+        (dict(prototypes=protos.clone().index_fill_(0, torch.tensor([2]), 0.0)), "prototypes has a row of zero"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=-1.0), "temperature must be a finite number > 0, got -1.0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number > 0, got inf"),
+        (dict(query=query[0]), r"query must be 2-D \(rows, dim\), got shape \(4,\)"),
+        (dict(prototypes=protos[:, :2]), "prototypes must have 4 columns"),
+        (dict(anchor=anchors[:2]), r"anchor must have the shape of query \(3, 4\), got \(2, 4\)"),
+        (dict(query=query[:0], anchor=anchors[:0]), "query must have at least one row"),
+        (dict(objective="infonce", negatives_lse=lse[:2]), r"negatives_lse must have shape \(3,\)"),
+        (dict(objective="infonce", negatives_lse=lse.clone().fill_(float("nan"))), "negatives_lse has NaN"),
+        (dict(prototypes=protos.to("meta")), "prototypes is on meta but query is on cpu"),
     ]
     for kwargs, message in cases:
+        arguments = dict(query=query, anchor=anchors, prototypes=protos)
+        arguments.update(kwargs)
         with pytest.raises(ValueError, match=message):
-            expected_halp_term(query, anchors, protos, **kwargs)
+            expected_halp_term(**arguments)
+
+
+def test_rows_without_negatives_are_allowed() -> None:
+    # -inf is the log-sum-exp of no negatives: each kept positive then scores log(1) = 0.
+    query, anchors, protos, lse = problem(3, 4, 5, seed=13)
+    term = expected_halp_term(query, anchors, protos, objective="infonce", negatives_lse=torch.full_like(lse, -np.inf))
+    assert term.loss.item() == 0.0 and 0 < term.kept_fraction.item() <= 1

@@ -76,3 +76,18 @@ def test_bad_inputs(kwargs: dict, message: str) -> None:
     args.update(kwargs)
     with pytest.raises(ValueError, match=message):
         spherical_kmeans(args.pop("x"), args.pop("num_clusters"), **args)
+
+
+def test_extreme_magnitudes_give_the_unit_scale_centroids() -> None:
+    # Issue 10: points of 1e20 overflowed the float32 norm and gave zero centroids; tiny rows were refused.
+    points, _ = clustered(4, 16, 8, 0.3, 6)
+    plain = spherical_kmeans(points, 4, generator=torch.Generator().manual_seed(0))
+    for scale in (1e20, 1e-30, 1e-40):
+        scaled = spherical_kmeans(points * scale, 4, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(scaled.centroids.norm(dim=1), torch.ones(4), atol=1e-6)
+        assert torch.equal(scaled.assignments, plain.assignments)
+        assert torch.allclose(scaled.centroids, plain.centroids, atol=1e-4 if scale == 1e-40 else 1e-6)
+    # Rows of wildly different magnitudes count by direction alone.
+    magnitudes = torch.logspace(-30, 30, 64)[:, None]
+    mixed = spherical_kmeans(points * magnitudes, 4, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(mixed.assignments, plain.assignments)

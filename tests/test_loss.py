@@ -222,13 +222,93 @@ def test_input_errors() -> None:
         criterion(q, k, queue.T, prototypes=torch.randn(5, 7))
     with pytest.raises(ValueError, match="at least 2 rows"):
         criterion(q, k, queue.T, prototypes=torch.randn(1, 8))
+    # Issue 10: a list of negatives raised AttributeError, an empty batch returned NaN.
+    with pytest.raises(ValueError, match="negatives must be a torch.Tensor, got list"):
+        criterion(q, k, [queue.T])
+    with pytest.raises(ValueError, match=r"query must have at least one row .*got \(0, 8\)"):
+        criterion(q[:0], k[:0], queue.T)
+    with pytest.raises(ValueError, match="key is on meta but query is on cpu"):
+        criterion(q, k.to("meta"), queue.T)
+    with pytest.raises(ValueError, match="negatives is on meta but query is on cpu"):
+        criterion(q, k, queue.T.to("meta"))
+
+
+def test_functional_input_errors() -> None:
+    q, k, negs, protos = randn(4, 8, seed=1), randn(4, 8, seed=2), sphere(16, 8, 3), sphere(5, 8, 4)
+    cases = [
+        (lambda: info_nce(q, k, negs, temperature=0.0), "temperature must be a finite number > 0"),
+        (lambda: info_nce(q, k, [negs]), "negatives must be a torch.Tensor, got list"),
+        (lambda: info_nce(q, k, negs.T), r"looks like a MoCo \(D, K\) queue buffer"),
+        (lambda: info_nce(q[:0], k[:0], negs), "query must have at least one row"),
+        (lambda: info_nce(q, k.long(), negs), "key must be a floating-point tensor"),
+        (lambda: nt_xent(q, k, temperature=0.0), "temperature must be a finite number > 0"),
+        (lambda: nt_xent(q, k[:3]), r"view2 must have the shape of view1 \(4, 8\), got \(3, 8\)"),
+        (lambda: nt_xent(q[:0], k[:0]), "view1 must have at least one row"),
+        (lambda: sampled_halp_term(q, k, protos, lam=2.0), r"lam must be a float in \[0, 1\]"),
+        (lambda: sampled_halp_term(q, k, protos, num_positives=0), "num_positives must be an integer >= 1"),
+        (lambda: sampled_halp_term(q, k, protos, temperature=-1.0), "temperature must be a finite number > 0"),
+        (lambda: sampled_halp_term(q * float("nan"), k, protos), "query has non-finite values"),
+        (lambda: sampled_halp_term(q, k, protos[:, :3]), "prototypes must have 8 columns"),
+        (lambda: sampled_halp_term(q, k, protos, objective="infonce"), "needs negatives_lse"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+
+
+def test_functional_losses_promote_mixed_dtypes_and_ignore_autocast() -> None:
+    q, k, negs = randn(8, 16, seed=0).float(), randn(8, 16, seed=1).float(), sphere(300, 16, 2)
+    mixed = info_nce(q, k, negs)  # float32 embeddings, float64 negatives
+    assert mixed.dtype == torch.float64
+    assert torch.allclose(mixed, reference_moco(q.double(), k.double(), negs), atol=1e-10)
+    assert nt_xent(q, k.double()).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = info_nce(q.bfloat16(), k, negs.float())
+    assert under_autocast.dtype == torch.float32
+    assert under_autocast.item() == pytest.approx(info_nce(q.bfloat16().float(), k, negs.float()).item(), rel=1e-6)
+
+
+def test_extreme_magnitudes_give_the_unit_scale_loss() -> None:
+    # Issue 10: embeddings of 1e20 overflowed the float32 norm and became zero vectors.
+    q, k = randn(8, 16, seed=5, dtype=torch.float32), randn(8, 16, seed=6, dtype=torch.float32)
+    negs, protos = sphere(64, 16, 7, torch.float32), sphere(5, 16, 8, torch.float32)
+    plain = HaLPInfoNCE(generator=gen(0))(q, k, negs, prototypes=protos)
+    for scale in (2.0**67, 2.0**-110):
+        q_scaled = (q * scale).requires_grad_()
+        loss = HaLPInfoNCE(generator=gen(0))(q_scaled, k * scale, negs, prototypes=protos * scale)
+        assert loss.item() == plain.item()
+        loss.backward()
+        assert torch.isfinite(q_scaled.grad).all() and q_scaled.grad.abs().sum() > 0
+
+
+def test_a_non_finite_key_does_not_poison_later_steps() -> None:
+    # Issue 10: one NaN key at step 5 made every loss NaN once the bank refitted on it.
+    criterion = HaLPInfoNCE(num_prototypes=4, prototype_window=32, prototype_every=5)
+    negs = sphere(64, 16, 9).float()
+    with pytest.warns(RuntimeWarning, match="1 of the 32 keys in the window are not finite or are zero") as caught:
+        for step in range(20):
+            q, k = randn(8, 16, seed=step, dtype=torch.float32), randn(8, 16, seed=100 + step, dtype=torch.float32)
+            if step == 5:
+                k[3] = float("nan")
+            loss = criterion(q, k, negs)
+            assert torch.isfinite(loss) == (step != 5)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1  # once, not every refit
+    assert criterion.active and criterion.bank.num_fits == 4 and criterion.bank.num_skipped == 1
+    assert torch.isfinite(criterion.bank.prototypes).all()
 
 
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=0.0), "temperature must be > 0"),
-        (dict(halp_weight=-1.0), "halp_weight must be >= 0"),
+        (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
+        (dict(temperature=float("inf")), "temperature must be a finite number > 0, got inf"),
+        (dict(temperature=float("nan")), "temperature must be a finite number > 0, got nan"),
+        (dict(temperature="0.1"), "temperature must be a finite number > 0, got '0.1'"),
+        (dict(halp_weight=-1.0), "halp_weight must be a finite number >= 0"),
+        (dict(halp_weight=float("inf")), "halp_weight must be a finite number >= 0, got inf"),
+        (dict(seed="a"), "seed must be an integer >= 0, got 'a'"),
+        (dict(seed=-1), "seed must be an integer >= 0, got -1"),
+        (dict(generator=0), "generator must be a torch.Generator or None, got int"),
         (dict(objective="mse"), "objective must be one of"),
         (dict(lam=2.0), r"lam must be a float in \[0, 1\]"),
         (dict(num_positives=0), "num_positives"),
