@@ -1,6 +1,6 @@
 """Batched skeleton augmentations vs a per-sample numpy loop of the same transforms.
 
-The released code augments each sample in numpy inside DataLoader workers; ``skeleton.augment`` transforms
+The released code augments each sample in numpy inside DataLoader workers; ``skeleton.data.augment`` transforms
 the whole batch at once with torch, on the batch's device. Both sides below compute the same SPEC section
 3.3 transforms (temporal crop-resize to 64 frames, then shear or joint corruption) on NTU-layout input
 (3, 300, 25, 2). Throughput is samples/s in one process; the numpy loop always runs on the CPU, the batched
@@ -21,7 +21,7 @@ import torch.utils.benchmark as benchmark
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
-from skeleton.augment import pretrain_view, shear_or_corrupt, temporal_crop_resize  # noqa: E402
+from skeleton.data.augment import pretrain_view, shear_or_corrupt, temporal_crop_resize  # noqa: E402
 
 
 def crop_resize_one(sample: np.ndarray, num_frames: int, rng: np.random.Generator, out_frames: int = 64) -> np.ndarray:

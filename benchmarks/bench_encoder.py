@@ -5,7 +5,7 @@ and the pretraining throughput of a preset.
     python benchmarks/bench_encoder.py --device cuda --amp none bf16 fp16 --repeats 20
 
 The released model (HaLP / CMD) feeds a bidirectional ``nn.GRU`` one frame at a time with the carried state;
-``skeleton.encoders.RecurrentEncoder`` computes the same function (tested) with whole-sequence calls.
+``skeleton.models.encoders.RecurrentEncoder`` computes the same function (tested) with whole-sequence calls.
 Prints a markdown table.
 """
 
@@ -24,9 +24,9 @@ from torch.utils import benchmark
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from skeleton.config import preset_config  # noqa: E402
-from skeleton.encoders import EmbeddingNet, RecurrentEncoder, flatten_frames  # noqa: E402
-from skeleton.pretrain import Pretraining  # noqa: E402
-from skeleton.training import Precision  # noqa: E402
+from skeleton.models.encoders import EmbeddingNet, RecurrentEncoder, flatten_frames  # noqa: E402
+from skeleton.training.pretrain import Pretraining  # noqa: E402
+from skeleton.training.loop import Precision  # noqa: E402
 
 
 class StepByStepEncoder(nn.Module):

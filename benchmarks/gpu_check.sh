@@ -9,7 +9,7 @@ python3 -c "import torch; print('torch', torch.__version__)" | tee -a "$OUT/gpu.
 timeout 60 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_loss.py 2>&1 | tail -4 | tee "$OUT/tests.txt"
 python3 - <<'PY' 2>&1 | tee -a "$OUT/tests.txt"
 import torch
-from skeleton.augment import pretrain_view
+from skeleton.data.augment import pretrain_view
 x = torch.randn(64, 3, 300, 25, 2, device="cuda"); n = torch.randint(20, 300, (64,), device="cuda")
 a = pretrain_view(x, n, generator=torch.Generator("cuda").manual_seed(0))
 b = pretrain_view(x, n, generator=torch.Generator("cuda").manual_seed(0))

@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `skeleton` packa
 
 from skeleton import commands  # noqa: E402
 from skeleton.config import AMP_MODES, PRESETS, add_config_arguments  # noqa: E402
-from skeleton.datasets import DATASET_NAMES  # noqa: E402
-from skeleton.prepare import add_prepare_arguments, run_prepare  # noqa: E402
+from skeleton.data.datasets import DATASET_NAMES  # noqa: E402
+from skeleton.data.prepare import add_prepare_arguments, run_prepare  # noqa: E402
 
 # command -> (handler, config sections with flags, sections whose flags carry no prefix, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], tuple[str, ...], tuple[str, ...], str]] = {

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from skeleton.augment import (
+from skeleton.data.augment import (
     LINEAR_RATIO_RANGE,
     MODALITIES,
     center_crop_resize,
@@ -23,7 +23,7 @@ from skeleton.augment import (
     to_modality,
     to_motion,
 )
-from skeleton.joints import BONE_PAIRS_1BASED
+from skeleton.data.joints import BONE_PAIRS_1BASED
 
 
 def _batch(batch=6, frames=120, seed=0):

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from skeleton.datasets import DATASET_NAMES, SkeletonDataset, load_dataset, num_classes
-from skeleton.synthetic import SyntheticConfig
+from skeleton.data.datasets import DATASET_NAMES, SkeletonDataset, load_dataset, num_classes
+from skeleton.data.synthetic import SyntheticConfig
 
 TINY = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=2, max_frames=40, min_frames=20)
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from skeleton.checkpoint import load_checkpoint
-from skeleton.pretrain import Pretraining
+from skeleton.training.checkpoint import load_checkpoint
+from skeleton.training.pretrain import Pretraining
 from test_skeleton_pipeline import tiny_config
 
 WORLD = 2

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from skeleton.encoders import (
+from skeleton.models.encoders import (
     ENCODERS,
     EmbeddingNet,
     PairedGRU,
@@ -12,7 +12,7 @@ from skeleton.encoders import (
     flatten_frames,
     spatial_partitions,
 )
-from skeleton.joints import BONE_PARENTS, JOINT_INDEX
+from skeleton.data.joints import BONE_PARENTS, JOINT_INDEX
 from torch import nn
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from einops import rearrange
 
-from skeleton.ntu_format import (
+from skeleton.data.ntu_format import (
     NtuSampleId,
     SkeletonRecording,
     kept_bodies,
@@ -15,7 +15,7 @@ from skeleton.ntu_format import (
     select_bodies,
     write_skeleton,
 )
-from skeleton.pku_format import (
+from skeleton.data.pku_format import (
     PkuSegment,
     read_pku_labels,
     read_pku_skeleton,
@@ -24,9 +24,9 @@ from skeleton.pku_format import (
     write_pku_skeleton,
     write_pku_split,
 )
-from skeleton.synthetic import SyntheticConfig, generate_synthetic
-from skeleton.synthetic_files import write_ntu_skeleton_files
-from skeleton.text_parsing import SkeletonFormatError
+from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
+from skeleton.data.synthetic_files import write_ntu_skeleton_files
+from skeleton.data.text_parsing import SkeletonFormatError
 
 JOINT_LINE = (
     "0.2180969 0.1727094 3.785934 275.8023 181.5316 1035.602 519.6083 -0.2504337 -0.1014316 0.9508911 -0.1511244 2"

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from skeleton.moco import MoCo
+from skeleton.models.moco import MoCo
 from torch import nn
 
 from halp_loss import HaLPInfoNCE

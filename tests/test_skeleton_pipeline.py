@@ -14,7 +14,7 @@ from skeleton.config import (
     resolve_config,
     to_dict,
 )
-from skeleton.pretrain import Pretraining
+from skeleton.training.pretrain import Pretraining
 
 TINY_SYNTHETIC = {
     "num_classes": 4,

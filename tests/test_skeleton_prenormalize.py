@@ -5,9 +5,9 @@ import math
 import numpy as np
 import pytest
 
-from skeleton.joints import JOINT_INDEX
-from skeleton.prenormalize import _pad_bodies, prenormalize, rotation_to
-from skeleton.synthetic import SyntheticConfig, generate_synthetic
+from skeleton.data.joints import JOINT_INDEX
+from skeleton.data.prenormalize import _pad_bodies, prenormalize, rotation_to
+from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
 
 
 def _euler_rodrigues(axis, theta):

@@ -10,13 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import skeleton.prepare as prepare_module
-from skeleton.datasets import load_dataset
-from skeleton.joints import NTU60_XSUB_TRAIN_PERFORMERS
-from skeleton.prenormalize import prenormalize
-from skeleton.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
-from skeleton.synthetic import SyntheticConfig, generate_synthetic
-from skeleton.synthetic_files import write_ntu_skeleton_files, write_pku_files
+import skeleton.data.prepare as prepare_module
+from skeleton.data.datasets import load_dataset
+from skeleton.data.joints import NTU60_XSUB_TRAIN_PERFORMERS
+from skeleton.data.prenormalize import prenormalize
+from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
+from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
+from skeleton.data.synthetic_files import write_ntu_skeleton_files, write_pku_files
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=3, repetitions=2, max_frames=30, min_frames=12)
@@ -239,7 +239,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     write_ntu_skeleton_files(generate_synthetic(config, np.arange(128)), tmp_path / "few")  # 2 blocks of 64
     script = (
         "import resource, sys; sys.path.insert(0, sys.argv[1]);"
-        "from skeleton.prepare import prepare_dataset;"
+        "from skeleton.data.prepare import prepare_dataset;"
         "prepare_dataset('ntu60', sys.argv[2], sys.argv[3], log=lambda m: None);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
@@ -269,7 +269,7 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
 
 
 def test_split_rules_and_published_sizes():
-    from skeleton.joints import NTU_FULL_FILE_COUNTS, NTU_MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
+    from skeleton.data.joints import NTU_FULL_FILE_COUNTS, NTU_MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
 
     for (dataset, _), (train, val) in PUBLISHED_SPLIT_SIZES.items():
         assert train + val == NTU_FULL_FILE_COUNTS[dataset] - NTU_MISSING_COUNTS[dataset]

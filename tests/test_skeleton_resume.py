@@ -6,8 +6,8 @@ import signal
 
 import pytest
 import torch
-from skeleton.checkpoint import load_checkpoint
-from skeleton.pretrain import Pretraining
+from skeleton.training.checkpoint import load_checkpoint
+from skeleton.training.pretrain import Pretraining
 from test_skeleton_pipeline import tiny_config
 
 CPU = torch.device("cpu")

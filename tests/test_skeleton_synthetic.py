@@ -5,9 +5,9 @@ import time
 import numpy as np
 import pytest
 
-from skeleton.ntu_format import NtuSampleId
-from skeleton.prenormalize import prenormalize
-from skeleton.synthetic import SyntheticConfig, generate_synthetic, sample_ids, split_indices
+from skeleton.data.ntu_format import NtuSampleId
+from skeleton.data.prenormalize import prenormalize
+from skeleton.data.synthetic import SyntheticConfig, generate_synthetic, sample_ids, split_indices
 
 SMALL = SyntheticConfig(num_performers=8, repetitions=2, max_frames=60, min_frames=30)
 

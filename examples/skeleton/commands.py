@@ -18,14 +18,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from skeleton import distributed
-from skeleton.checkpoint import load_checkpoint, load_pretrained_encoder
+from skeleton.training import distributed
+from skeleton.training.checkpoint import load_checkpoint, load_pretrained_encoder
 from skeleton.config import RunConfig, from_dict, load_split, resolve_config, save_config
-from skeleton.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
-from skeleton.plots import plot_run
-from skeleton.pretrain import Pretraining
-from skeleton.runlog import results_table, update_metrics, write_csv
-from skeleton.training import Precision
+from skeleton.training.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
+from skeleton.training.plots import plot_run
+from skeleton.training.pretrain import Pretraining
+from skeleton.training.runlog import results_table, update_metrics, write_csv
+from skeleton.training.loop import Precision
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "summary.png"

@@ -20,10 +20,10 @@ import torch
 from halp_loss.functional import OBJECTIVES
 from halp_loss.loss import ESTIMATORS
 
-from skeleton.datasets import SkeletonDataset, load_dataset
-from skeleton.encoders import ENCODERS
-from skeleton.moco import KEY_BATCHNORM
-from skeleton.synthetic import SyntheticConfig
+from skeleton.data.datasets import SkeletonDataset, load_dataset
+from skeleton.models.encoders import ENCODERS
+from skeleton.models.moco import KEY_BATCHNORM
+from skeleton.data.synthetic import SyntheticConfig
 
 PRESETS = ("paper", "cpu")
 AMP_MODES = ("none", "bf16", "fp16")
@@ -238,7 +238,7 @@ def resolve_config(args: argparse.Namespace, dataset: str, base: Optional[RunCon
 
 def parse_synthetic(pairs: list[str]) -> dict[str, Any]:
     """``["num_classes=5", "noise_std=0.01"]`` -> ``{"num_classes": 5, "noise_std": 0.01}``, typed and checked
-    against :class:`~skeleton.synthetic.SyntheticConfig`."""
+    against :class:`~skeleton.data.synthetic.SyntheticConfig`."""
     hints = typing.get_type_hints(SyntheticConfig)
     values: dict[str, Any] = {}
     for pair in pairs:

@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from skeleton.augment import center_crop_resize, temporal_crop_resize
+from skeleton.data.augment import center_crop_resize, temporal_crop_resize
 from skeleton.config import ClassifierConfig, KNNConfig
-from skeleton.training import EpochSampler, Precision, ProgressBar, lr_at, set_lr
+from skeleton.training.loop import EpochSampler, Precision, ProgressBar, lr_at, set_lr
 
 # SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
 TRAIN_CROP_RATIOS = (0.5, 1.0)

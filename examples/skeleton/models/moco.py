@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skeleton.distributed import broadcast_, gather_rows, is_distributed, rank, world_size
+from skeleton.training.distributed import broadcast_, gather_rows, is_distributed, rank, world_size
 
 KEY_BATCHNORM = ("shuffle", "sync", "local")
 """How the key encoder's BatchNorm sees the batch under DDP: MoCo's shuffling across ranks, synchronized
@@ -27,7 +27,7 @@ class MoCo(nn.Module):
     does, and ``key_bn="sync"`` uses statistics of the global batch.
 
     Args:
-        encoder: the query network (e.g. :class:`~skeleton.encoders.EmbeddingNet`), exposing ``embed_dim``;
+        encoder: the query network (e.g. :class:`~skeleton.models.encoders.EmbeddingNet`), exposing ``embed_dim``;
             the key network is a copy of it.
         queue_size: K, keys kept as negatives.
         momentum: m of the key update ``key <- m key + (1 - m) query``.

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from skeleton.config import RunConfig, from_dict
-from skeleton.encoders import EmbeddingNet, build_encoder
+from skeleton.models.encoders import EmbeddingNet, build_encoder
 
 PathLike = Union[str, Path]
 

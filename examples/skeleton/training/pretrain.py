@@ -20,13 +20,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from halp_loss import HaLPInfoNCE
-from skeleton import distributed
-from skeleton.augment import pretrain_view
-from skeleton.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
+from skeleton.training import distributed
+from skeleton.data.augment import pretrain_view
+from skeleton.training.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
 from skeleton.config import RunConfig, load_split, to_dict
-from skeleton.evaluation import evaluate_knn
-from skeleton.moco import MoCo
-from skeleton.training import EpochSampler, GracefulStop, Precision, ProgressBar, lr_at, set_lr
+from skeleton.training.evaluation import evaluate_knn
+from skeleton.models.moco import MoCo
+from skeleton.training.loop import EpochSampler, GracefulStop, Precision, ProgressBar, lr_at, set_lr
 
 TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
 """Per-step values of ``HaLPInfoNCE.last`` averaged into the epoch history."""

@@ -6,7 +6,7 @@ Data-root convention: ``data_root`` is the folder that holds one sub-folder per 
     DATA_ROOT/ntu60/{xsub,xview}/   DATA_ROOT/ntu120/{xsub,xset}/   DATA_ROOT/pku2/{xsub,xview}/
 
 Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_frame.npy`` and
-``{train,val}_label.pkl`` (see :mod:`skeleton.layout`). ``data_root`` may also point at a family folder
+``{train,val}_label.pkl`` (see :mod:`skeleton.data.files`). ``data_root`` may also point at a family folder
 (``DATA_ROOT/ntu60``) or straight at a benchmark folder (``DATA_ROOT/ntu60/xsub``). Folders in the
 SkeletonCLR / AimCLR layout (``{split}_position.npy`` or ``{split}_data.npy`` or a ``{split}_data_joint.npy``
 without ``num_frame`` file, plus ``{split}_label.pkl``; 50 or 300 frames) are accepted too; their valid
@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from .joints import NUM_BODIES, NUM_CLASSES, NUM_JOINTS, SPLITS
-from .layout import data_file, label_file, num_frame_file
+from .files import data_file, label_file, num_frame_file
 from .prenormalize import prenormalize
 from .synthetic import SyntheticConfig, generate_synthetic, split_indices
 

@@ -49,7 +49,7 @@ from .joints import (
     SPLITS,
     ntu_is_training,
 )
-from .layout import SAMPLE_SHAPE, data_file, label_file, num_frame_file, pack_sample
+from .files import SAMPLE_SHAPE, data_file, label_file, num_frame_file, pack_sample
 from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
 from .pku_format import (
     FRAME_CONVENTIONS,
@@ -223,7 +223,7 @@ def prepare_dataset(
         out: output folder; ``out/.prepare`` holds the progress of an unfinished run.
         ignore_list: NTU missing-skeleton list; its samples are left out.
         workers: processes parsing files; 1 parses in this process.
-        pku_frames: frame convention of PKU label files (see :mod:`skeleton.pku_format`).
+        pku_frames: frame convention of PKU label files (see :mod:`skeleton.data.pku_format`).
         progress: show a progress bar.
         log: receives one-line status messages.
 

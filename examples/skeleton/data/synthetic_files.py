@@ -89,10 +89,10 @@ def write_pku_files(
     Samples of one performer and camera are concatenated into videos of up to ``samples_per_video`` actions,
     each preceded by a few frames holding its first pose; the label rows locate them under
     ``frame_convention``. Cameras 1-3 are the PKU views L, M, R; the splits follow the synthetic x-sub and
-    x-view rules (:func:`skeleton.synthetic.is_held_out`).
+    x-view rules (:func:`skeleton.data.synthetic.is_held_out`).
 
     Args:
-        samples: output of :func:`skeleton.synthetic.generate_synthetic`.
+        samples: output of :func:`skeleton.data.synthetic.generate_synthetic`.
         out_dir: destination folder (created if needed).
         samples_per_video: action instances per video.
         frame_convention: ``"reference"`` ([start, end) 0-based) or ``"inclusive"`` (1-based, inclusive).

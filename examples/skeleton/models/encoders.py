@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from skeleton.joints import BONE_PARENTS, JOINT_INDEX, NUM_BODIES, NUM_COORDS, NUM_JOINTS
+from skeleton.data.joints import BONE_PARENTS, JOINT_INDEX, NUM_BODIES, NUM_COORDS, NUM_JOINTS
 
 ENCODERS = ("gru", "bigru", "stgcn")
 """``gru``: the released encoder (pairs of forward GRUs); ``bigru``: a true bidirectional GRU; ``stgcn``."""

@@ -1,0 +1,1 @@
+"""Skeleton data: formats, preparation, pre-normalization, datasets and augmentations."""

@@ -1,0 +1,1 @@
+"""Pretraining, evaluation protocols, checkpoints and the pieces training loops share."""
