@@ -97,9 +97,14 @@ def check_number(value: float, name: str, *, minimum: float, inclusive: bool = T
     return float(value)
 
 
+MIN_TEMPERATURE = 1e-6
+"""Smallest temperature accepted: 0 divides by zero, a negative one flips the loss, and logits of 1 / T must stay
+far from overflow after being summed over a batch of positives (T = 1e-308 gives an infinite loss)."""
+
+
 def check_temperature(temperature: float) -> float:
-    """The temperature of every logit: a finite number > 0 (0 divides by zero, a negative one flips the loss)."""
-    return check_number(temperature, "temperature", minimum=0.0, inclusive=False)
+    """Return the temperature of every logit as a float if it is a finite number >= :data:`MIN_TEMPERATURE`."""
+    return check_number(temperature, "temperature", minimum=MIN_TEMPERATURE)
 
 
 def check_lam(lam: Lam, batch: int, num_positives: int, meaning: str = "(batch, num_positives)") -> None:

@@ -143,12 +143,13 @@ class PrototypeBank(nn.Module):
         return self.keys[order]
 
     @torch.no_grad()
-    def update(self, keys: Tensor) -> bool:
+    def update(self, keys: Tensor, *, normalized: bool = False) -> bool:
         """Append keys (normalized) to the window and refit the prototypes when due; in eval mode do nothing.
 
         Args:
             keys: (B, D) keys, e.g. the momentum encoder's output for this step. Rows that are not finite or are
                 zero are counted in ``num_skipped`` and left out of the fits.
+            normalized: the rows are unit-norm already (or NaN or zero), so skip normalizing them again.
 
         Returns:
             True if the prototypes were refitted by this call.
@@ -167,7 +168,7 @@ class PrototypeBank(nn.Module):
             self.prototypes = torch.zeros(self.num_prototypes, keys.shape[1], device=keys.device, dtype=dtype)
             self.skipped = self.skipped.to(keys.device)
         arrived = keys.shape[0]
-        keys = self._usable_rows(keys)[-self.window :]
+        keys = self._usable_rows(keys, normalized)[-self.window :]
         first_slot = self.num_seen + arrived - keys.shape[0]
         slots = (torch.arange(keys.shape[0], device=keys.device) + first_slot) % self.window
         self.keys[slots] = keys
@@ -177,10 +178,11 @@ class PrototypeBank(nn.Module):
         due = self.calls_since_fit >= self.every or not self.ready
         return self.num_seen >= self.warmup and due and self._fit()
 
-    def _usable_rows(self, keys: Tensor) -> Tensor:
+    def _usable_rows(self, keys: Tensor, normalized: bool) -> Tensor:
         """Unit rows of ``keys`` in the bank's dtype, with zero rows where a key has no direction (non-finite,
         which ``unit_rows`` turns into NaN, or zero), counted on the device without a host read."""
-        rows = unit_rows(keys.detach().to(self.keys))
+        rows = keys.detach().to(self.keys)
+        rows = rows if normalized else unit_rows(rows)
         usable = rows.abs().amax(dim=1, keepdim=True) > 0
         self.skipped += (~usable).sum()
         return torch.where(usable, rows, 0.0)

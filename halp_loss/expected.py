@@ -34,7 +34,6 @@ from halp_loss.geometry import (
     checked_unit_inputs,
     resolve_candidates,
     slerp_coefficients,
-    unit_rows,
 )
 
 __all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term"]
@@ -152,7 +151,7 @@ def expected_halp_term(
         lam: float in [0, 1], or a tensor of such values broadcastable to (R, 1): one value per anchor.
         num_candidates: targets among this many nearest other prototypes (default all ``P - 1``).
         objective: ``"align"`` (released code) or ``"infonce"`` (positives scored against the negatives).
-        temperature: T, a finite number > 0.
+        temperature: T, a finite number >= 1e-6.
         negatives_lse: (R,) negatives' log-sum-exp of each query row, required for ``"infonce"``.
         num_nodes: Gauss-Legendre nodes per interval for ``"infonce"`` (unused by ``"align"``, which is closed
             form); the default is accurate to ~1e-6.
@@ -198,7 +197,7 @@ def expected_halp_term(
 def expected_term(
     query: Tensor,
     anchor: Tensor,
-    prototypes: Tensor,
+    protos: Tensor,
     *,
     lam: Lam,
     num_candidates: Optional[int],
@@ -207,9 +206,8 @@ def expected_term(
     negatives_lse: Optional[Tensor],
     num_nodes: int,
 ) -> HaLPTerm:
-    """:func:`expected_halp_term` without validation or casts: ``query`` and ``anchor`` (R, D) unit-norm rows in
-    one float dtype (``anchor`` detached), ``prototypes`` normalized and detached here."""
-    protos = unit_rows(prototypes.detach().to(query.dtype))
+    """:func:`expected_halp_term` without validation or casts: ``query``, ``anchor`` (R, D) and ``protos`` (P, D)
+    unit-norm rows in one float dtype, ``anchor`` and ``protos`` detached."""
     num_candidates = resolve_candidates(num_candidates, protos.shape[0])
     if isinstance(lam, Tensor):
         lam = lam.to(device=query.device, dtype=query.dtype)

@@ -139,14 +139,14 @@ def info_nce(query: Tensor, key: Tensor, negatives: Tensor, temperature: float =
         key: (B, D) keys; normalized and detached inside.
         negatives: (K, D) unit-norm negatives (a MoCo ``(D, K)`` queue is passed as ``queue.T``); with ``K = 0``
             the loss is 0.
-        temperature: T, a finite number > 0.
+        temperature: T, a finite number >= 1e-6.
 
     Returns:
         Scalar loss, mean over the batch, in float32 (float64 if an input is float64).
 
     Raises:
         ValueError: for a non-tensor, a wrong rank, dtype, width or device, an empty batch, mismatched query and
-            key shapes, a (D, K) queue buffer passed as is, or a temperature that is not a finite number > 0.
+            key shapes, a (D, K) queue buffer passed as is, or a temperature that is not a finite number >= 1e-6.
     """
     check_pair(query, "query", key, "key")
     check_negatives(negatives, query)
@@ -163,7 +163,7 @@ def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_dist
     Args:
         view1: (B, D) embeddings of the first views, ``B >= 1``; normalized inside.
         view2: (B, D) embeddings of the second views.
-        temperature: T, a finite number > 0.
+        temperature: T, a finite number >= 1e-6.
         gather_distributed: use the views of all ranks as negatives (equal batch sizes on every rank).
 
     Returns:
@@ -171,7 +171,7 @@ def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_dist
 
     Raises:
         ValueError: for a non-tensor, a wrong rank, dtype or device, an empty batch, views of different shapes,
-            or a temperature that is not a finite number > 0.
+            or a temperature that is not a finite number >= 1e-6.
     """
     check_pair(view1, "view1", view2, "view2")
     temperature = check_temperature(temperature)
@@ -281,7 +281,7 @@ def run_checked_term(
         return term(
             query.to(dtype),
             unit_rows(anchor.detach().to(dtype)),
-            prototypes,
+            unit_rows(prototypes.detach().to(dtype)),
             lam=lam,
             num_candidates=num_candidates,
             objective=objective,
@@ -318,7 +318,7 @@ def sampled_halp_term(
         num_positives: M >= 1.
         num_candidates: targets among this many nearest other prototypes (default all ``P - 1``).
         objective: ``"align"`` (released code) or ``"infonce"`` (positives scored against the negatives).
-        temperature: T, a finite number > 0.
+        temperature: T, a finite number >= 1e-6.
         negatives_lse: (R,) negatives' log-sum-exp of each query row, required for ``"infonce"``.
         generator: optional generator for the draws, on the inputs' device.
 
@@ -329,7 +329,7 @@ def sampled_halp_term(
         ValueError: for a wrong rank, dtype, width or device, an empty batch, ``anchor`` not shaped like
             ``query``, non-finite values, zero anchor or prototype rows, ``P < 2``, ``num_candidates`` out of range,
             ``lam`` outside [0, 1] or not broadcastable, ``num_positives < 1``, an unknown ``objective``,
-            ``"infonce"`` without a valid ``negatives_lse``, or a temperature that is not a finite number > 0.
+            ``"infonce"`` without a valid ``negatives_lse``, or a temperature that is not a finite number >= 1e-6.
     """
     check_positive_int(num_positives, "num_positives")
     return run_checked_term(
@@ -352,7 +352,7 @@ def sampled_halp_term(
 def sampled_term(
     query: Tensor,
     anchor: Tensor,
-    prototypes: Tensor,
+    protos: Tensor,
     *,
     lam: Lam,
     num_positives: int,
@@ -362,9 +362,8 @@ def sampled_term(
     negatives_lse: Optional[Tensor],
     generator: Optional[torch.Generator],
 ) -> HaLPTerm:
-    """:func:`sampled_halp_term` without validation or casts: ``query`` and ``anchor`` (R, D) unit-norm rows in
-    one float dtype (``anchor`` detached), ``prototypes`` normalized and detached here."""
-    protos = unit_rows(prototypes.detach().to(query.dtype))
+    """:func:`sampled_halp_term` without validation or casts: ``query``, ``anchor`` (R, D) and ``protos`` (P, D)
+    unit-norm rows in one float dtype, ``anchor`` and ``protos`` detached."""
     num_candidates = resolve_candidates(num_candidates, protos.shape[0])
     with torch.no_grad():
         draws = draw_geodesics(anchor @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)

@@ -224,7 +224,9 @@ def third_party_cuts(a: Tensor, c: Tensor, w: Tensor, t_max: Tensor) -> Tensor:
     """
     tie = TIE_EPS * torch.finfo(w.dtype).eps
     end = (w * t_max)[..., None]
-    return (a + tie) * torch.sin(w[..., None] - end) + (c + tie) * torch.sin(end) < 0
+    before, after = torch.sin(w[..., None] - end), torch.sin(end)
+    # The tie terms are moved to the (B, C, 1) side: three passes over the (B, C, P) tensor instead of five.
+    return torch.addcmul(c * after, a, before) < -tie * (before + after)
 
 
 def candidate_walks(sim_anchor: Tensor, sim_protos: Tensor, num_candidates: int) -> CandidateWalks:

@@ -54,7 +54,8 @@ def _kmeanspp(x: Tensor, num_clusters: int, generator: Optional[torch.Generator]
 
 
 def _update(x: Tensor, assignments: Tensor, centroids: Tensor) -> Tensor:
-    """Normalized means of the clusters; an empty cluster takes the point worst served by its centroid."""
+    """Normalized means of the clusters; an empty cluster takes the point worst served by its centroid, and one
+    whose points sum to zero keeps its centroid."""
     num_clusters = centroids.shape[0]
     sums = torch.zeros_like(centroids).index_add_(0, assignments, x)
     counts = torch.bincount(assignments, minlength=num_clusters)
@@ -64,8 +65,9 @@ def _update(x: Tensor, assignments: Tensor, centroids: Tensor) -> Tensor:
     worst = fit.argsort()[: num_clusters]
     rank = empty.long().cumsum(0) - 1
     reseed = x[worst[rank.clamp(0, worst.shape[0] - 1)]]
-    sums = torch.where(empty[:, None], reseed, sums)
-    return unit_rows(sums)
+    means = unit_rows(torch.where(empty[:, None], reseed, sums))
+    # Points that cancel (an antipodal pair) have no mean direction: such a cluster keeps its centroid.
+    return torch.where(means.ne(0).any(dim=1, keepdim=True), means, centroids)
 
 
 def spherical_kmeans(

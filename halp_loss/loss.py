@@ -30,7 +30,7 @@ from halp_loss.functional import (
     sampled_term,
     simclr_logits,
 )
-from halp_loss.geometry import resolve_candidates
+from halp_loss.geometry import resolve_candidates, unit_rows
 
 __all__ = ["ESTIMATORS", "HaLPInfoNCE"]
 
@@ -74,7 +74,7 @@ class HaLPInfoNCE(nn.Module):
     Defaults are the released NTU RGB+D settings.
 
     Args:
-        temperature: T of all logits, a finite number > 0.
+        temperature: T of all logits, a finite number >= 1e-6.
         halp_weight: weight of the HaLP term, a finite number >= 0 (released code: 2 for NTU, 1 for PKU-MMD II).
         num_prototypes: P, prototypes fitted by the bank.
         num_positives: M, positives per anchor (``estimator="sampled"``; ignored by ``"expected"``).
@@ -215,17 +215,19 @@ class HaLPInfoNCE(nn.Module):
             use_bank = prototypes is None
             halp: Optional[HaLPTerm] = None
             if self.halp_weight > 0:
-                if use_bank and self.bank.ready:
-                    prototypes = self.bank.prototypes
-                if prototypes is not None:
-                    halp = self._halp_term(logits, prototypes)
+                # The bank's prototypes and anchors are unit-norm already: only given prototypes are normalized.
+                # The bank's are copied, since a refit below overwrites them before backward reads them.
+                if not use_bank:
+                    halp = self._halp_term(logits, unit_rows(prototypes.detach().to(dtype)))
+                elif self.bank.ready:
+                    halp = self._halp_term(logits, self.bank.prototypes.to(dtype, copy=True))
                 if use_bank and self.training:
-                    self.bank.update(logits.anchor)
+                    self.bank.update(logits.anchor, normalized=True)
         loss = infonce if halp is None else infonce + self.halp_weight * halp.loss
         self._record(loss, infonce, halp)
         return loss
 
-    def _halp_term(self, logits: ContrastiveLogits, prototypes: Tensor) -> HaLPTerm:
+    def _halp_term(self, logits: ContrastiveLogits, protos: Tensor) -> HaLPTerm:
         common = dict(
             lam=self.lam,
             num_candidates=self.num_candidates,
@@ -235,11 +237,11 @@ class HaLPInfoNCE(nn.Module):
         )
         # The unchecked terms: the inputs passed _check_inputs, and their value checks would read from the device.
         if self.estimator == "expected":
-            return expected_term(logits.query, logits.anchor, prototypes, num_nodes=self.num_nodes, **common)
+            return expected_term(logits.query, logits.anchor, protos, num_nodes=self.num_nodes, **common)
         return sampled_term(
             logits.query,
             logits.anchor,
-            prototypes,
+            protos,
             num_positives=self.num_positives,
             generator=self.generator,
             **common,

@@ -91,3 +91,10 @@ def test_extreme_magnitudes_give_the_unit_scale_centroids() -> None:
     magnitudes = torch.logspace(-30, 30, 64)[:, None]
     mixed = spherical_kmeans(points * magnitudes, 4, generator=torch.Generator().manual_seed(0))
     assert torch.equal(mixed.assignments, plain.assignments)
+
+
+def test_points_that_cancel_keep_a_unit_centroid() -> None:
+    # Found by the property tests: one cluster holding +x and -x has a zero mean, which normalized to a zero centroid.
+    for points in (torch.tensor([[1.0], [-1.0]]), torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0], [0.0, -1.0]])):
+        result = spherical_kmeans(points, 1, generator=torch.Generator().manual_seed(0))
+        assert torch.allclose(result.centroids.norm(dim=1), torch.ones(1))

@@ -109,6 +109,18 @@ def test_plain_infonce_until_bank_ready_and_when_weight_zero() -> None:
     assert plain.bank.num_seen == 0 and not plain.bank.ready and not plain.active
 
 
+@pytest.mark.parametrize("estimator", ["sampled", "expected"])
+def test_backward_after_a_call_that_refits(estimator: str) -> None:
+    # The call uses the bank's prototypes, then refits them in place: backward must still see the ones it used.
+    criterion = HaLPInfoNCE(num_prototypes=4, prototype_window=32, prototype_every=1, estimator=estimator)
+    negs = sphere(64, 16, 10).float()
+    for step in range(4):
+        q = randn(16, 16, seed=step, dtype=torch.float32).requires_grad_()
+        criterion(q, randn(16, 16, seed=50 + step, dtype=torch.float32), negs).backward()
+        assert torch.isfinite(q.grad).all()
+    assert criterion.active and criterion.bank.num_fits == 3
+
+
 def test_eval_mode_uses_but_does_not_feed_the_bank() -> None:
     criterion = HaLPInfoNCE(prototype_window=32, num_prototypes=4)
     negs = sphere(100, 8, 16).float()
@@ -236,17 +248,17 @@ def test_input_errors() -> None:
 def test_functional_input_errors() -> None:
     q, k, negs, protos = randn(4, 8, seed=1), randn(4, 8, seed=2), sphere(16, 8, 3), sphere(5, 8, 4)
     cases = [
-        (lambda: info_nce(q, k, negs, temperature=0.0), "temperature must be a finite number > 0"),
+        (lambda: info_nce(q, k, negs, temperature=0.0), "temperature must be a finite number >= 1e-06"),
         (lambda: info_nce(q, k, [negs]), "negatives must be a torch.Tensor, got list"),
         (lambda: info_nce(q, k, negs.T), r"looks like a MoCo \(D, K\) queue buffer"),
         (lambda: info_nce(q[:0], k[:0], negs), "query must have at least one row"),
         (lambda: info_nce(q, k.long(), negs), "key must be a floating-point tensor"),
-        (lambda: nt_xent(q, k, temperature=0.0), "temperature must be a finite number > 0"),
+        (lambda: nt_xent(q, k, temperature=0.0), "temperature must be a finite number >= 1e-06"),
         (lambda: nt_xent(q, k[:3]), r"view2 must have the shape of view1 \(4, 8\), got \(3, 8\)"),
         (lambda: nt_xent(q[:0], k[:0]), "view1 must have at least one row"),
         (lambda: sampled_halp_term(q, k, protos, lam=2.0), r"lam must be a float in \[0, 1\]"),
         (lambda: sampled_halp_term(q, k, protos, num_positives=0), "num_positives must be an integer >= 1"),
-        (lambda: sampled_halp_term(q, k, protos, temperature=-1.0), "temperature must be a finite number > 0"),
+        (lambda: sampled_halp_term(q, k, protos, temperature=-1.0), "temperature must be a finite number >= 1e-06"),
         (lambda: sampled_halp_term(q * float("nan"), k, protos), "query has non-finite values"),
         (lambda: sampled_halp_term(q, k, protos[:, :3]), "prototypes must have 8 columns"),
         (lambda: sampled_halp_term(q, k, protos, objective="infonce"), "needs negatives_lse"),
@@ -300,10 +312,11 @@ def test_a_non_finite_key_does_not_poison_later_steps() -> None:
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        (dict(temperature=0.0), "temperature must be a finite number > 0, got 0.0"),
-        (dict(temperature=float("inf")), "temperature must be a finite number > 0, got inf"),
-        (dict(temperature=float("nan")), "temperature must be a finite number > 0, got nan"),
-        (dict(temperature="0.1"), "temperature must be a finite number > 0, got '0.1'"),
+        (dict(temperature=0.0), "temperature must be a finite number >= 1e-06, got 0.0"),
+        (dict(temperature=1e-300), "temperature must be a finite number >= 1e-06, got 1e-300"),
+        (dict(temperature=float("inf")), "temperature must be a finite number >= 1e-06, got inf"),
+        (dict(temperature=float("nan")), "temperature must be a finite number >= 1e-06, got nan"),
+        (dict(temperature="0.1"), "temperature must be a finite number >= 1e-06, got '0.1'"),
         (dict(halp_weight=-1.0), "halp_weight must be a finite number >= 0"),
         (dict(halp_weight=float("inf")), "halp_weight must be a finite number >= 0, got inf"),
         (dict(seed="a"), "seed must be an integer >= 0, got 'a'"),
