@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
 
 from skeleton.config import preset_config  # noqa: E402
 from skeleton.models.encoders import EmbeddingNet, RecurrentEncoder, flatten_frames  # noqa: E402
-from skeleton.training.pretrain import Pretraining  # noqa: E402
 from skeleton.training.loop import Precision  # noqa: E402
+from skeleton.training.pretrain import Pretraining  # noqa: E402
 
 
 class StepByStepEncoder(nn.Module):

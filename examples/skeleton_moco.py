@@ -32,7 +32,7 @@ from skeleton.data.prepare import add_prepare_arguments, run_prepare  # noqa: E4
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], tuple[str, ...], tuple[str, ...], str]] = {
     "pretrain": (
         commands.pretrain_command,
-        ("model", "pretrain", "knn"),
+        ("model", "pretrain", "augment", "knn"),
         ("pretrain",),
         "MoCo / MoCo+HaLP pretraining",
     ),
@@ -40,8 +40,14 @@ COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], tuple[str, ...], 
     "linear": (commands.linear_command, ("linear",), ("linear",), "linear evaluation of a pretrained encoder"),
     "semi": (commands.semi_command, ("finetune", "semi"), ("finetune", "semi"), "semi-supervised fine-tuning"),
     "transfer": (commands.transfer_command, ("finetune",), ("finetune",), "fine-tune on another dataset"),
+    "supervised": (
+        commands.supervised_command,
+        ("model", "supervised"),
+        ("supervised",),
+        "supervised upper bound: encoder + linear head from scratch on all labels",
+    ),
 }
-PIPELINE_SECTIONS = ("model", "pretrain", "knn", "linear")
+PIPELINE_SECTIONS = ("model", "pretrain", "augment", "knn", "linear")
 
 
 def _add_common_arguments(parser: argparse.ArgumentParser, resumable: bool) -> None:

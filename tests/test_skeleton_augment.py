@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from skeleton.data.augment import (
     LINEAR_RATIO_RANGE,
     MODALITIES,
@@ -23,7 +22,7 @@ from skeleton.data.augment import (
     to_modality,
     to_motion,
 )
-from skeleton.data.joints import BONE_PAIRS_1BASED
+from skeleton.data.layouts import KINECT_V2_BONE_PAIRS_1BASED
 
 
 def _batch(batch=6, frames=120, seed=0):
@@ -193,7 +192,7 @@ def test_modalities():
     torch.testing.assert_close(motion[:, :, 3], x[:, :, 4] - x[:, :, 3])
     assert torch.equal(motion[:, :, -1], torch.zeros_like(motion[:, :, -1]))
     bone = to_bone(x)
-    for joint, parent in BONE_PAIRS_1BASED:
+    for joint, parent in KINECT_V2_BONE_PAIRS_1BASED:
         torch.testing.assert_close(bone[:, :, :, joint - 1], x[:, :, :, joint - 1] - x[:, :, :, parent - 1])
     assert torch.equal(bone[:, :, :, 20], torch.zeros_like(bone[:, :, :, 20]))  # spine shoulder is its own parent
     assert torch.equal(to_bone(x[0]), bone[0]) and torch.equal(to_motion(x[0]), motion[0])  # unbatched too

@@ -5,7 +5,6 @@ import pickle
 import numpy as np
 import pytest
 import torch
-
 from skeleton.data.datasets import DATASET_NAMES, SkeletonDataset, load_dataset, num_classes
 from skeleton.data.synthetic import SyntheticConfig
 
@@ -38,11 +37,31 @@ def test_synthetic_splits():
 
 
 def test_num_classes():
-    assert [num_classes(name) for name in DATASET_NAMES[1:]] == [60, 60, 120, 120, 51, 51]
+    assert [num_classes(name) for name in DATASET_NAMES[1:-1]] == [60, 60, 120, 120, 51, 51, 10]
     assert num_classes("synthetic") == SyntheticConfig().num_classes
     assert num_classes("synthetic", TINY) == 4
     with pytest.raises(ValueError, match="unknown dataset"):
         num_classes("ntu61-xsub")
+    with pytest.raises(ValueError, match="comes from its labels"):
+        num_classes("custom")
+
+
+def test_custom_folder_takes_joints_bodies_and_classes_from_the_files(tmp_path):
+    rng = np.random.default_rng(1)
+    train = rng.normal(size=(4, 3, 50, 20, 1)).astype(np.float32)
+    _write_split(tmp_path, "train", train, [0, 1, 2, 1], num_frames=np.array([10, 20, 30, 50]))
+    _write_split(tmp_path, "val", train[:2], [6, 0])  # a class only the validation split has counts too
+    dataset = load_dataset("custom", "train", tmp_path)
+    assert (dataset.num_joints, dataset.num_bodies, dataset.num_classes) == (20, 1, 7)
+    assert dataset.layout.name == "kinect_v1" and dataset[3][0].shape == (3, 50, 20, 1)
+    assert load_dataset("custom", "val", tmp_path).num_classes == 7
+    with pytest.raises(FileNotFoundError, match="no custom 'train' split"):
+        load_dataset("custom", "train", tmp_path / "missing")
+    with pytest.raises(ValueError, match="the folder holding the split files"):
+        load_dataset("custom", "train")
+    _write_split(tmp_path / "odd", "train", rng.normal(size=(2, 3, 8, 18, 1)).astype(np.float32), [0, 1])
+    with pytest.raises(ValueError, match="no skeleton layout has 18 joints"):
+        load_dataset("custom", "train", tmp_path / "odd")
 
 
 @pytest.mark.parametrize("where", ["root", "family", "benchmark"])
@@ -97,5 +116,7 @@ def test_argument_errors():
         load_dataset("ntu60-xsub", "train")
     with pytest.raises(ValueError, match="split"):
         load_dataset("synthetic", "test", synthetic=TINY)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match="no skeleton layout has 24 joints"):
         SkeletonDataset(np.zeros((2, 3, 10, 24, 2)), np.zeros(2), ["a", "b"], 3)
+    with pytest.raises(ValueError, match="shape"):
+        SkeletonDataset(np.zeros((2, 3, 10, 25)), np.zeros(2), ["a", "b"], 3)

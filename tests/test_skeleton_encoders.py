@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from skeleton.data.layouts import KINECT_V2
 from skeleton.models.encoders import (
     ENCODERS,
     EmbeddingNet,
@@ -12,7 +13,6 @@ from skeleton.models.encoders import (
     flatten_frames,
     spatial_partitions,
 )
-from skeleton.data.joints import BONE_PARENTS, JOINT_INDEX
 from torch import nn
 
 
@@ -90,8 +90,8 @@ def test_unknown_encoder():
 
 
 def test_spatial_partitions_average_neighbours():
-    center = JOINT_INDEX["spine_shoulder"]
-    parts = spatial_partitions(BONE_PARENTS, center)
+    center = KINECT_V2.index["spine_shoulder"]
+    parts = spatial_partitions(KINECT_V2.bone_parents, center)
     assert parts.shape == (3, 25, 25)
     torch.testing.assert_close(parts.sum(dim=(0, 1)), torch.ones(25, dtype=torch.float32))
     # The centre has no neighbour closer to itself; its neighbours are all farther.

@@ -7,9 +7,9 @@ import torch
 import torch.nn.functional as F
 from skeleton.config import ClassifierConfig
 from skeleton.data.datasets import load_dataset
+from skeleton.data.synthetic import SyntheticConfig
 from skeleton.models.encoders import build_encoder
 from skeleton.training.evaluation import ClassifierTraining, knn_top1, labelled_subset, nearest_neighbors
-from skeleton.data.synthetic import SyntheticConfig
 from skeleton.training.loop import EpochSampler, Precision, lr_at
 
 SMALL = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=4, max_frames=48, min_frames=24)

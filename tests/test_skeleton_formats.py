@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 from einops import rearrange
-
 from skeleton.data.ntu_format import (
     NtuSampleId,
     SkeletonRecording,

@@ -9,10 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 import skeleton.data.prepare as prepare_module
+from skeleton.data.benchmarks import NTU60_XSUB_TRAIN_PERFORMERS
 from skeleton.data.datasets import load_dataset
-from skeleton.data.joints import NTU60_XSUB_TRAIN_PERFORMERS
 from skeleton.data.prenormalize import prenormalize
 from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
@@ -184,8 +183,8 @@ def test_published_split_sizes_are_asserted_on_the_full_dataset(tmp_path, sample
     write_ntu_skeleton_files(samples, tmp_path / "raw")
     ignore = tmp_path / "missing.txt"
     ignore.write_text("Samples with missing skeletons:\n" + "\n".join(samples.names[:4]) + "\n")
-    monkeypatch.setitem(prepare_module.NTU_FULL_FILE_COUNTS, "ntu60", len(samples.names))
-    monkeypatch.setitem(prepare_module.NTU_MISSING_COUNTS, "ntu60", 4)
+    monkeypatch.setitem(prepare_module.FULL_FILE_COUNTS, "ntu60", len(samples.names))
+    monkeypatch.setitem(prepare_module.MISSING_COUNTS, "ntu60", 4)
     xsub_train = np.isin(samples.performer[4:], list(NTU60_XSUB_TRAIN_PERFORMERS))
     xview_train = np.isin(samples.camera[4:], [2, 3])
     sizes = {"xsub": (xsub_train.sum(), (~xsub_train).sum()), "xview": (xview_train.sum(), (~xview_train).sum())}
@@ -269,10 +268,10 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
 
 
 def test_split_rules_and_published_sizes():
-    from skeleton.data.joints import NTU_FULL_FILE_COUNTS, NTU_MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
+    from skeleton.data.benchmarks import FULL_FILE_COUNTS, MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
 
     for (dataset, _), (train, val) in PUBLISHED_SPLIT_SIZES.items():
-        assert train + val == NTU_FULL_FILE_COUNTS[dataset] - NTU_MISSING_COUNTS[dataset]
+        assert train + val == FULL_FILE_COUNTS[dataset] - MISSING_COUNTS[dataset]
     assert ntu_is_training("ntu60", "xsub", 1, 1, 38) and not ntu_is_training("ntu60", "xsub", 1, 1, 3)
     assert ntu_is_training("ntu120", "xsub", 20, 1, 103) and not ntu_is_training("ntu60", "xsub", 1, 1, 45)
     assert ntu_is_training("ntu120", "xset", 32, 1, 1) and not ntu_is_training("ntu120", "xset", 31, 2, 1)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -18,14 +19,23 @@ import numpy as np
 import torch
 from torch import nn
 
+from skeleton.config import (
+    ClassifierConfig,
+    RunConfig,
+    check_input_layout,
+    from_dict,
+    load_split,
+    resolve_config,
+    save_config,
+)
+from skeleton.data.datasets import SkeletonDataset
 from skeleton.training import distributed
-from skeleton.training.checkpoint import load_checkpoint, load_pretrained_encoder
-from skeleton.config import RunConfig, from_dict, load_split, resolve_config, save_config
+from skeleton.training.checkpoint import build_embedding_net, encoder_from_checkpoint, load_checkpoint
 from skeleton.training.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
+from skeleton.training.loop import Precision
 from skeleton.training.plots import plot_run
 from skeleton.training.pretrain import Pretraining
 from skeleton.training.runlog import results_table, update_metrics, write_csv
-from skeleton.training.loop import Precision
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "summary.png"
@@ -98,6 +108,7 @@ def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str,
             num_classes=run.train_set.num_classes,
             pretrain_history=run.history,
             checkpoint=str(run.checkpoint_dir / "last.pt"),
+            **run.baselines,
         )
         print(f"pretraining {status}: {run.checkpoint_dir / 'last.pt'}", flush=True)
     return run, status, out
@@ -120,14 +131,11 @@ def pipeline_command(args: argparse.Namespace) -> int:
     if not run.is_main:
         return 0
     cfg = run.cfg
-    encoder = run.model.query.backbone
-    precision = Precision(cfg.amp, run.device)
-    val_set = run.val_set or load_split(cfg, "val")
-    knn_top1 = evaluate_knn(
-        encoder, run.train_set, val_set, cfg.knn, device=run.device, precision=precision, num_workers=cfg.num_workers
-    )
+    assert run.val_set is not None
+    data = Evaluation(cfg, run.model.query.backbone, out, run.device, run.train_set, run.val_set)
+    knn_top1 = data.knn()
     print(f"kNN top-1: {knn_top1:.4f}", flush=True)
-    linear = _classifier(cfg, encoder, run.train_set, val_set, run.device, finetune=False, description="linear")
+    linear = data.classifier(finetune=False, description="linear")
     write_csv(linear.history, out / "linear_log.csv")
     metrics = _record(
         out,
@@ -144,49 +152,81 @@ def pipeline_command(args: argparse.Namespace) -> int:
 # -- evaluation -------------------------------------------------------------------------------------------
 
 
+@dataclass
+class Evaluation:
+    """What an evaluation protocol runs on: the run's configuration, the encoder, its output folder and device,
+    and the two splits."""
+
+    cfg: RunConfig
+    encoder: nn.Module
+    out: Path
+    device: torch.device
+    train_set: SkeletonDataset
+    val_set: SkeletonDataset
+
+    def knn(self) -> float:
+        return evaluate_knn(
+            self.encoder.to(self.device),
+            self.train_set,
+            self.val_set,
+            self.cfg.knn,
+            device=self.device,
+            precision=Precision(self.cfg.amp, self.device),
+            num_workers=self.cfg.num_workers,
+            clip_frames=self.cfg.model.clip_frames,
+        )
+
+    def classifier(
+        self, *, finetune: bool, description: str, cfg: Optional[ClassifierConfig] = None
+    ) -> ClassifierResult:
+        """Train a linear head on the encoder (frozen, or fine-tuned with it) with ``cfg`` (default: the run's
+        ``finetune`` or ``linear`` section)."""
+        training = ClassifierTraining(
+            self.encoder,
+            self.train_set.num_classes,
+            cfg or (self.cfg.finetune if finetune else self.cfg.linear),
+            finetune=finetune,
+            device=self.device,
+            precision=Precision(self.cfg.amp, self.device),
+            seed=self.cfg.seed,
+            num_workers=self.cfg.num_workers,
+            max_steps=self.cfg.max_steps,
+            clip_frames=self.cfg.model.clip_frames,
+        )
+        return training.fit(self.train_set, self.val_set, description)
+
+
 def _evaluation_setup(
     args: argparse.Namespace, command: str, target_dataset: Optional[str] = None
-) -> tuple[RunConfig, nn.Module, Path, torch.device]:
-    """Configuration, pretrained encoder, run folder and device of an evaluation command."""
-    if distributed.world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit(f"{command} runs on one device; start it without torchrun")
+) -> tuple[Evaluation, dict[str, float]]:
+    """The evaluation of a pretrained encoder (``--init-from``), and the baselines its pretraining measured."""
+    _single_device(command)
     if not args.init_from:
         raise SystemExit(f"{command} needs --init-from CHECKPOINT (a pretraining checkpoint)")
-    encoder, source = load_pretrained_encoder(args.init_from)
+    checkpoint = load_checkpoint(args.init_from)
+    encoder, source = encoder_from_checkpoint(checkpoint)
     dataset = target_dataset or args.dataset or source.dataset
     cfg = resolve_config(args, dataset)
     cfg.model = source.model
     if dataset == source.dataset:
         cfg.synthetic = source.synthetic
+        cfg.data_root = cfg.data_root or source.data_root
+    evaluation = _evaluation(cfg, encoder, command, args.out)
+    check_input_layout(cfg.model, evaluation.train_set, f"the encoder of {args.init_from}")
+    return evaluation, dict(checkpoint.get("baselines", {}))
+
+
+def _single_device(command: str) -> None:
+    if distributed.world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise SystemExit(f"{command} runs on one device; start it without torchrun")
+
+
+def _evaluation(cfg: RunConfig, encoder: nn.Module, command: str, out_arg: Optional[str]) -> Evaluation:
     _set_threads(cfg)
     torch.manual_seed(cfg.seed)
-    out = _run_dir(args.out, command, dataset)
+    out = _run_dir(out_arg, command, cfg.dataset)
     save_config(cfg, out / f"{command}_config.json")
-    return cfg, encoder, out, torch.device(cfg.device)
-
-
-def _classifier(
-    cfg: RunConfig,
-    encoder: nn.Module,
-    train_set: Any,
-    val_set: Any,
-    device: torch.device,
-    *,
-    finetune: bool,
-    description: str,
-) -> ClassifierResult:
-    training = ClassifierTraining(
-        encoder,
-        train_set.num_classes,
-        cfg.finetune if finetune else cfg.linear,
-        finetune=finetune,
-        device=device,
-        precision=Precision(cfg.amp, device),
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        max_steps=cfg.max_steps,
-    )
-    return training.fit(train_set, val_set, description)
+    return Evaluation(cfg, encoder, out, torch.device(cfg.device), load_split(cfg, "train"), load_split(cfg, "val"))
 
 
 def _classifier_metrics(name: str, result: ClassifierResult) -> dict[str, Any]:
@@ -197,67 +237,63 @@ def _classifier_metrics(name: str, result: ClassifierResult) -> dict[str, Any]:
     }
 
 
-def _finish(out: Path, cfg: RunConfig, train_set: Any, **entries: Any) -> int:
-    metrics = _record(out, dataset=cfg.dataset, num_classes=train_set.num_classes, **entries)
+def _finish(evaluation: Evaluation, **entries: Any) -> int:
+    metrics = _record(
+        evaluation.out,
+        dataset=evaluation.cfg.dataset,
+        num_classes=evaluation.train_set.num_classes,
+        **entries,
+    )
     print(results_table(metrics), flush=True)
-    print(f"outputs in {out}", flush=True)
+    print(f"outputs in {evaluation.out}", flush=True)
     return 0
 
 
 def knn_command(args: argparse.Namespace) -> int:
     """``knn``: 1-NN top-1 of a pretrained encoder's features."""
-    cfg, encoder, out, device = _evaluation_setup(args, "knn")
-    train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
-    top1 = evaluate_knn(
-        encoder.to(device),
-        train_set,
-        val_set,
-        cfg.knn,
-        device=device,
-        precision=Precision(cfg.amp, device),
-        num_workers=cfg.num_workers,
-    )
-    return _finish(out, cfg, train_set, knn_top1=top1)
+    evaluation, baselines = _evaluation_setup(args, "knn")
+    return _finish(evaluation, knn_top1=evaluation.knn(), **baselines)
 
 
 def linear_command(args: argparse.Namespace) -> int:
     """``linear``: linear probe on the frozen encoder."""
-    cfg, encoder, out, device = _evaluation_setup(args, "linear")
-    train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
-    result = _classifier(cfg, encoder, train_set, val_set, device, finetune=False, description="linear")
-    write_csv(result.history, out / "linear_log.csv")
-    return _finish(out, cfg, train_set, **_classifier_metrics("linear", result))
+    evaluation, baselines = _evaluation_setup(args, "linear")
+    result = evaluation.classifier(finetune=False, description="linear")
+    write_csv(result.history, evaluation.out / "linear_log.csv")
+    return _finish(evaluation, **_classifier_metrics("linear", result), **baselines)
 
 
 def semi_command(args: argparse.Namespace) -> int:
     """``semi``: fine-tune on ``--ratio`` of the labels, averaged over ``--repeats`` random subsets."""
-    cfg, encoder, out, device = _evaluation_setup(args, "semi")
-    train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
+    evaluation, baselines = _evaluation_setup(args, "semi")
+    cfg = evaluation.cfg
     results = finetune_on_subsets(
-        encoder,
-        train_set,
-        val_set,
-        train_set.num_classes,
+        evaluation.encoder,
+        evaluation.train_set,
+        evaluation.val_set,
+        evaluation.train_set.num_classes,
         cfg.finetune,
         ratio=cfg.semi.ratio,
         repeats=cfg.semi.repeats,
         seed=cfg.seed,
-        device=device,
-        precision=Precision(cfg.amp, device),
+        device=evaluation.device,
+        precision=Precision(cfg.amp, evaluation.device),
         num_workers=cfg.num_workers,
         max_steps=cfg.max_steps,
+        clip_frames=cfg.model.clip_frames,
     )
-    write_csv([{"repeat": i + 1, **row} for i, r in enumerate(results) for row in r.history], out / "semi_log.csv")
+    write_csv(
+        [{"repeat": i + 1, **row} for i, r in enumerate(results) for row in r.history], evaluation.out / "semi_log.csv"
+    )
     best = np.array([r.best_top1 for r in results])
     return _finish(
-        out,
-        cfg,
-        train_set,
+        evaluation,
         semi_ratio=cfg.semi.ratio,
         semi_top1=float(best.mean()),
         semi_top1_std=float(best.std()),
         semi_top1_last=float(np.mean([r.last_top1 for r in results])),
         semi_runs=[{"best_top1": r.best_top1, "last_top1": r.last_top1} for r in results],
+        **baselines,
     )
 
 
@@ -265,8 +301,24 @@ def transfer_command(args: argparse.Namespace) -> int:
     """``transfer``: fine-tune a pretrained encoder on another dataset (e.g. NTU-60 x-sub -> PKU-MMD II)."""
     if not args.dataset:
         raise SystemExit("transfer needs --dataset, the dataset to fine-tune on (e.g. pku2-xsub)")
-    cfg, encoder, out, device = _evaluation_setup(args, "transfer", target_dataset=args.dataset)
-    train_set, val_set = load_split(cfg, "train"), load_split(cfg, "val")
-    result = _classifier(cfg, encoder, train_set, val_set, device, finetune=True, description="transfer")
-    write_csv(result.history, out / "transfer_log.csv")
-    return _finish(out, cfg, train_set, **_classifier_metrics("transfer", result))
+    evaluation, _ = _evaluation_setup(args, "transfer", target_dataset=args.dataset)
+    result = evaluation.classifier(finetune=True, description="transfer")
+    write_csv(result.history, evaluation.out / "transfer_log.csv")
+    return _finish(evaluation, **_classifier_metrics("transfer", result))
+
+
+def supervised_command(args: argparse.Namespace) -> int:
+    """``supervised``: train the encoder and a linear head from scratch on all training labels, the upper bound
+    self-supervised pretraining is measured against."""
+    _single_device("supervised")
+    if args.init_from:
+        raise SystemExit("supervised trains from scratch; to fine-tune a checkpoint on all labels use semi --ratio 1")
+    cfg = resolve_config(args, args.dataset or "synthetic")
+    train_set = load_split(cfg, "train")
+    cfg.model.num_joints, cfg.model.num_bodies = train_set.num_joints, train_set.num_bodies
+    torch.manual_seed(cfg.seed)
+    encoder = build_embedding_net(cfg).backbone
+    evaluation = _evaluation(cfg, encoder, "supervised", args.out)
+    result = evaluation.classifier(finetune=True, description="supervised", cfg=cfg.supervised)
+    write_csv(result.history, evaluation.out / "supervised_log.csv")
+    return _finish(evaluation, **_classifier_metrics("supervised", result))

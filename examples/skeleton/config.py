@@ -17,20 +17,21 @@ from pathlib import Path
 from typing import Any, Optional
 
 import torch
+
 from halp_loss.functional import OBJECTIVES
 from halp_loss.loss import ESTIMATORS
-
 from skeleton.data.datasets import SkeletonDataset, load_dataset
+from skeleton.data.synthetic import SyntheticConfig
 from skeleton.models.encoders import ENCODERS
 from skeleton.models.moco import KEY_BATCHNORM
-from skeleton.data.synthetic import SyntheticConfig
+from skeleton.training.loop import LR_SCHEDULES
 
 PRESETS = ("paper", "cpu")
 AMP_MODES = ("none", "bf16", "fp16")
 
 
-def _option(default: Any, help_text: str, choices: Optional[tuple[str, ...]] = None) -> Any:
-    return field(default=default, metadata={"help": help_text, "choices": choices})
+def _option(default: Any, help_text: str, choices: Optional[tuple[str, ...]] = None, flag: bool = True) -> Any:
+    return field(default=default, metadata={"help": help_text, "choices": choices, "flag": flag})
 
 
 @dataclass
@@ -41,7 +42,11 @@ class ModelConfig:
     hidden_size: int = _option(1024, "GRU hidden units per direction")
     num_layers: int = _option(3, "GRU layers")
     stgcn_width: int = _option(64, "ST-GCN base width (feature = 4x width; SkeletonCLR/AimCLR use 16)")
+    tcn_width: int = _option(128, "temporal-convolution encoder base width (feature = 2x width)")
     embed_dim: int = _option(128, "output dim of the projection head")
+    clip_frames: int = _option(64, "frames of every clip the encoder sees (pretraining views, evaluation crops)")
+    num_joints: int = _option(25, "joints V of the input, taken from the training data", flag=False)
+    num_bodies: int = _option(2, "bodies M of the input, taken from the training data", flag=False)
 
 
 @dataclass
@@ -55,6 +60,7 @@ class PretrainConfig:
     momentum: float = _option(0.9, "SGD momentum")
     weight_decay: float = _option(1e-4, "SGD weight decay")
     lr_milestones: tuple[int, ...] = _option((351,), "epochs at which the learning rate is multiplied by 0.1")
+    lr_schedule: str = _option("step", "step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
     queue_size: int = _option(16384, "MoCo queue length K")
     key_momentum: float = _option(0.999, "momentum m of the key encoder")
     key_bn: str = _option("shuffle", "key-encoder BatchNorm under DDP", KEY_BATCHNORM)
@@ -72,6 +78,18 @@ class PretrainConfig:
 
 
 @dataclass
+class AugmentConfig:
+    """The two random views of pretraining (SPEC section 3.3): temporal crop-resize, shear or joint corruption,
+    and an optional rotation (not in the released recipe)."""
+
+    crop_min_ratio: float = _option(0.1, "crops keep a fraction U(ratio, 1) of the valid frames...")
+    crop_min_frames: int = _option(64, "...but at least this many (all when fewer are valid)")
+    shear: float = _option(1.0, "bound of the shear coefficients")
+    corrupt_prob: float = _option(0.5, "probability of joint corruption instead of shear")
+    rotate_degrees: float = _option(0.0, "random rotation about each axis up to this angle (0: none)")
+
+
+@dataclass
 class ClassifierConfig:
     """Supervised training of a classifier on the encoder: linear probe or fine-tuning (SPEC section 4)."""
 
@@ -81,6 +99,7 @@ class ClassifierConfig:
     momentum: float = _option(0.9, "SGD momentum")
     weight_decay: float = _option(0.0, "SGD weight decay")
     lr_milestones: tuple[int, ...] = _option((50, 70), "epochs at which the learning rate is multiplied by 0.1")
+    lr_schedule: str = _option("step", "step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
 
 
 @dataclass
@@ -115,8 +134,10 @@ class RunConfig:
     synthetic: dict[str, Any] = field(default_factory=dict)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     linear: ClassifierConfig = field(default_factory=ClassifierConfig)
     finetune: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(lr=0.01))
+    supervised: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(lr=0.01))
     knn: KNNConfig = field(default_factory=KNNConfig)
     semi: SemiConfig = field(default_factory=SemiConfig)
 
@@ -124,8 +145,10 @@ class RunConfig:
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "pretrain": PretrainConfig,
+    "augment": AugmentConfig,
     "linear": ClassifierConfig,
     "finetune": ClassifierConfig,
+    "supervised": ClassifierConfig,
     "knn": KNNConfig,
     "semi": SemiConfig,
 }
@@ -202,6 +225,8 @@ def add_config_arguments(
         group = parser.add_argument_group(f"{section} options (override the preset)")
         hints = typing.get_type_hints(cls)
         for spec in dataclasses.fields(cls):
+            if not spec.metadata["flag"]:
+                continue
             kind = hints[spec.name]
             kwargs: dict[str, Any] = {"dest": f"{section}.{spec.name}", "default": None, "help": spec.metadata["help"]}
             if typing.get_origin(kind) is tuple:
@@ -268,6 +293,16 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
 
 def save_config(cfg: RunConfig, path: Path) -> None:
     path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+
+
+def check_input_layout(model: ModelConfig, dataset: SkeletonDataset, what: str) -> None:
+    """Raise a ``ValueError`` naming both layouts when an encoder was built for other joints or bodies than the
+    dataset's (e.g. an NTU checkpoint evaluated on NW-UCLA)."""
+    if (model.num_joints, model.num_bodies) != (dataset.num_joints, dataset.num_bodies):
+        raise ValueError(
+            f"{what} takes {model.num_joints} joints x {model.num_bodies} bodies, but the data has "
+            f"{dataset.num_joints} joints x {dataset.num_bodies} bodies"
+        )
 
 
 def load_split(cfg: RunConfig, split: str) -> SkeletonDataset:

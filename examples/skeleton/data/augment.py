@@ -1,9 +1,9 @@
 """Batched skeleton augmentations and modalities (SPEC section 3.3), on whatever device the batch is on.
 
 The released code applies these per sample in numpy inside DataLoader workers; here each transform acts on a
-whole batch ``x`` of shape (B, 3, T, 25, 2) at once, every sample with its own random draw. Passing a
+whole batch ``x`` of shape (B, 3, T, V, M) at once, every sample with its own random draw. Passing a
 ``torch.Generator`` (on the batch's device) makes the draws reproducible. Shear and joint corruption are both
-"a per-sample 3x3 matrix applied to some of the joints" (all of them for the shear, the 15 chosen ones, with
+"a per-sample 3x3 matrix applied to some of the joints" (all of them for the shear, the chosen ones, with
 a zero or a random matrix, for the corruption), so they share one batched product and one masked select.
 """
 
@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from .joints import BONE_PARENTS, NUM_JOINTS
+from .layouts import layout_for
 
 MODALITIES = frozenset({"joint", "motion", "bone"})
 PRETRAIN_RATIO_RANGE = (0.1, 1.0)
@@ -120,7 +120,7 @@ def temporal_crop_resize(
     """Random temporal crop of the valid frames, resized to ``out_frames`` (SPEC section 3.3, step 1).
 
     Args:
-        x: (B, 3, T, 25, 2).
+        x: (B, 3, T, V, M).
         num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio_range: crop ratio range; (0.1, 1) for pretraining, (0.5, 1) for linear-evaluation training.
         min_length: shortest crop (unless the sequence is shorter).
@@ -128,7 +128,7 @@ def temporal_crop_resize(
         generator: random source on ``x``'s device.
 
     Returns:
-        (B, 3, out_frames, 25, 2).
+        (B, 3, out_frames, V, M).
     """
     num_frames = num_frames.to(x.device).clamp(max=x.shape[2])
     start, length = sample_crop_windows(num_frames, ratio_range, min_length, generator=generator)
@@ -141,13 +141,13 @@ def center_crop_resize(
     """Deterministic centred crop of the valid frames, resized to ``out_frames`` (evaluation view).
 
     Args:
-        x: (B, 3, T, 25, 2).
+        x: (B, 3, T, V, M).
         num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio: kept fraction of the valid frames.
         out_frames: output length.
 
     Returns:
-        (B, 3, out_frames, 25, 2).
+        (B, 3, out_frames, V, M).
     """
     start, length = center_crop_windows(num_frames.to(x.device).clamp(max=x.shape[2]), ratio)
     return crop_resize(x, start, length, out_frames)
@@ -176,7 +176,7 @@ def joint_corruption(
     is drawn once per sample.
 
     Args:
-        x: (B, 3, T, 25, M).
+        x: (B, 3, T, V, M).
         num_joints: joints affected per sample.
         generator: random source on ``x``'s device.
 
@@ -184,42 +184,92 @@ def joint_corruption(
         Tensor like ``x``.
 
     Raises:
-        ValueError: if num_joints is not in [0, 25].
+        ValueError: if num_joints is not in [0, V].
     """
     return _transform_joints(x, *_corruption(x, num_joints, generator))
 
 
-def shear_or_corrupt(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Per sample, with p = 0.5 joint corruption (15 joints) else shear (magnitude 1) (SPEC section 3.3, step 2).
+def shear_or_corrupt(
+    x: torch.Tensor,
+    *,
+    shear_magnitude: float = 1.0,
+    corrupt_prob: float = 0.5,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Per sample, with p = ``corrupt_prob`` joint corruption (:func:`corrupted_joints` of the V joints: 15 of
+    Kinect v2's 25) else shear (SPEC section 3.3, step 2: p = 0.5, magnitude 1).
 
     Args:
-        x: (B, 3, T, 25, M).
+        x: (B, 3, T, V, M).
+        shear_magnitude: bound of the shear coefficients.
+        corrupt_prob: probability of corruption instead of shear.
         generator: random source on ``x``'s device.
 
     Returns:
         Tensor like ``x``.
     """
-    corrupt = torch.rand(len(x), generator=generator, device=x.device) < 0.5
-    shear_matrices = _shear_matrices(x, 1.0, generator)
-    corruption_matrices, chosen = _corruption(x, 15, generator)
+    corrupt = torch.rand(len(x), generator=generator, device=x.device) < corrupt_prob
+    shear_matrices = _shear_matrices(x, shear_magnitude, generator)
+    corruption_matrices, chosen = _corruption(x, corrupted_joints(x.shape[3]), generator)
     matrices = torch.where(corrupt[:, None, None], corruption_matrices, shear_matrices)
     return _transform_joints(x, matrices, chosen | ~corrupt[:, None])
 
 
-def pretrain_view(
-    x: torch.Tensor, num_frames: torch.Tensor, *, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """One augmented view for contrastive pretraining: random crop-resize to 64 frames, then shear or corruption.
+def random_rotation(x: torch.Tensor, max_degrees: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rotate each sample about the x, then y, then z axis by angles drawn from U(-max_degrees, max_degrees).
 
     Args:
-        x: (B, 3, T, 25, 2).
-        num_frames: (B,) valid frame counts.
+        x: (B, 3, T, V, M).
+        max_degrees: bound of each of the three angles.
         generator: random source on ``x``'s device.
 
     Returns:
-        (B, 3, 64, 25, 2).
+        Tensor like ``x``.
     """
-    return shear_or_corrupt(temporal_crop_resize(x, num_frames, generator=generator), generator=generator)
+    angles = torch.deg2rad((2 * torch.rand((len(x), 3), generator=generator, device=x.device) - 1) * max_degrees)
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
+    rotation = torch.eye(3, device=x.device, dtype=x.dtype).expand(len(x), 3, 3)
+    for axis in range(3):  # about x, then y, then z: R = Rz Ry Rx
+        i, j = [a for a in range(3) if a != axis]
+        turn = torch.eye(3, device=x.device, dtype=x.dtype).repeat(len(x), 1, 1)
+        turn[:, i, i], turn[:, i, j] = cos[:, axis], -sin[:, axis]
+        turn[:, j, i], turn[:, j, j] = sin[:, axis], cos[:, axis]
+        rotation = turn @ rotation
+    return _transform_joints(x, rotation, None)
+
+
+def pretrain_view(
+    x: torch.Tensor,
+    num_frames: torch.Tensor,
+    *,
+    out_frames: int = 64,
+    crop_min_ratio: float = PRETRAIN_RATIO_RANGE[0],
+    crop_min_frames: int = 64,
+    shear: float = 1.0,
+    corrupt_prob: float = 0.5,
+    rotate_degrees: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """One augmented view for contrastive pretraining: random crop-resize, then shear or corruption, then an
+    optional random rotation. The defaults are the released recipe (SPEC section 3.3).
+
+    Args:
+        x: (B, 3, T, V, M).
+        num_frames: (B,) valid frame counts.
+        out_frames: frames of the view.
+        crop_min_ratio: crops keep a fraction U(crop_min_ratio, 1) of the valid frames...
+        crop_min_frames: ...but at least this many (all of them when fewer are valid).
+        shear: bound of the shear coefficients.
+        corrupt_prob: probability of joint corruption instead of shear.
+        rotate_degrees: bound of the rotation angles about each axis (0: no rotation, no draws).
+        generator: random source on ``x``'s device.
+
+    Returns:
+        (B, 3, out_frames, V, M).
+    """
+    view = temporal_crop_resize(x, num_frames, (crop_min_ratio, 1.0), crop_min_frames, out_frames, generator=generator)
+    view = shear_or_corrupt(view, shear_magnitude=shear, corrupt_prob=corrupt_prob, generator=generator)
+    return random_rotation(view, rotate_degrees, generator=generator) if rotate_degrees > 0 else view
 
 
 def to_motion(x: torch.Tensor) -> torch.Tensor:
@@ -240,12 +290,12 @@ def to_bone(x: torch.Tensor) -> torch.Tensor:
     """Bone modality: x[v] - x[parent(v)] over the joint axis (dim -2), with the reference's pairs.
 
     Args:
-        x: (..., 3, T, 25, M).
+        x: (..., 3, T, V, M), V the joints of a known layout.
 
     Returns:
         Tensor like ``x``.
     """
-    return x - x[..., BONE_PARENTS.tolist(), :]
+    return x - x[..., layout_for(x.shape[-2]).bone_parents.tolist(), :]
 
 
 def to_modality(x: torch.Tensor, name: str) -> torch.Tensor:
@@ -263,6 +313,11 @@ def to_modality(x: torch.Tensor, name: str) -> torch.Tensor:
     return x
 
 
+def corrupted_joints(num_joints: int) -> int:
+    """Joints the corruption touches: 60 % of them, the reference's 15 of Kinect v2's 25 (12 of Kinect v1's 20)."""
+    return round(0.6 * num_joints)
+
+
 def _shear_matrices(x: torch.Tensor, magnitude: float, generator: torch.Generator | None) -> torch.Tensor:
     """(B, 3, 3) shear matrices: ones on the diagonal, U(-magnitude, magnitude) elsewhere."""
     eye = torch.eye(3, device=x.device, dtype=x.dtype)
@@ -273,13 +328,14 @@ def _shear_matrices(x: torch.Tensor, magnitude: float, generator: torch.Generato
 def _corruption(
     x: torch.Tensor, num_joints: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint corruption draws: (B, 3, 3) matrices (zero, or entries U(-1, 1)) and the (B, 25) chosen joints."""
-    if not 0 <= num_joints <= NUM_JOINTS:
-        raise ValueError(f"num_joints must be in [0, {NUM_JOINTS}], got {num_joints}")
+    """Joint corruption draws: (B, 3, 3) matrices (zero, or entries U(-1, 1)) and the (B, V) chosen joints."""
+    joints = x.shape[3]
+    if not 0 <= num_joints <= joints:
+        raise ValueError(f"num_joints must be in [0, {joints}], got {num_joints}")
     batch = len(x)
     zero = torch.rand(batch, generator=generator, device=x.device) < 0.5
     # The first num_joints of a uniformly random permutation are a uniform subset of distinct joints.
-    ranks = torch.rand((batch, NUM_JOINTS), generator=generator, device=x.device).argsort(dim=1).argsort(dim=1)
+    ranks = torch.rand((batch, joints), generator=generator, device=x.device).argsort(dim=1).argsort(dim=1)
     mix = (2 * torch.rand((batch, 3, 3), generator=generator, device=x.device) - 1).to(x.dtype)
     return mix.masked_fill(zero[:, None, None], 0.0), ranks < num_joints
 

@@ -1,9 +1,11 @@
-"""Dataset loading: prepared NTU / PKU folders (memory-mapped) and the synthetic dataset.
+"""Dataset loading: prepared NTU / PKU / NW-UCLA folders and any folder in the same layout (memory-mapped), and
+the synthetic dataset.
 
 Data-root convention: ``data_root`` is the folder that holds one sub-folder per dataset family, as written by
 ``skeleton_moco.py prepare --out DATA_ROOT/<family>``::
 
     DATA_ROOT/ntu60/{xsub,xview}/   DATA_ROOT/ntu120/{xsub,xset}/   DATA_ROOT/pku2/{xsub,xview}/
+    DATA_ROOT/nwucla/xview/
 
 Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_frame.npy`` and
 ``{train,val}_label.pkl`` (see :mod:`skeleton.data.files`). ``data_root`` may also point at a family folder
@@ -11,6 +13,9 @@ Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_fr
 SkeletonCLR / AimCLR layout (``{split}_position.npy`` or ``{split}_data.npy`` or a ``{split}_data_joint.npy``
 without ``num_frame`` file, plus ``{split}_label.pkl``; 50 or 300 frames) are accepted too; their valid
 frame counts are derived from the data (last non-zero frame + 1).
+
+``custom`` is any such folder (``data_root`` points straight at it): joints V and bodies M come from the arrays
+(V = 25 for Kinect v2, 20 for Kinect v1; any M), the number of classes from the labels of both splits.
 
 Label pickles are unpickled: only load folders you trust.
 """
@@ -26,8 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .joints import NUM_BODIES, NUM_CLASSES, NUM_JOINTS, SPLITS
+from .benchmarks import NUM_CLASSES, SPLITS
 from .files import data_file, label_file, num_frame_file
+from .layouts import NUM_COORDS, SkeletonLayout, layout_for
 from .prenormalize import prenormalize
 from .synthetic import SyntheticConfig, generate_synthetic, split_indices
 
@@ -39,6 +45,8 @@ DATASET_NAMES: tuple[str, ...] = (
     "ntu120-xset",
     "pku2-xsub",
     "pku2-xview",
+    "nwucla",
+    "custom",
 )
 ALTERNATIVE_DATA_FILES = ("{split}_position.npy", "{split}_data.npy")
 """Data file names of the SkeletonCLR / AimCLR layout, tried after ``{split}_data_joint.npy``."""
@@ -47,11 +55,12 @@ ALTERNATIVE_DATA_FILES = ("{split}_position.npy", "{split}_data.npy")
 class SkeletonDataset(Dataset):
     """Skeleton sequences with their valid frame counts and labels.
 
-    ``dataset[i]`` is ``(x, num_frames, label)``: ``x`` float32 tensor (3, T, 25, 2), ``num_frames`` a long
+    ``dataset[i]`` is ``(x, num_frames, label)``: ``x`` float32 tensor (3, T, V, M), ``num_frames`` a long
     scalar tensor (valid frames, at least 1) and ``label`` an int.
 
     Attributes:
-        data: array (N, 3, T, 25, 2), possibly a read-only memory map.
+        data: array (N, 3, T, V, M), possibly a read-only memory map; V is the joint count of a known
+            :class:`~skeleton.data.layouts.SkeletonLayout`.
         num_frames: (N,) int64 valid frame counts, or None when they are derived per sample from the data.
         labels: (N,) int64, 0-based.
         names: sample names.
@@ -70,17 +79,18 @@ class SkeletonDataset(Dataset):
         """Wrap arrays as a dataset.
 
         Args:
-            data: array (N, 3, T, 25, 2).
+            data: array (N, 3, T, V, M).
             labels: (N,) integer labels in [0, num_classes).
             names: N sample names.
             num_classes: size of the label space.
             num_frames: (N,) valid frame counts; None derives each from its sample's last non-zero frame.
 
         Raises:
-            ValueError: on inconsistent shapes or labels out of range.
+            ValueError: on inconsistent shapes, an unknown joint count or labels out of range.
         """
-        if data.ndim != 5 or data.shape[1] != 3 or data.shape[3:] != (NUM_JOINTS, NUM_BODIES):
-            raise ValueError(f"data must have shape (N, 3, T, {NUM_JOINTS}, {NUM_BODIES}), got {data.shape}")
+        if data.ndim != 5 or data.shape[1] != NUM_COORDS or min(data.shape[2:]) < 1:
+            raise ValueError(f"data must have shape (N, {NUM_COORDS}, T, V, M), got {data.shape}")
+        layout_for(data.shape[3])
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (len(data),) or len(names) != len(data):
             raise ValueError(f"{len(data)} samples but {labels.shape[0]} labels and {len(names)} names")
@@ -99,6 +109,18 @@ class SkeletonDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.data)
+
+    @property
+    def num_joints(self) -> int:
+        return int(self.data.shape[3])
+
+    @property
+    def num_bodies(self) -> int:
+        return int(self.data.shape[4])
+
+    @property
+    def layout(self) -> SkeletonLayout:
+        return layout_for(self.num_joints)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         sample = np.array(self.data[index], dtype=np.float32)  # copies out of the memory map
@@ -131,25 +153,30 @@ def parse_dataset_name(name: str) -> tuple[str, str]:
     """
     if name not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    if name == "synthetic":
-        return "synthetic", ""
+    if name in ("synthetic", "custom"):
+        return name, ""
+    if name == "nwucla":
+        return "nwucla", "xview"
     family, benchmark = name.split("-")
     return family, benchmark
 
 
 def num_classes(name: str, synthetic: SyntheticConfig | None = None) -> int:
-    """Number of classes of a dataset: 60, 120, 51 (PKU-MMD II, the reference's head) or the synthetic count.
+    """Number of classes of a dataset: 60, 120, 51 (PKU-MMD II, the reference's head), 10 (NW-UCLA) or the
+    synthetic count.
 
     Args:
-        name: a name from :data:`DATASET_NAMES`.
+        name: a name from :data:`DATASET_NAMES` other than ``"custom"``.
         synthetic: configuration of the synthetic dataset (default ``SyntheticConfig()``).
 
     Raises:
-        ValueError: for an unknown name.
+        ValueError: for an unknown name, or ``"custom"`` (its classes come from its labels: load it).
     """
     family, _ = parse_dataset_name(name)
     if family == "synthetic":
         return (synthetic or SyntheticConfig()).num_classes
+    if family == "custom":
+        raise ValueError("a custom dataset's class count comes from its labels; load it with load_dataset")
     return NUM_CLASSES[family]
 
 
@@ -166,7 +193,8 @@ def load_dataset(
         name: a name from :data:`DATASET_NAMES`.
         split: ``"train"`` or ``"val"``.
         data_root: for real datasets, the folder holding ``<family>/<benchmark>/`` (see the module docstring;
-            a family or benchmark folder is accepted too). Ignored for ``"synthetic"``.
+            a family or benchmark folder is accepted too); for ``"custom"`` the folder holding the split files.
+            Ignored for ``"synthetic"``.
         synthetic: configuration of the synthetic dataset (default ``SyntheticConfig()``); the split follows
             its ``benchmark``. The samples are generated and pre-normalized in memory.
 
@@ -183,13 +211,14 @@ def load_dataset(
     if family == "synthetic":
         return _load_synthetic(synthetic or SyntheticConfig(), split)
     if data_root is None:
-        raise ValueError(f"data_root is required for {name!r} (the folder holding {family}/{benchmark}/)")
+        expected = "the split files" if family == "custom" else f"{family}/{benchmark}/"
+        raise ValueError(f"data_root is required for {name!r} (the folder holding {expected})")
     root = Path(data_root)
-    candidates = [root, root / benchmark, root / family / benchmark]
+    candidates = [root] if family == "custom" else [root, root / benchmark, root / family / benchmark]
     for folder in candidates:
         files = SplitFiles.find(folder, split)
         if files is not None:
-            return files.load(NUM_CLASSES[family])
+            return files.load(_custom_num_classes(folder) if family == "custom" else NUM_CLASSES[family])
     tried = ", ".join(str(folder) for folder in candidates)
     raise FileNotFoundError(
         f"no {name} {split!r} split found; looked in {tried} for {data_file(split)} + {num_frame_file(split)}"
@@ -203,7 +232,7 @@ class SplitFiles:
     """The files of one split in a prepared folder.
 
     Attributes:
-        data: the (N, 3, T, 25, 2) array file.
+        data: the (N, 3, T, V, M) array file.
         labels: the ``(sample_names, labels)`` pickle.
         num_frames: the (N,) valid-frame file, or None when frame counts must be derived from the data.
     """
@@ -232,14 +261,38 @@ class SplitFiles:
             ValueError: if the files disagree on the number of samples or hold an unexpected shape.
         """
         data = np.load(self.data, mmap_mode="r")
-        with open(self.labels, "rb") as handle:
-            # latin1 reads the Python 2 pickles some released preprocessed data still ships with.
-            names, labels = pickle.load(handle, encoding="latin1")
+        names, labels = read_labels(self.labels)
         num_frames = None if self.num_frames is None else np.load(self.num_frames)
         try:
             return SkeletonDataset(data, np.asarray(labels), [str(n) for n in names], num_classes, num_frames)
         except ValueError as error:
             raise ValueError(f"inconsistent split files {self.data}, {self.labels}: {error}") from None
+
+
+def read_labels(path: Path) -> tuple[list, np.ndarray]:
+    """Read a ``(sample_names, labels)`` pickle (unpickling: trusted folders only).
+
+    Raises:
+        ValueError: if the file does not hold a pair of equally long sequences with integer labels.
+    """
+    with open(path, "rb") as handle:
+        # latin1 reads the Python 2 pickles some released preprocessed data still ships with.
+        content = pickle.load(handle, encoding="latin1")
+    if not isinstance(content, (tuple, list)) or len(content) != 2:
+        raise ValueError(f"{path}: expected a pickled (sample_names, labels) pair, got {type(content).__name__}")
+    names, labels = content
+    labels = np.asarray(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    if labels.ndim != 1 or len(names) != len(labels) or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(f"{path}: expected equally long names and integer labels, got {len(names)} names and "
+                         f"labels of shape {labels.shape}, dtype {labels.dtype}")  # fmt: skip
+    return list(names), labels
+
+
+def _custom_num_classes(folder: Path) -> int:
+    """The class count of a custom folder: one more than the largest label of either split."""
+    largest = [read_labels(folder / label_file(split))[1].max(initial=-1) for split in SPLITS
+               if (folder / label_file(split)).is_file()]  # fmt: skip
+    return int(max(largest)) + 1
 
 
 def _load_synthetic(config: SyntheticConfig, split: str) -> SkeletonDataset:

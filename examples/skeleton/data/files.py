@@ -1,9 +1,9 @@
 """The prepared on-disk layout shared by ``prepare`` and the dataset loader (SPEC section 3.1).
 
 One folder per benchmark (e.g. ``ntu60/xsub``) holding, for each split ``train`` / ``val``:
-``{split}_data_joint.npy`` float32 (N, 3, 300, 25, 2), ``{split}_num_frame.npy`` (N,) valid frame counts and
+``{split}_data_joint.npy`` float32 (N, 3, 300, V, M), ``{split}_num_frame.npy`` (N,) valid frame counts and
 ``{split}_label.pkl`` = ``(sample_names, labels)`` with 0-based labels — the layout of the CMD and HaLP
-repositories.
+repositories. NTU RGB+D and PKU-MMD have V = 25 joints and M = 2 bodies; NW-UCLA V = 20, M = 1.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-from .joints import MAX_FRAMES, NUM_BODIES, NUM_COORDS, NUM_JOINTS
-
-SAMPLE_SHAPE = (NUM_COORDS, MAX_FRAMES, NUM_JOINTS, NUM_BODIES)
+from .benchmarks import MAX_FRAMES, NUM_BODIES, NUM_JOINTS
+from .layouts import NUM_COORDS
 
 
 def data_file(split: str) -> str:
@@ -31,22 +30,28 @@ def label_file(split: str) -> str:
     return f"{split}_label.pkl"
 
 
-def pack_sample(bodies: np.ndarray) -> tuple[np.ndarray, int]:
+def sample_shape(num_joints: int = NUM_JOINTS, num_bodies: int = NUM_BODIES) -> tuple[int, int, int, int]:
+    """Shape (3, 300, V, M) of one prepared sample."""
+    return (NUM_COORDS, MAX_FRAMES, num_joints, num_bodies)
+
+
+def pack_sample(bodies: np.ndarray, num_bodies: int = NUM_BODIES) -> tuple[np.ndarray, int]:
     """Place a recording's bodies into one sample of the prepared layout.
 
     Args:
-        bodies: array (M, F, 25, 3) with M <= 2 bodies and F frames (any F >= 0).
+        bodies: array (B, F, V, 3) with B <= ``num_bodies`` bodies, F frames (any F >= 0) and V joints.
+        num_bodies: M, the body slots of the prepared sample.
 
     Returns:
-        ``(sample, num_frames)``: float32 (3, 300, 25, 2), zero-padded in time and bodies, keeping the first
+        ``(sample, num_frames)``: float32 (3, 300, V, M), zero-padded in time and bodies, keeping the first
         300 frames; ``num_frames = min(F, 300)``.
 
     Raises:
-        ValueError: if ``bodies`` does not have shape (M <= 2, F, 25, 3).
+        ValueError: if ``bodies`` does not have shape (B <= num_bodies, F, V, 3).
     """
-    if bodies.ndim != 4 or bodies.shape[0] > NUM_BODIES or bodies.shape[2:] != (NUM_JOINTS, NUM_COORDS):
-        raise ValueError(f"bodies must have shape (M<={NUM_BODIES}, F, {NUM_JOINTS}, 3), got {bodies.shape}")
+    if bodies.ndim != 4 or bodies.shape[0] > num_bodies or bodies.shape[3] != NUM_COORDS:
+        raise ValueError(f"bodies must have shape (B<={num_bodies}, F, V, {NUM_COORDS}), got {bodies.shape}")
     num_frames = min(bodies.shape[1], MAX_FRAMES)
-    sample = np.zeros(SAMPLE_SHAPE, dtype=np.float32)
+    sample = np.zeros(sample_shape(bodies.shape[2], num_bodies), dtype=np.float32)
     sample[:, :num_frames, :, : bodies.shape[0]] = rearrange(bodies[:, :num_frames], "m t v c -> c t v m")
     return sample, num_frames

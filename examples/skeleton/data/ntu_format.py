@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .joints import MAX_BODIES_READ, MAX_FRAMES, NUM_BODIES, NUM_JOINTS
+from .benchmarks import MAX_BODIES_READ, MAX_FRAMES, NUM_BODIES, NUM_JOINTS
 from .text_parsing import SkeletonFormatError, parse_floats, parse_number_lines
 
 BODY_VALUES = 10
@@ -49,10 +49,7 @@ class NtuSampleId:
     @property
     def name(self) -> str:
         """The canonical sample name, without extension."""
-        return (
-            f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}"
-            f"R{self.replication:03d}A{self.action:03d}"
-        )
+        return f"S{self.setup:03d}C{self.camera:03d}P{self.performer:03d}R{self.replication:03d}A{self.action:03d}"
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from einops import rearrange
 
-from .joints import NUM_BODIES, NUM_JOINTS
+from .benchmarks import NUM_BODIES, NUM_JOINTS
 from .text_parsing import SkeletonFormatError, parse_number_lines
 
 FRAME_CONVENTIONS = ("reference", "inclusive")

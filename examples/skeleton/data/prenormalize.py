@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 from einops import rearrange
 
-from .joints import CENTER_JOINT, X_AXIS_JOINTS, Z_AXIS_JOINTS
+from .layouts import CENTER_JOINT, X_AXIS_JOINTS, Z_AXIS_JOINTS
 
 DEGENERATE_EPS = 1e-6
 """Below this L1 norm of the rotation axis, or this angle, the alignment rotation is the identity (as the reference)."""

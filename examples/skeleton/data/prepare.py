@@ -1,4 +1,4 @@
-"""``prepare``: raw NTU RGB+D 60/120 or PKU-MMD II files to the prepared layout of CMD/HaLP (SPEC section 3.1).
+"""``prepare``: raw NTU RGB+D 60/120, PKU-MMD II or NW-UCLA files to the prepared layout of CMD/HaLP (SPEC 3.1).
 
 Usage (through ``examples/skeleton_moco.py``)::
 
@@ -7,10 +7,13 @@ Usage (through ``examples/skeleton_moco.py``)::
     skeleton_moco.py prepare --dataset ntu120 --raw RAW --out DATA_ROOT/ntu120 \
         --ignore-list NTU_RGBD120_samples_with_missing_skeletons.txt
     skeleton_moco.py prepare --dataset pku2 --raw PKU --out DATA_ROOT/pku2
+    skeleton_moco.py prepare --dataset nwucla --raw all_sqe --out DATA_ROOT/nwucla
 
 For NTU, every ``*.skeleton`` under ``RAW`` (searched recursively, so the NTU-60 and NTU-120 archives can sit
 side by side) that belongs to the dataset is read; ``ntu60`` skips setups above 17 and actions above 60.
 For PKU-MMD II, ``PKU`` holds ``skeleton/``, ``label/``, ``cross_subject_v2.txt`` and ``cross_view_v2.txt``.
+For NW-UCLA, every ``aAA_sSS_eEE_vVV.json`` under ``all_sqe`` is read into ``xview/`` (views 1 and 2 train,
+view 3 validates) with its native 20 Kinect v1 joints and one body: samples of shape (3, 300, 20, 1).
 
 Files are parsed and pre-normalized in ``--workers`` processes; samples stream into ``.npy`` files opened
 with ``np.lib.format.open_memmap`` (re-opened per block, so memory stays bounded whatever the dataset size).
@@ -37,20 +40,23 @@ import numpy as np
 from einops import rearrange
 from tqdm import tqdm
 
-from .joints import (
+from .benchmarks import (
     BENCHMARKS,
+    FULL_FILE_COUNTS,
     MAX_FRAMES,
+    MISSING_COUNTS,
     NTU60_MAX_ACTION,
     NTU60_MAX_SETUP,
-    NTU_FULL_FILE_COUNTS,
-    NTU_MISSING_COUNTS,
     NUM_CLASSES,
+    NWUCLA_TRAIN_VIEWS,
+    PREPARED_SLOTS,
     PUBLISHED_SPLIT_SIZES,
     SPLITS,
     ntu_is_training,
 )
-from .files import SAMPLE_SHAPE, data_file, label_file, num_frame_file, pack_sample
+from .files import data_file, label_file, num_frame_file, pack_sample, sample_shape
 from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
+from .nwucla_format import NwuclaSampleId, read_nwucla
 from .pku_format import (
     FRAME_CONVENTIONS,
     SPLIT_FILES,
@@ -131,7 +137,7 @@ class PrepareSummary:
     """What a ``prepare`` run produced and skipped.
 
     Attributes:
-        dataset: ``ntu60``, ``ntu120`` or ``pku2``.
+        dataset: ``ntu60``, ``ntu120``, ``pku2`` or ``nwucla``.
         out: output folder.
         counts: ``{benchmark: {"train": n, "val": n}}``.
         malformed: ``file:line: message`` of every skipped malformed or unreadable input.
@@ -186,9 +192,13 @@ class _Candidate:
 class _Job:
     """One file to read and the candidates cut from it."""
 
-    kind: str  # "ntu" or "pku"
+    kind: str  # "ntu", "pku" or "nwucla"
     path: str
     items: tuple[tuple[int, _Candidate], ...]  # (candidate index, candidate)
+
+
+_JOB_SLOTS = {"ntu": PREPARED_SLOTS["ntu60"], "pku": PREPARED_SLOTS["pku2"], "nwucla": PREPARED_SLOTS["nwucla"]}
+"""(joints, bodies) of the samples cut from each kind of file."""
 
 
 @dataclass
@@ -218,7 +228,7 @@ def prepare_dataset(
     """Convert a raw dataset to ``out/<benchmark>/{train,val}_{data_joint.npy,num_frame.npy,label.pkl}``.
 
     Args:
-        dataset: ``"ntu60"``, ``"ntu120"`` or ``"pku2"``.
+        dataset: ``"ntu60"``, ``"ntu120"``, ``"pku2"`` or ``"nwucla"``.
         raw: folder of the raw files (see the module docstring).
         out: output folder; ``out/.prepare`` holds the progress of an unfinished run.
         ignore_list: NTU missing-skeleton list; its samples are left out.
@@ -233,7 +243,7 @@ def prepare_dataset(
     Raises:
         FileNotFoundError: if ``raw`` or a required file in it is missing, or it holds no skeleton file.
         ValueError: for invalid arguments or an unreadable ignore list / PKU split file.
-        PrepareError: if, on the complete NTU dataset with the official ignore list, a split size differs
+        PrepareError: if, on the complete NTU (with the official ignore list) or NW-UCLA dataset, a split size differs
             from the published one.
     """
     if dataset not in DATASETS:
@@ -245,10 +255,12 @@ def prepare_dataset(
     raw = Path(raw)
     if not raw.is_dir():
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
+    if dataset in ("pku2", "nwucla") and ignore_list is not None:
+        raise ValueError("--ignore-list applies to the NTU datasets only")
     if dataset == "pku2":
-        if ignore_list is not None:
-            raise ValueError("--ignore-list applies to the NTU datasets only")
         scan = _scan_pku(raw, pku_frames)
+    elif dataset == "nwucla":
+        scan = _scan_nwucla(raw)
     else:
         ignore = read_ignore_list(ignore_list) if ignore_list is not None else set()
         scan = _scan_ntu(dataset, raw, ignore)
@@ -374,6 +386,29 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
     return scan
 
 
+def _scan_nwucla(raw: Path) -> _Scan:
+    files = sorted(raw.rglob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no *.json files under --raw {raw}")
+    scan = _Scan()
+    seen: dict[str, Path] = {}
+    for path in files:
+        try:
+            sample = NwuclaSampleId.parse(path.name)
+        except ValueError as error:
+            scan.malformed.append(f"{path}: {error}")
+            continue
+        if sample.name in seen:
+            scan.malformed.append(f"{path}: duplicate of {seen[sample.name]}, skipped")
+            continue
+        seen[sample.name] = path
+        scan.files_in_scope += 1
+        candidate = _Candidate(sample.name, sample.label, (sample.view in NWUCLA_TRAIN_VIEWS,), None, str(path))
+        scan.jobs.append(_Job("nwucla", str(path), ((len(scan.candidates), candidate),)))
+        scan.candidates.append(candidate)
+    return scan
+
+
 def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndarray]:
     """Worker task: read files, cut and pack samples, pre-normalize them together.
 
@@ -387,6 +422,9 @@ def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndar
             if job.kind == "ntu":
                 recording = read_skeleton(job.path)
                 whole = (kept_bodies(recording), recording.num_frames)
+            elif job.kind == "nwucla":
+                joints = read_nwucla(job.path)
+                whole = (joints[None], len(joints))
             else:
                 video = read_pku_skeleton(job.path)
         except (SkeletonFormatError, OSError) as error:
@@ -402,13 +440,14 @@ def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndar
                     results.append((index, MALFORMED, 0, message))
                     continue
                 bodies, total = rearrange(video[first:stop], "t m v c -> m t v c"), stop - first
-            sample, _ = pack_sample(bodies)
+            sample, _ = pack_sample(bodies, num_bodies=_JOB_SLOTS[job.kind][1])
             if not sample.any():
                 results.append((index, EMPTY, total, f"{candidate.where}: no body in any frame"))
                 continue
             results.append((index, DONE, total, ""))
             samples.append(sample)
-    stacked = np.stack(samples) if samples else np.zeros((0, *SAMPLE_SHAPE), dtype=np.float32)
+    empty_shape = (0, *sample_shape(*_JOB_SLOTS[jobs[0].kind])) if jobs else (0, *sample_shape())
+    stacked = np.stack(samples) if samples else np.zeros(empty_shape, dtype=np.float32)
     return results, prenormalize(stacked)
 
 
@@ -474,7 +513,10 @@ class _Writer:
         (self.out / SUMMARY_FILE).unlink(missing_ok=True)
         for (benchmark, split), mask in self.members.items():
             (self.out / benchmark).mkdir(parents=True, exist_ok=True)
-            shape = (int(mask.sum()), *SAMPLE_SHAPE)  # upper bound; shrunk to the kept samples at the end
+            shape = (
+                int(mask.sum()),
+                *sample_shape(*PREPARED_SLOTS[self.dataset]),
+            )  # upper bound; shrunk to the kept samples at the end
             np.lib.format.open_memmap(self._partial(benchmark, split), mode="w+", dtype=np.float32, shape=shape)
         self._save_state()
 
@@ -495,9 +537,7 @@ class _Writer:
         jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
         block = SAMPLES_PER_WORKER_BLOCK * workers
         pool = multiprocessing.Pool(workers) if workers > 1 else None  # before tqdm starts its monitor thread
-        bar = tqdm(
-            total=len(self.status) - done, unit="sample", disable=not progress, desc=f"prepare {self.dataset}"
-        )
+        bar = tqdm(total=len(self.status) - done, unit="sample", disable=not progress, desc=f"prepare {self.dataset}")
         try:
             for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
                 outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}
@@ -554,12 +594,13 @@ class _Writer:
         return summary
 
     def _check_published_sizes(self, summary: PrepareSummary) -> bool:
-        """On the complete NTU dataset with its official ignore list, the split sizes must be the published ones."""
-        if self.dataset not in NTU_FULL_FILE_COUNTS:
+        """On a complete NTU (with its official ignore list) or NW-UCLA dataset, the split sizes must be the published
+        ones."""
+        if self.dataset not in FULL_FILE_COUNTS:
             return False
         complete = (
-            self.scan.files_in_scope == NTU_FULL_FILE_COUNTS[self.dataset]
-            and self.scan.ignore_ids_in_scope == NTU_MISSING_COUNTS[self.dataset]
+            self.scan.files_in_scope == FULL_FILE_COUNTS[self.dataset]
+            and self.scan.ignore_ids_in_scope == MISSING_COUNTS[self.dataset]
             and not summary.malformed
         )
         if not complete:

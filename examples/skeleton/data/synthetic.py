@@ -19,7 +19,8 @@ from typing import NamedTuple
 import numpy as np
 from einops import rearrange
 
-from .joints import JOINT_INDEX, NUM_BODIES, NUM_JOINTS
+from .benchmarks import NUM_BODIES, NUM_JOINTS
+from .layouts import KINECT_V2
 from .ntu_format import NtuSampleId, motion_energy
 
 # Forward-kinematics tree: (joint, kinematic parent, rest offset in the parent's frame in metres). The body
@@ -485,9 +486,9 @@ def _forward_kinematics(angles: np.ndarray, offsets: np.ndarray, yaw: np.ndarray
             if dof.joint == name:
                 frame = frame @ _rotation(dof.sign * angles[..., d], dof.axis)
         if parent is None:
-            positions[:, :, JOINT_INDEX[name]] = origin
+            positions[:, :, KINECT_V2.index[name]] = origin
         else:
             bone = frames_of[parent] @ offsets[:, None, k, :, None]  # (B, T, 3, 1)
-            positions[:, :, JOINT_INDEX[name]] = positions[:, :, JOINT_INDEX[parent]] + bone[..., 0]
+            positions[:, :, KINECT_V2.index[name]] = positions[:, :, KINECT_V2.index[parent]] + bone[..., 0]
         frames_of[name] = frame
     return positions

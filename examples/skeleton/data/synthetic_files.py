@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from einops import rearrange
 
-from .joints import NUM_JOINTS
+from .benchmarks import NUM_JOINTS
 from .ntu_format import recording_from_bodies, write_skeleton
 from .pku_format import (
     FRAME_CONVENTIONS,

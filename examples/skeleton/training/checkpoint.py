@@ -68,14 +68,20 @@ def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
     """The query network a run's model section describes."""
     model = cfg.model
     backbone = build_encoder(
-        model.encoder, hidden_size=model.hidden_size, num_layers=model.num_layers, stgcn_width=model.stgcn_width
+        model.encoder,
+        num_joints=model.num_joints,
+        num_bodies=model.num_bodies,
+        hidden_size=model.hidden_size,
+        num_layers=model.num_layers,
+        stgcn_width=model.stgcn_width,
+        tcn_width=model.tcn_width,
     )
     return EmbeddingNet(backbone, model.embed_dim)
 
 
-def load_pretrained_encoder(path: PathLike) -> tuple[nn.Module, RunConfig]:
-    """The query encoder (without projection head) of a pretraining checkpoint, and the run's configuration."""
-    checkpoint = load_checkpoint(path)
+def encoder_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[nn.Module, RunConfig]:
+    """The query encoder (without projection head) of a loaded pretraining checkpoint, and the run's
+    configuration."""
     cfg = from_dict(checkpoint["config"])
     net = build_embedding_net(cfg)
     prefix = "query."

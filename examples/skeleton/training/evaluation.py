@@ -15,14 +15,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from skeleton.data.augment import center_crop_resize, temporal_crop_resize
 from skeleton.config import ClassifierConfig, KNNConfig
+from skeleton.data.augment import center_crop_resize, temporal_crop_resize
 from skeleton.training.loop import EpochSampler, Precision, ProgressBar, lr_at, set_lr
 
 # SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
 TRAIN_CROP_RATIOS = (0.5, 1.0)
 EVAL_CROP_RATIO = 0.95
-CLIP_FRAMES = 64
+RAW_KNN_FRAMES = 32
+"""Frames of the raw-skeleton 1-NN baseline: the pre-normalized joints of the evaluation crop, flattened."""
 
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
@@ -41,8 +42,10 @@ def extract_features(
     precision: Precision,
     num_workers: int = 0,
     normalize: bool = True,
+    clip_frames: int = 64,
 ) -> tuple[Tensor, Tensor]:
-    """Features of the centre 95 % crop of every sample (L2-normalized by default), with the labels.
+    """Features of the centre 95 % crop of every sample, resized to ``clip_frames`` (L2-normalized by default),
+    with the labels.
 
     The encoder runs in eval mode (and is put back in the mode it was in); results are on ``device``.
     """
@@ -50,7 +53,7 @@ def extract_features(
     encoder.eval()
     features, labels = [], []
     for x, num_frames, label in _loader(dataset, batch_size, num_workers, device):
-        clip = center_crop_resize(x.to(device, non_blocking=True), num_frames.to(device), EVAL_CROP_RATIO, CLIP_FRAMES)
+        clip = center_crop_resize(x.to(device, non_blocking=True), num_frames.to(device), EVAL_CROP_RATIO, clip_frames)
         with precision.autocast():
             features.append(encoder(clip).float())
         labels.append(label.to(device))
@@ -107,9 +110,12 @@ def evaluate_knn(
     device: torch.device,
     precision: Precision,
     num_workers: int = 0,
+    clip_frames: int = 64,
 ) -> float:
     """SPEC section 4 kNN: 1-NN, cosine, L2-normalized pre-head features, training set as memory."""
-    kwargs = dict(batch_size=cfg.batch_size, device=device, precision=precision, num_workers=num_workers)
+    kwargs = dict(
+        batch_size=cfg.batch_size, device=device, precision=precision, num_workers=num_workers, clip_frames=clip_frames
+    )
     train_features, train_labels = extract_features(encoder, train_set, **kwargs)
     val_features, val_labels = extract_features(encoder, val_set, **kwargs)
     return knn_top1(train_features, train_labels, val_features, val_labels, cfg.chunk_size)
@@ -155,6 +161,7 @@ class ClassifierTraining:
         num_workers: DataLoader workers.
         max_steps: stop after this many steps in total (smoke tests).
         progress: show progress bars.
+        clip_frames: frames of the training and evaluation clips.
     """
 
     def __init__(
@@ -170,6 +177,7 @@ class ClassifierTraining:
         num_workers: int = 0,
         max_steps: Optional[int] = None,
         progress: bool = True,
+        clip_frames: int = 64,
     ) -> None:
         self.encoder = encoder.to(device)
         self.head = nn.Linear(int(encoder.feature_dim), num_classes).to(device)
@@ -183,6 +191,7 @@ class ClassifierTraining:
         self.num_workers = num_workers
         self.max_steps = max_steps
         self.progress = progress
+        self.clip_frames = clip_frames
         self.encoder.requires_grad_(finetune)
         parameters = list(self.head.parameters()) + (list(self.encoder.parameters()) if finetune else [])
         self.optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
@@ -210,6 +219,7 @@ class ClassifierTraining:
             precision=self.precision,
             num_workers=self.num_workers,
             normalize=False,
+            clip_frames=self.clip_frames,
         )
 
     def fit(self, train_set: Dataset, val_set: Dataset, description: str = "linear") -> ClassifierResult:
@@ -229,7 +239,7 @@ class ClassifierTraining:
         history: list[dict[str, float]] = []
         steps = 0
         for epoch in range(self.cfg.epochs):
-            lr = lr_at(self.cfg.lr, self.cfg.lr_milestones, epoch)
+            lr = lr_at(self.cfg.lr, self.cfg.lr_milestones, epoch, self.cfg.lr_schedule, self.cfg.epochs)
             set_lr(self.optimizer, lr)
             sampler.set_epoch(epoch)
             self.encoder.train(self.finetune)
@@ -241,7 +251,7 @@ class ClassifierTraining:
                 x, num_frames = x.to(self.device, non_blocking=True), num_frames.to(self.device)
                 label = label.to(self.device)
                 clip = temporal_crop_resize(
-                    x, num_frames, TRAIN_CROP_RATIOS, CLIP_FRAMES, CLIP_FRAMES, generator=self.generator
+                    x, num_frames, TRAIN_CROP_RATIOS, self.clip_frames, self.clip_frames, generator=self.generator
                 )
                 with self.precision.autocast():
                     logits = self.head(self._features(clip)).float()

@@ -3,6 +3,7 @@ sampler, a graceful stop on Ctrl-C, and the progress bar."""
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -57,12 +58,24 @@ class Precision:
             self.scaler.load_state_dict(state)
 
 
-def lr_at(base_lr: float, milestones: Sequence[int], epoch: int) -> float:
-    """Step schedule: ``base_lr`` times 0.1 for every milestone ``<= epoch`` (epochs count from 0).
+LR_SCHEDULES = ("step", "cosine")
 
-    A pure function of the epoch, so resuming, or continuing a run from another's checkpoint with a new
-    schedule, needs no scheduler state.
+
+def lr_at(base_lr: float, milestones: Sequence[int], epoch: int, schedule: str = "step", epochs: int = 1) -> float:
+    """The learning rate of an epoch (epochs count from 0).
+
+    ``"step"``: ``base_lr`` times 0.1 for every milestone ``<= epoch``. ``"cosine"``: ``base_lr`` times
+    ``(1 + cos(pi * epoch / epochs)) / 2``, from ``base_lr`` at epoch 0 toward 0 at ``epochs``. A pure function of
+    the epoch, so resuming, or continuing a run from another's checkpoint with a new schedule, needs no
+    scheduler state.
+
+    Raises:
+        ValueError: for an unknown schedule.
     """
+    if schedule == "cosine":
+        return base_lr * 0.5 * (1.0 + math.cos(math.pi * epoch / max(epochs, 1)))
+    if schedule != "step":
+        raise ValueError(f"schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
     return base_lr * 0.1 ** sum(epoch >= milestone for milestone in milestones)
 
 

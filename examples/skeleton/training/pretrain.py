@@ -12,20 +12,20 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional, TypeVar
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from halp_loss import HaLPInfoNCE
-from skeleton.training import distributed
+from skeleton.config import RunConfig, check_input_layout, from_dict, load_split, to_dict
 from skeleton.data.augment import pretrain_view
-from skeleton.training.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
-from skeleton.config import RunConfig, load_split, to_dict
-from skeleton.training.evaluation import evaluate_knn
 from skeleton.models.moco import MoCo
+from skeleton.training import distributed
+from skeleton.training.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
+from skeleton.training.evaluation import RAW_KNN_FRAMES, evaluate_knn
 from skeleton.training.loop import EpochSampler, GracefulStop, Precision, ProgressBar, lr_at, set_lr
 
 TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
@@ -33,6 +33,8 @@ TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
 
 HALP_TERMS = ("kept_fraction", "mean_t")
 """Terms that exist only on steps where the HaLP term was computed."""
+
+T = TypeVar("T")
 
 
 def build_criterion(cfg: RunConfig, generator: Optional[torch.Generator] = None) -> HaLPInfoNCE:
@@ -109,6 +111,9 @@ class Pretraining:
         if p.key_bn == "sync" and world > 1 and device.type != "cuda":
             raise ValueError("key_bn='sync' needs CUDA (nn.SyncBatchNorm); use 'shuffle' on the CPU")
         rank = distributed.rank()
+        self.train_set = load_split(cfg, "train")
+        self.val_set = load_split(cfg, "val") if self.is_main else None
+        cfg.model.num_joints, cfg.model.num_bodies = self.train_set.num_joints, self.train_set.num_bodies
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
         self.model = MoCo(build_embedding_net(cfg), p.queue_size, p.key_momentum, p.key_bn).to(device)
         # Each rank draws its own augmentations and positives; both generators are saved with checkpoints.
@@ -122,8 +127,6 @@ class Pretraining:
             self.model.query.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
         )
         self.precision = Precision(cfg.amp, device)
-        self.train_set = load_split(cfg, "train")
-        self.val_set = load_split(cfg, "val") if p.knn_every > 0 and self.is_main else None
         self.sampler = EpochSampler(len(self.train_set), p.batch_size // world, cfg.seed, rank, world)
         self.loader = DataLoader(
             self.train_set,
@@ -136,6 +139,7 @@ class Pretraining:
         )
         self.position = Position()
         self.history: list[dict[str, Any]] = []
+        self.baselines: dict[str, float] = {}
         self.stats = EpochStats(device)
 
     @property
@@ -155,6 +159,7 @@ class Pretraining:
             "position": vars(self.position).copy(),
             "epoch_sums": self.stats.sums.cpu(),
             "history": self.history,
+            "baselines": self.baselines,
             "rng": distributed.gather_objects(rng_state(self.generators)),
         }
 
@@ -189,10 +194,12 @@ class Pretraining:
         self._load_training_state(checkpoint)
 
     def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
+        check_input_layout(from_dict(checkpoint["config"]).model, self.train_set, "the checkpoint's encoder")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.position = Position(**checkpoint["position"])
         self.history = list(checkpoint["history"])
+        self.baselines = dict(checkpoint.get("baselines", {}))
 
     # -- training ----------------------------------------------------------------------------------------
 
@@ -204,6 +211,8 @@ class Pretraining:
             writes ``last.pt`` at the step it stopped, from which ``--resume`` continues exactly.
         """
         p = self.cfg.pretrain
+        if self.position.step == 0 and not self.baselines:
+            self.baselines = self._measure_baselines()
         train_model = self.model
         if distributed.is_distributed():
             train_model = DistributedDataParallel(
@@ -215,7 +224,7 @@ class Pretraining:
         with GracefulStop() as stop:
             while self.position.epoch < p.epochs:
                 epoch = self.position.epoch
-                lr = lr_at(p.lr, p.lr_milestones, epoch)
+                lr = lr_at(p.lr, p.lr_milestones, epoch, p.lr_schedule, p.epochs)
                 set_lr(self.optimizer, lr)
                 self.criterion.halp_weight = p.halp_weight if epoch >= p.halp_start_epoch else 0.0
                 self.sampler.set_epoch(epoch, skip_batches=self.position.batch)
@@ -259,9 +268,12 @@ class Pretraining:
         """
         x = x.to(self.device, non_blocking=True)
         num_frames = num_frames.to(self.device, non_blocking=True)
+        view = dict(
+            out_frames=self.cfg.model.clip_frames, generator=self.generators["augment"], **vars(self.cfg.augment)
+        )
         with torch.no_grad():
-            query_view = pretrain_view(x, num_frames, generator=self.generators["augment"])
-            key_view = pretrain_view(x, num_frames, generator=self.generators["augment"])
+            query_view = pretrain_view(x, num_frames, **view)
+            key_view = pretrain_view(x, num_frames, **view)
         halp_active = self.criterion.halp_weight > 0 and self.criterion.bank.ready
         with self.precision.autocast():
             query, key = train_model(query_view, key_view)
@@ -304,18 +316,37 @@ class Pretraining:
 
     def _monitor_knn(self) -> Optional[float]:
         """kNN top-1 of the current query encoder (rank 0; the other ranks wait)."""
-        top1 = None
-        if self.is_main:
-            assert self.val_set is not None
-            top1 = evaluate_knn(
-                self.model.query.backbone,
-                self.train_set,
-                self.val_set,
-                self.cfg.knn,
-                device=self.device,
-                precision=self.precision,
-                num_workers=self.cfg.num_workers,
+        return self._on_main(lambda: self._knn(self.model.query.backbone, self.cfg.model.clip_frames))
+
+    def _measure_baselines(self) -> dict[str, float]:
+        """What pretraining has to beat, before the first step (rank 0; the other ranks wait): the 1-NN of the
+        raw pre-normalized joints (:data:`RAW_KNN_FRAMES` frames) and the kNN of the encoder at its random init."""
+        return (
+            self._on_main(
+                lambda: {
+                    "raw_knn_top1": self._knn(nn.Flatten(), RAW_KNN_FRAMES),
+                    "init_knn_top1": self._knn(self.model.query.backbone, self.cfg.model.clip_frames),
+                }
             )
+            or {}
+        )
+
+    def _knn(self, encoder: torch.nn.Module, clip_frames: int) -> float:
+        assert self.val_set is not None
+        return evaluate_knn(
+            encoder,
+            self.train_set,
+            self.val_set,
+            self.cfg.knn,
+            device=self.device,
+            precision=self.precision,
+            num_workers=self.cfg.num_workers,
+            clip_frames=clip_frames,
+        )
+
+    def _on_main(self, compute: Callable[[], T]) -> Optional[T]:
+        """``compute()`` on rank 0 (None elsewhere), with the other ranks waiting at a barrier."""
+        result = compute() if self.is_main else None
         if distributed.is_distributed():
             torch.distributed.barrier()
-        return top1
+        return result

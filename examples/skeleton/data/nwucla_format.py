@@ -1,0 +1,141 @@
+"""NW-UCLA Multiview Action 3D skeletons in the per-sample JSON form (as CTR-GCN and others distribute them).
+
+A file ``aAA_sSS_eEE_vVV.json`` (action, subject, repetition, view) holds
+``{"file_name": "aAA_sSS_eEE_vVV", "skeletons": [[[x, y, z] * 20] * T], "label": 1..10}``: one person, T >= 1
+frames of the 20 Kinect v1 joints in metres (:data:`~skeleton.data.layouts.KINECT_V1`, the same order as NTU's
+joints 1-20). The label is the action's position in :data:`~skeleton.data.benchmarks.NWUCLA_ACTIONS`, plus one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .benchmarks import NWUCLA_ACTIONS, NWUCLA_JOINTS
+from .layouts import NUM_COORDS
+from .text_parsing import SkeletonFormatError
+
+NWUCLA_NAME = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})_v(\d{2})")
+NUM_VIEWS = 3
+
+
+@dataclass(frozen=True)
+class NwuclaSampleId:
+    """The ids encoded in an NW-UCLA file name ``aAA_sSS_eEE_vVV`` (as written: actions 1-12 without 7 and 10,
+    views 1-3)."""
+
+    action: int
+    subject: int
+    repetition: int
+    view: int
+
+    @classmethod
+    def parse(cls, name: str) -> NwuclaSampleId:
+        """Parse a sample or file name such as ``a01_s01_e00_v01.json``.
+
+        Raises:
+            ValueError: if the name does not follow the scheme, or names an action or view NW-UCLA lacks.
+        """
+        match = NWUCLA_NAME.fullmatch(Path(name).name.removesuffix(".json"))
+        if match is None:
+            raise ValueError(f"{name!r} is not an NW-UCLA sample name (expected aAA_sSS_eEE_vVV[.json])")
+        sample = cls(*(int(group) for group in match.groups()))
+        if sample.action not in NWUCLA_ACTIONS:
+            raise ValueError(f"{name!r}: action a{sample.action:02d} is not one of NW-UCLA's {NWUCLA_ACTIONS}")
+        if not 1 <= sample.view <= NUM_VIEWS:
+            raise ValueError(f"{name!r}: view v{sample.view:02d} is not in 1-{NUM_VIEWS}")
+        return sample
+
+    @property
+    def name(self) -> str:
+        """The canonical sample name, without extension."""
+        return f"a{self.action:02d}_s{self.subject:02d}_e{self.repetition:02d}_v{self.view:02d}"
+
+    @property
+    def label(self) -> int:
+        """0-based class: the action's position in action-id order."""
+        return NWUCLA_ACTIONS.index(self.action)
+
+
+def read_nwucla(path: str | os.PathLike) -> np.ndarray:
+    """Read one NW-UCLA JSON file.
+
+    Args:
+        path: the ``.json`` file; its name must follow :class:`NwuclaSampleId`.
+
+    Returns:
+        float64 array (T, 20, 3), T >= 1, joint positions in metres.
+
+    Raises:
+        SkeletonFormatError: for invalid JSON (e.g. a truncated file; the line is the parser's), a missing or
+            ragged ``skeletons`` array, a frame without 20 joints of 3 values, non-numeric or non-finite
+            coordinates, no frame at all, or a ``label`` that disagrees with the file name.
+        ValueError: if the file name does not follow the NW-UCLA scheme.
+        OSError: if the file cannot be read.
+    """
+    sample = NwuclaSampleId.parse(str(path))
+    text = Path(path).read_text(encoding="utf-8")
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SkeletonFormatError(path, error.lineno, f"invalid JSON: {error.msg} (column {error.colno})") from None
+    if not isinstance(content, dict) or "skeletons" not in content:
+        raise SkeletonFormatError(path, 1, 'expected a JSON object with a "skeletons" array')
+    frames = content["skeletons"]
+    if not isinstance(frames, list) or not frames:
+        raise SkeletonFormatError(path, 1, f'"skeletons" must be a non-empty list of frames, got {_describe(frames)}')
+    for number, frame in enumerate(frames, start=1):
+        if not _is_frame(frame):
+            raise SkeletonFormatError(
+                path, 1, f"frame {number}/{len(frames)}: expected {NWUCLA_JOINTS} joints of {NUM_COORDS} numbers"
+            )
+    joints = np.array(frames, dtype=np.float64)
+    if not np.isfinite(joints).all():
+        frame = int(np.flatnonzero(~np.isfinite(joints).all(axis=(1, 2)))[0]) + 1
+        raise SkeletonFormatError(path, 1, f"frame {frame}/{len(frames)}: non-finite coordinate")
+    label = content.get("label")
+    if label is not None and label != sample.label + 1:
+        raise SkeletonFormatError(
+            path, 1, f"label {label!r} disagrees with action a{sample.action:02d} (label {sample.label + 1})"
+        )
+    return joints
+
+
+def write_nwucla(path: str | os.PathLike, joints: np.ndarray) -> Path:
+    """Write ``joints`` (T, 20, 3) as an NW-UCLA JSON file; the label comes from the file name.
+
+    Raises:
+        ValueError: for a file name outside the NW-UCLA scheme or joints of the wrong shape.
+    """
+    path = Path(path)
+    sample = NwuclaSampleId.parse(path.name)
+    joints = np.asarray(joints, dtype=np.float64)
+    if joints.ndim != 3 or joints.shape[1:] != (NWUCLA_JOINTS, NUM_COORDS):
+        raise ValueError(f"joints must have shape (T, {NWUCLA_JOINTS}, {NUM_COORDS}), got {joints.shape}")
+    content = {"file_name": sample.name, "skeletons": joints.tolist(), "label": sample.label + 1}
+    path.write_text(json.dumps(content))
+    return path
+
+
+def _is_frame(frame: object) -> bool:
+    return (
+        isinstance(frame, list)
+        and len(frame) == NWUCLA_JOINTS
+        and all(
+            isinstance(joint, list)
+            and len(joint) == NUM_COORDS
+            and all(isinstance(value, (int, float)) and not isinstance(value, bool) for value in joint)
+            for joint in frame
+        )
+    )
+
+
+def _describe(value: object) -> str:
+    if isinstance(value, list):
+        return "an empty list"
+    return type(value).__name__
