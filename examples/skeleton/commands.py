@@ -80,7 +80,7 @@ def _pretrain_config(args: argparse.Namespace) -> tuple[RunConfig, Optional[dict
     saved = from_dict(checkpoint["config"])
     if args.resume:
         return resolve_config(args, args.dataset or saved.dataset, base=saved), checkpoint
-    cfg = resolve_config(args, args.dataset or saved.dataset)
+    cfg = resolve_config(args, args.dataset or saved.dataset, default=saved.preset)
     cfg.model = saved.model
     if cfg.dataset == saved.dataset:
         cfg.synthetic = saved.synthetic
@@ -206,7 +206,7 @@ def _evaluation_setup(
     checkpoint = load_checkpoint(args.init_from)
     encoder, source = encoder_from_checkpoint(checkpoint)
     dataset = target_dataset or args.dataset or source.dataset
-    cfg = resolve_config(args, dataset)
+    cfg = resolve_config(args, dataset, default=source.preset)
     cfg.model = source.model
     if dataset == source.dataset:
         cfg.synthetic = source.synthetic

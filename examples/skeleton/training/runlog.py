@@ -36,24 +36,21 @@ def _percent(value: Optional[float]) -> str:
 
 
 def results_table(metrics: dict[str, Any]) -> str:
-    """A markdown table of the top-1 accuracies present in ``metrics``, with chance level."""
+    """A markdown table of the top-1 accuracies present in ``metrics``, with the baselines and chance level."""
     rows = [("protocol", "top-1")]
     if "knn_top1" in metrics:
         rows.append(("kNN (1-NN, cosine)", _percent(metrics["knn_top1"])))
-    if "linear_top1" in metrics:
-        rows.append(
-            ("linear (best / last)", f"{_percent(metrics['linear_top1'])} / {_percent(metrics['linear_top1_last'])}")
-        )
+    for name, label in (("linear", "linear"), ("transfer", "transfer"), ("supervised", "supervised from scratch")):
+        if f"{name}_top1" in metrics:
+            best, last = _percent(metrics[f"{name}_top1"]), _percent(metrics[f"{name}_top1_last"])
+            rows.append((f"{label} (best / last)", f"{best} / {last}"))
     if "semi_top1" in metrics:
         label = f"semi-supervised {100 * metrics['semi_ratio']:g} % (mean best over {len(metrics['semi_runs'])})"
         rows.append((label, f"{_percent(metrics['semi_top1'])} ± {_percent(metrics['semi_top1_std'])}"))
-    if "transfer_top1" in metrics:
-        rows.append(
-            (
-                "transfer (best / last)",
-                f"{_percent(metrics['transfer_top1'])} / {_percent(metrics['transfer_top1_last'])}",
-            )
-        )
+    if "init_knn_top1" in metrics:
+        rows.append(("baseline: kNN of the encoder at random init", _percent(metrics["init_knn_top1"])))
+    if "raw_knn_top1" in metrics:
+        rows.append(("baseline: 1-NN on the raw pre-normalized joints", _percent(metrics["raw_knn_top1"])))
     rows.append((f"chance ({metrics['num_classes']} classes)", _percent(1.0 / metrics["num_classes"])))
     width = max(len(label) for label, _ in rows)
     lines = [f"| {label:<{width}} | {value} |" for label, value in rows]
