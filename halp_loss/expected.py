@@ -36,7 +36,7 @@ from halp_loss.geometry import (
     slerp_coefficients,
 )
 
-__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term"]
+__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term", "expected_term"]
 
 DEFAULT_NUM_NODES = 16
 """Gauss-Legendre nodes per kept interval for ``objective="infonce"``: ~1e-6 relative error at T = 0.07."""
