@@ -164,7 +164,8 @@ def test_interrupted_run_resumes(tmp_path, samples, monkeypatch):
     monkeypatch.setattr(prepare_module, "_process", interrupted)
     with pytest.raises(KeyboardInterrupt):
         _prepare("ntu60", tmp_path / "raw", tmp_path / "resumed")
-    status = np.load(tmp_path / "resumed" / ".prepare" / "status.npy")
+    with np.load(tmp_path / "resumed" / ".prepare" / "state.npz") as state:
+        status = state["status"]
     assert (status != 0).sum() == 80 and not (tmp_path / "resumed" / "xsub" / "train_data_joint.npy").exists()
     monkeypatch.setattr(prepare_module, "_process", process)
     messages = []
@@ -262,9 +263,11 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert "xsub: train" in result.stdout
-    assert len(load_dataset("ntu60-xsub", "train", tmp_path / "ntu60")) + len(
-        load_dataset("ntu60-xsub", "val", tmp_path / "ntu60")
-    ) == 10
+    assert (
+        len(load_dataset("ntu60-xsub", "train", tmp_path / "ntu60"))
+        + len(load_dataset("ntu60-xsub", "val", tmp_path / "ntu60"))
+        == 10
+    )
 
 
 def test_split_rules_and_published_sizes():

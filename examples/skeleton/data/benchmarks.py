@@ -26,6 +26,7 @@ XVIEW_TRAIN_CAMERAS: frozenset[int] = frozenset({2, 3})
 
 NTU60_MAX_SETUP, NTU60_MAX_ACTION = 17, 60
 NTU120_MAX_SETUP, NTU120_MAX_ACTION = 32, 120
+NTU_MAX_CAMERA, NTU120_MAX_PERFORMER, NTU_MAX_REPLICATION = 3, 106, 2
 
 FULL_FILE_COUNTS: dict[str, int] = {"ntu60": 56_880, "ntu120": 114_480, "nwucla": 1_484}
 """Number of skeleton files of the complete releases (NTU: before removing the missing-skeleton lists)."""

@@ -16,12 +16,30 @@ from pathlib import Path
 
 import numpy as np
 
-from .benchmarks import MAX_BODIES_READ, MAX_FRAMES, NUM_BODIES, NUM_JOINTS
+from .benchmarks import (
+    MAX_BODIES_READ,
+    MAX_FRAMES,
+    NTU120_MAX_ACTION,
+    NTU120_MAX_PERFORMER,
+    NTU120_MAX_SETUP,
+    NTU_MAX_CAMERA,
+    NTU_MAX_REPLICATION,
+    NUM_BODIES,
+    NUM_JOINTS,
+)
 from .text_parsing import SkeletonFormatError, parse_floats, parse_number_lines
 
 BODY_VALUES = 10
 JOINT_VALUES = 12
 NTU_NAME = re.compile(r"S(\d{3})C(\d{3})P(\d{3})R(\d{3})A(\d{3})")
+ID_RANGES = {
+    "setup": ("S", NTU120_MAX_SETUP),
+    "camera": ("C", NTU_MAX_CAMERA),
+    "performer": ("P", NTU120_MAX_PERFORMER),
+    "replication": ("R", NTU_MAX_REPLICATION),
+    "action": ("A", NTU120_MAX_ACTION),
+}
+"""Letter and largest value of each id of an NTU RGB+D 120 sample name; every id starts at 1."""
 
 
 @dataclass(frozen=True)
@@ -39,12 +57,20 @@ class NtuSampleId:
         """Parse a sample name or file name such as ``S001C002P003R002A013.skeleton``.
 
         Raises:
-            ValueError: if the name does not follow the NTU naming scheme.
+            ValueError: if the name does not follow the NTU naming scheme, or an id lies outside the dataset's
+                range (e.g. ``S000``, ``C009`` or ``A000``, which would become label -1).
         """
         match = NTU_NAME.fullmatch(Path(name).name.removesuffix(".skeleton"))
         if match is None:
             raise ValueError(f"{name!r} is not an NTU sample name (expected SsssCcccPpppRrrrAaaa[.skeleton])")
-        return cls(*(int(group) for group in match.groups()))
+        sample = cls(*(int(group) for group in match.groups()))
+        for field, (letter, largest) in ID_RANGES.items():
+            value = getattr(sample, field)
+            if not 1 <= value <= largest:
+                raise ValueError(
+                    f"{name!r}: {field} {letter}{value:03d} is outside NTU RGB+D's {letter}001-{letter}{largest:03d}"
+                )
+        return sample
 
     @property
     def name(self) -> str:
@@ -145,8 +171,9 @@ def read_skeleton(path: str | os.PathLike) -> SkeletonRecording:
         The parsed recording.
 
     Raises:
-        SkeletonFormatError: on a wrong number of values on a line, a non-numeric or non-finite value, a joint
-            count other than 25, content after the declared frames, or a file that ends before them.
+        SkeletonFormatError: on a wrong number of values on a line, a non-numeric, non-finite or out-of-range
+            value (see :data:`~skeleton.data.text_parsing.MAX_ABS_VALUE`), a frame count larger than the file can
+            hold, a joint count other than 25, content after the declared frames, or a file that ends before them.
         OSError: if the file cannot be read.
     """
     with open(path, encoding="ascii", errors="replace") as handle:
@@ -171,13 +198,21 @@ def parse_skeleton(text: str, source: str | os.PathLike = "<text>") -> SkeletonR
         lines.pop()
     cursor = _Cursor(lines, source)
     num_frames = cursor.count("frame count")
-    body_counts = np.empty(num_frames, dtype=np.int64)
+    if num_frames > len(lines) - 1:  # each frame takes one line or more: its body count, then its bodies
+        # Refused before anything is allocated: a corrupt count such as 99999999999 is a format error, not a
+        # MemoryError that ends the whole preparation.
+        raise SkeletonFormatError(
+            source,
+            1,
+            f"frame count {num_frames} exceeds the {len(lines) - 1} lines after it (corrupt count or truncated file?)",
+        )
+    body_counts: list[int] = []  # Python ints: a corrupt count beyond int64 fails below as a truncated file
     body_ids: list[int] = []
     body_info: list[list[float]] = []
     joint_starts: list[int] = []
     for frame in range(num_frames):
-        body_counts[frame] = cursor.count(f"body count of frame {frame + 1}/{num_frames}")
-        for _ in range(body_counts[frame]):
+        body_counts.append(cursor.count(f"body count of frame {frame + 1}/{num_frames}"))
+        for _ in range(body_counts[-1]):
             tokens, line = cursor.values(BODY_VALUES, f"body line of frame {frame + 1}")
             body_ids.append(_body_id(tokens[0], source, line))
             body_info.append(parse_floats(tokens[1:], source, line))
@@ -191,7 +226,7 @@ def parse_skeleton(text: str, source: str | os.PathLike = "<text>") -> SkeletonR
         )
     joint_lines = [index for start in joint_starts for index in range(start, start + NUM_JOINTS)]
     return SkeletonRecording(
-        body_counts=body_counts,
+        body_counts=np.array(body_counts, dtype=np.int64),
         body_ids=np.array(body_ids, dtype=np.uint64),
         body_info=np.array(body_info, dtype=np.float64).reshape(-1, BODY_VALUES - 1),
         joints=parse_number_lines(lines, joint_lines, JOINT_VALUES, source).reshape(-1, NUM_JOINTS, JOINT_VALUES),

@@ -18,7 +18,7 @@ import numpy as np
 
 from .benchmarks import NWUCLA_ACTIONS, NWUCLA_JOINTS
 from .layouts import NUM_COORDS
-from .text_parsing import SkeletonFormatError
+from .text_parsing import SkeletonFormatError, describe_out_of_range, out_of_range
 
 NWUCLA_NAME = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})_v(\d{2})")
 NUM_VIEWS = 3
@@ -72,18 +72,22 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
         float64 array (T, 20, 3), T >= 1, joint positions in metres.
 
     Raises:
-        SkeletonFormatError: for invalid JSON (e.g. a truncated file; the line is the parser's), a missing or
-            ragged ``skeletons`` array, a frame without 20 joints of 3 values, non-numeric or non-finite
-            coordinates, no frame at all, or a ``label`` that disagrees with the file name.
+        SkeletonFormatError: for a file that is not UTF-8 or not valid JSON (e.g. a truncated file; the line is the
+            parser's), a missing or ragged ``skeletons`` array, a frame without 20 joints of 3 values, non-numeric,
+            non-finite or out-of-range coordinates (see :data:`~skeleton.data.text_parsing.MAX_ABS_VALUE`), no frame
+            at all, or a ``label`` that disagrees with the file name.
         ValueError: if the file name does not follow the NW-UCLA scheme.
         OSError: if the file cannot be read.
     """
     sample = NwuclaSampleId.parse(str(path))
-    text = Path(path).read_text(encoding="utf-8")
     try:
-        content = json.loads(text)
+        content = json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise SkeletonFormatError(path, error.lineno, f"invalid JSON: {error.msg} (column {error.colno})") from None
+    except UnicodeDecodeError as error:
+        raise SkeletonFormatError(path, 1, f"not UTF-8 text (byte {error.start}): {error.reason}") from None
+    except RecursionError:  # arrays nested thousands deep exhaust the parser's stack
+        raise SkeletonFormatError(path, 1, "invalid JSON: nested too deeply") from None
     if not isinstance(content, dict) or "skeletons" not in content:
         raise SkeletonFormatError(path, 1, 'expected a JSON object with a "skeletons" array')
     frames = content["skeletons"]
@@ -94,10 +98,17 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
             raise SkeletonFormatError(
                 path, 1, f"frame {number}/{len(frames)}: expected {NWUCLA_JOINTS} joints of {NUM_COORDS} numbers"
             )
-    joints = np.array(frames, dtype=np.float64)
-    if not np.isfinite(joints).all():
-        frame = int(np.flatnonzero(~np.isfinite(joints).all(axis=(1, 2)))[0]) + 1
-        raise SkeletonFormatError(path, 1, f"frame {frame}/{len(frames)}: non-finite coordinate")
+    try:
+        joints = np.array(frames, dtype=np.float64)
+    except OverflowError:  # an integer literal beyond float64, e.g. 1 followed by 400 zeros
+        joints = np.array([[[_as_float(value) for value in joint] for joint in frame] for frame in frames])
+    bad = out_of_range(joints)
+    if bad.any():
+        frame, joint, coordinate = (int(i) for i in np.argwhere(bad)[0])
+        value = frames[frame][joint][coordinate]
+        raise SkeletonFormatError(
+            path, 1, f"frame {frame + 1}/{len(frames)}, joint {joint + 1}: {describe_out_of_range(value)}"
+        )
     label = content.get("label")
     if label is not None and label != sample.label + 1:
         raise SkeletonFormatError(
@@ -133,6 +144,14 @@ def _is_frame(frame: object) -> bool:
             for joint in frame
         )
     )
+
+
+def _as_float(value: float) -> float:
+    """``float(value)``, or infinity for an integer too large for a float (refused as out of range then)."""
+    try:
+        return float(value)
+    except OverflowError:
+        return float("inf")
 
 
 def _describe(value: object) -> str:

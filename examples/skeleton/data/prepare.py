@@ -17,8 +17,8 @@ view 3 validates) with its native 20 Kinect v1 joints and one body: samples of s
 
 Files are parsed and pre-normalized in ``--workers`` processes; samples stream into ``.npy`` files opened
 with ``np.lib.format.open_memmap`` (re-opened per block, so memory stays bounded whatever the dataset size).
-Progress is saved after every block in ``OUT/.prepare/``: an interrupted run resumes where it stopped when
-started again with the same arguments. Malformed files are reported with file name and line, skipped and
+Progress is saved after every block in ``OUT/.prepare/state.npz`` (one file, replaced atomically): an interrupted
+run resumes where it stopped when started again with the same arguments. Malformed files are reported with file name and line, skipped and
 listed in the final summary; the exit code is 0 unless ``--strict`` is given and something was skipped.
 """
 
@@ -32,6 +32,7 @@ import os
 import pickle
 import shutil
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ import numpy as np
 from einops import rearrange
 from tqdm import tqdm
 
+from ..console import interactive
 from .benchmarks import (
     BENCHMARKS,
     FULL_FILE_COUNTS,
@@ -72,6 +74,7 @@ DATASETS = tuple(BENCHMARKS)
 PENDING, DONE, MALFORMED, EMPTY = 0, 1, 2, 3
 SUMMARY_FILE = "prepare_summary.json"
 WORK_DIR = ".prepare"
+STATE_FILE = "state.npz"  # in WORK_DIR: per candidate status and frame count, the fingerprint and the messages
 SAMPLES_PER_BATCH = 8  # files a worker parses and pre-normalizes per task
 SAMPLES_PER_WORKER_BLOCK = 64  # samples in flight per worker between two saves of the progress
 
@@ -106,7 +109,8 @@ def run_prepare(args: argparse.Namespace) -> int:
 
     Returns:
         Exit code: 0 on success (malformed files skipped and listed), 1 with ``--strict`` when files were
-        skipped as malformed, 2 on an error (missing input, bad arguments, a failed consistency check).
+        skipped as malformed, 2 on an error (missing input, bad arguments, an ``--out`` that cannot be written, a
+        failed consistency check, or any other file-system error, which names its file).
     """
     try:
         summary = prepare_dataset(
@@ -118,7 +122,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             pku_frames=args.pku_frames,
             progress=not args.quiet,
         )
-    except (FileNotFoundError, ValueError, PrepareError) as error:
+    except (OSError, ValueError, PrepareError) as error:
         print(f"prepare: error: {error}", file=sys.stderr)
         return 2
     print(summary.report())
@@ -242,7 +246,9 @@ def prepare_dataset(
 
     Raises:
         FileNotFoundError: if ``raw`` or a required file in it is missing, or it holds no skeleton file.
-        ValueError: for invalid arguments or an unreadable ignore list / PKU split file.
+        ValueError: for invalid arguments, an ``out`` that is a file or cannot be created or written, or an
+            unreadable ignore list / PKU split file.
+        OSError: if writing the outputs fails later (e.g. the disk is full).
         PrepareError: if, on the complete NTU (with the official ignore list) or NW-UCLA dataset, a split size differs
             from the published one.
     """
@@ -257,6 +263,7 @@ def prepare_dataset(
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
     if dataset in ("pku2", "nwucla") and ignore_list is not None:
         raise ValueError("--ignore-list applies to the NTU datasets only")
+    _check_writable(Path(out))
     if dataset == "pku2":
         scan = _scan_pku(raw, pku_frames)
     elif dataset == "nwucla":
@@ -271,6 +278,22 @@ def prepare_dataset(
         return summary
     writer.process(workers, progress)
     return writer.finalize()
+
+
+def _check_writable(out: Path) -> None:
+    """Create ``out`` if needed and write a probe file into it, before any work is done.
+
+    Raises:
+        ValueError: naming ``--out`` if it is a file, or cannot be created or written.
+    """
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file; expected a folder (created if missing)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise ValueError(f"--out {out}: cannot write there ({error.strerror}: {error.filename or out})") from None
 
 
 def read_ignore_list(path: str | os.PathLike) -> set[str]:
@@ -297,11 +320,34 @@ def read_ignore_list(path: str | os.PathLike) -> set[str]:
     return names
 
 
-def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
-    files = sorted(raw.rglob("*.skeleton"))
+def _find_files(raw: Path, suffix: str, scan: _Scan) -> list[Path]:
+    """The files named ``*<suffix>`` under ``raw``, searched recursively, sorted.
+
+    A folder that cannot be listed (no permission, an I/O error) is reported in ``scan.malformed``; the search
+    goes on without it (``Path.rglob`` would skip it silently, and its samples would be missing unannounced).
+
+    Raises:
+        FileNotFoundError: if no such file is found.
+    """
+
+    def unreadable(error: OSError) -> None:
+        scan.malformed.append(f"{error.filename}: folder not searched, it cannot be read ({error.strerror})")
+
+    files = [
+        Path(folder) / name
+        for folder, _, names in os.walk(raw, onerror=unreadable)
+        for name in names
+        if name.endswith(suffix)
+    ]
     if not files:
-        raise FileNotFoundError(f"no *.skeleton files under --raw {raw}")
+        unread = f" ({'; '.join(scan.malformed)})" if scan.malformed else ""
+        raise FileNotFoundError(f"no *{suffix} files under --raw {raw}{unread}")
+    return sorted(files)
+
+
+def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
     scan = _Scan()
+    files = _find_files(raw, ".skeleton", scan)
     seen: dict[str, Path] = {}
     for path in files:
         try:
@@ -327,7 +373,11 @@ def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
         candidate = _Candidate(sample.name, sample.action - 1, train, None, str(path))
         scan.jobs.append(_Job("ntu", str(path), ((len(scan.candidates), candidate),)))
         scan.candidates.append(candidate)
-    scan.ignore_ids_in_scope = sum(_in_scope(dataset, NtuSampleId.parse(name)) for name in ignore)
+    for name in ignore:
+        try:
+            scan.ignore_ids_in_scope += _in_scope(dataset, NtuSampleId.parse(name))
+        except ValueError:  # an id outside NTU's ranges names no file of any NTU dataset
+            pass
     return scan
 
 
@@ -387,10 +437,8 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
 
 
 def _scan_nwucla(raw: Path) -> _Scan:
-    files = sorted(raw.rglob("*.json"))
-    if not files:
-        raise FileNotFoundError(f"no *.json files under --raw {raw}")
     scan = _Scan()
+    files = _find_files(raw, ".json", scan)
     seen: dict[str, Path] = {}
     for path in files:
         try:
@@ -494,16 +542,16 @@ class _Writer:
         return PrepareSummary(**saved)
 
     def _resume(self) -> bool:
-        state = self.work / "state.json"
+        state = self.work / STATE_FILE
         if not state.is_file() or not all(self._partial(b, s).is_file() for b, s in self.members):
             return False
-        saved = json.loads(state.read_text())
-        if saved["fingerprint"] != self.fingerprint:
+        with np.load(state, allow_pickle=False) as saved:
+            meta = json.loads(str(saved["meta"]))
+            status, num_frames = saved["status"], saved["num_frames"]
+        if meta["fingerprint"] != self.fingerprint:
             self.log(f"discarding the unfinished preparation in {self.work}: its inputs differ")
             return False
-        self.status = np.load(self.work / "status.npy")
-        self.num_frames = np.load(self.work / "num_frames.npy")
-        self.messages = saved["messages"]
+        self.status, self.num_frames, self.messages = status, num_frames, meta["messages"]
         self.log(f"resuming: {int((self.status != PENDING).sum())} of {len(self.status)} samples already done")
         return True
 
@@ -521,10 +569,14 @@ class _Writer:
         self._save_state()
 
     def _save_state(self) -> None:
-        for name, array in (("status.npy", self.status), ("num_frames.npy", self.num_frames)):
-            _atomic_write(self.work / name, lambda handle, a=array: np.save(handle, a))
-        state = {"fingerprint": self.fingerprint, "messages": self.messages}
-        _atomic_write(self.work / "state.json", lambda handle: handle.write(json.dumps(state).encode()))
+        # One file, replaced atomically: statuses, frame counts and messages always come from the same save, so
+        # a kill at any moment leaves either the previous state or the new one, never a done sample without its
+        # frame count.
+        meta = np.array(json.dumps({"fingerprint": self.fingerprint, "messages": self.messages}))
+        _atomic_write(
+            self.work / STATE_FILE,
+            lambda handle: np.savez(handle, status=self.status, num_frames=self.num_frames, meta=meta),
+        )
 
     def process(self, workers: int, progress: bool) -> None:
         """Process every pending candidate, in order, saving progress after each block."""
@@ -537,7 +589,7 @@ class _Writer:
         jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
         block = SAMPLES_PER_WORKER_BLOCK * workers
         pool = multiprocessing.Pool(workers) if workers > 1 else None  # before tqdm starts its monitor thread
-        bar = tqdm(total=len(self.status) - done, unit="sample", disable=not progress, desc=f"prepare {self.dataset}")
+        bar = _Progress(len(self.status), done, f"prepare {self.dataset}", progress, self.log)
         try:
             for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
                 outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}
@@ -615,6 +667,41 @@ class _Writer:
                     f" (progress kept in {self.work})"
                 )
         return True
+
+
+class _Progress:
+    """Finished samples: a tqdm bar on a terminal; elsewhere (a job log, CI), where every redraw of a bar would be
+    kept, one line at each tenth of the total.
+
+    Args:
+        total: samples in all.
+        done: samples finished before (a resumed run).
+        description: label of the bar and the lines.
+        enabled: report progress at all.
+        log: receives the lines.
+    """
+
+    def __init__(self, total: int, done: int, description: str, enabled: bool, log: Callable[[str], None]) -> None:
+        self.bar = tqdm(
+            total=total, initial=done, unit="sample", desc=description, disable=not (enabled and interactive())
+        )
+        self.lines = enabled and not interactive()
+        self.total, self.done, self.description, self.log = total, done, description, log
+        self.tenths = self._tenths()
+
+    def _tenths(self) -> int:
+        return self.done * 10 // max(self.total, 1)
+
+    def update(self, count: int) -> None:
+        """Count ``count`` more finished samples."""
+        self.bar.update(count)
+        self.done += count
+        if self.lines and self._tenths() > self.tenths:
+            self.tenths = self._tenths()
+            self.log(f"{self.description}: {self.done}/{self.total} samples")
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _blocks(jobs: list[_Job], per_batch: int, per_block: int) -> Iterator[list[list[_Job]]]:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
+
+MAX_ABS_VALUE = 1e5
+"""Largest magnitude accepted for a number in a skeleton file. The files hold positions in metres (a Kinect tracks
+bodies up to about 8 m away), image coordinates in pixels (up to 1920), small integers and orientations; a larger
+value is corruption, and past 3.4e38 it would overflow the float32 arrays that ``prepare`` writes."""
 
 
 class SkeletonFormatError(ValueError):
@@ -30,7 +36,8 @@ def parse_number_lines(lines: list[str], indices: list[int], width: int, source:
         source: file name for error messages.
 
     Raises:
-        SkeletonFormatError: on a line with another number of values, or a non-numeric or non-finite value.
+        SkeletonFormatError: on a line with another number of values, or a non-numeric, non-finite or out-of-range
+            (:data:`MAX_ABS_VALUE`) value.
     """
     tokens = " ".join(lines[i] for i in indices).split()
     if len(tokens) == width * len(indices):
@@ -38,7 +45,7 @@ def parse_number_lines(lines: list[str], indices: list[int], width: int, source:
             values = np.array(tokens, dtype=np.float64).reshape(len(indices), width)
         except ValueError:
             values = None
-        if values is not None and np.isfinite(values).all():
+        if values is not None and not out_of_range(values).any():
             return values
     rows = []
     for index in indices:
@@ -50,10 +57,10 @@ def parse_number_lines(lines: list[str], indices: list[int], width: int, source:
 
 
 def parse_floats(tokens: list[str], source: str | os.PathLike, line: int) -> list[float]:
-    """Convert the tokens of one line to finite floats.
+    """Convert the tokens of one line to finite floats of magnitude at most :data:`MAX_ABS_VALUE`.
 
     Raises:
-        SkeletonFormatError: naming ``source`` and ``line`` on a non-numeric or non-finite token.
+        SkeletonFormatError: naming ``source`` and ``line`` on a non-numeric, non-finite or out-of-range token.
     """
     values = []
     for token in tokens:
@@ -61,7 +68,25 @@ def parse_floats(tokens: list[str], source: str | os.PathLike, line: int) -> lis
             value = float(token)
         except ValueError:
             raise SkeletonFormatError(source, line, f"non-numeric value {token!r}") from None
-        if not np.isfinite(value):
-            raise SkeletonFormatError(source, line, f"non-finite value {token!r}")
+        if out_of_range(np.float64(value)):
+            raise SkeletonFormatError(source, line, describe_out_of_range(token))
         values.append(value)
     return values
+
+
+def out_of_range(values: np.ndarray) -> np.ndarray:
+    """Mask of the values a skeleton file cannot hold: non-finite, or larger in magnitude than
+    :data:`MAX_ABS_VALUE`."""
+    return ~(np.abs(values) <= MAX_ABS_VALUE)  # NaN compares False, so it is out of range too
+
+
+def describe_out_of_range(value: object) -> str:
+    """The error message for a value :func:`out_of_range` refuses (``value`` as written in the file)."""
+    try:
+        finite = math.isfinite(float(value))
+    except OverflowError:  # an integer too large for a float is finite, only out of range
+        finite = True
+    text = str(value)
+    shown = text if len(text) <= 24 else f"{text[:12]}...({len(text)} characters)"
+    kind = "out-of-range" if finite else "non-finite"
+    return f"{kind} value {shown!r} (expected a finite number of magnitude <= {MAX_ABS_VALUE:g})"
