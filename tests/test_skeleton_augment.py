@@ -11,9 +11,11 @@ from skeleton.data.augment import (
     MODALITIES,
     center_crop_resize,
     center_crop_windows,
+    corrupted_joints,
     crop_resize,
     joint_corruption,
     pretrain_view,
+    random_rotation,
     sample_crop_windows,
     shear,
     shear_or_corrupt,
@@ -22,7 +24,7 @@ from skeleton.data.augment import (
     to_modality,
     to_motion,
 )
-from skeleton.data.layouts import KINECT_V2_BONE_PAIRS_1BASED
+from skeleton.data.layouts import KINECT_V1_BONE_PAIRS_1BASED, KINECT_V2_BONE_PAIRS_1BASED
 
 
 def _batch(batch=6, frames=120, seed=0):
@@ -184,6 +186,56 @@ def test_pretrain_view_shapes_dtypes():
     assert linear.shape == view.shape
     too_long = torch.full((5,), 1000)  # counts beyond the frame axis are clamped to it
     assert torch.equal(center_crop_resize(x, too_long, ratio=1.0), center_crop_resize(x, torch.full((5,), 300), 1.0))
+
+
+def test_kinect_v1_single_body_views():
+    """20 joints x 1 body (NW-UCLA): corruption touches 12 of the 20 joints, bones follow the Kinect v1 tree."""
+    generator = torch.Generator().manual_seed(11)
+    x = torch.randn((300, 3, 4, 20, 1), generator=generator)
+    out = shear_or_corrupt(x, generator=generator)
+    changed = [sum(not torch.equal(a[:, :, v], b[:, :, v]) for v in range(20)) for a, b in zip(x, out)]
+    assert corrupted_joints(20) == 12 and corrupted_joints(25) == 15
+    assert {count for count in changed} <= {12, 20} and 0.4 < np.mean([c == 12 for c in changed]) < 0.6
+    view = pretrain_view(x, torch.full((300,), 4), out_frames=8, crop_min_frames=1, generator=generator)
+    assert view.shape == (300, 3, 8, 20, 1)
+    bone = to_bone(x)
+    for joint, parent in KINECT_V1_BONE_PAIRS_1BASED:
+        torch.testing.assert_close(bone[..., joint - 1, :], x[..., joint - 1, :] - x[..., parent - 1, :])
+    with pytest.raises(ValueError, match="no skeleton layout has 18 joints"):
+        to_bone(torch.zeros(1, 3, 2, 18, 1))
+
+
+def test_random_rotation_is_a_rotation_within_the_bound():
+    generator = torch.Generator().manual_seed(12)
+    x = torch.randn((500, 3, 2, 20, 1), dtype=torch.float64, generator=generator)
+    out = random_rotation(x, 17.0, generator=torch.Generator().manual_seed(13))
+    again = random_rotation(x, 17.0, generator=torch.Generator().manual_seed(13))
+    assert torch.equal(out, again)
+    flat_in, flat_out = x.reshape(500, 3, -1), out.reshape(500, 3, -1)
+    matrices = flat_out @ torch.linalg.pinv(flat_in)
+    eye = torch.eye(3, dtype=torch.float64).expand(500, 3, 3)
+    torch.testing.assert_close(matrices @ matrices.transpose(1, 2), eye, atol=1e-8, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(matrices), torch.ones(500, dtype=torch.float64))
+    # R = Rz Ry Rx with every angle in [-17, 17] degrees: the total turn angle is at most ~29.3 degrees, and
+    # R[2, 0] = -sin(angle about y) recovers that angle's distribution, U(-17, 17).
+    turn = torch.rad2deg(torch.arccos(((matrices.diagonal(dim1=1, dim2=2).sum(-1) - 1) / 2).clamp(-1, 1)))
+    assert turn.max() <= 29.4
+    about_y = torch.rad2deg(torch.arcsin(-matrices[:, 2, 0]))
+    assert about_y.abs().max() <= 17.0 + 1e-6 and about_y.abs().mean() == pytest.approx(8.5, abs=0.8)
+
+
+def test_pretrain_view_options():
+    x, num_frames = _batch(batch=64, frames=60, seed=3)
+    generator = torch.Generator().manual_seed(14)
+    plain = pretrain_view(x, num_frames, shear=0.0, corrupt_prob=0.0, out_frames=60, crop_min_ratio=1.0,
+                          crop_min_frames=60, generator=generator)  # fmt: skip
+    # no shear, no corruption, whole valid range: the crop-resize of the valid frames alone
+    torch.testing.assert_close(plain, crop_resize(x, torch.zeros(64, dtype=torch.long), num_frames, 60))
+    # the defaults are the released recipe, draw for draw
+    default = pretrain_view(x, num_frames, generator=torch.Generator().manual_seed(15))
+    generator = torch.Generator().manual_seed(15)
+    released = shear_or_corrupt(temporal_crop_resize(x, num_frames, generator=generator), generator=generator)
+    assert torch.equal(default, released) and default.shape == (64, 3, 64, 25, 2)
 
 
 def test_modalities():

@@ -2,13 +2,14 @@
 
 import pytest
 import torch
-from skeleton.data.layouts import KINECT_V2
+from skeleton.data.layouts import KINECT_V1, KINECT_V2
 from skeleton.models.encoders import (
     ENCODERS,
     EmbeddingNet,
     PairedGRU,
     RecurrentEncoder,
     STGCNEncoder,
+    TemporalConvEncoder,
     build_encoder,
     flatten_frames,
     spatial_partitions,
@@ -71,12 +72,15 @@ def test_bidirectional_feature_is_final_state_of_each_direction():
     torch.testing.assert_close(encoder(x), expected)
 
 
+@pytest.mark.parametrize("joints, bodies", [(25, 2), (20, 1)])
 @pytest.mark.parametrize("name", ENCODERS)
-def test_encoders_shapes_and_gradients(name):
+def test_encoders_shapes_and_gradients(name, joints, bodies):
     torch.manual_seed(0)
-    backbone = build_encoder(name, hidden_size=16, num_layers=2, stgcn_width=8)
+    backbone = build_encoder(
+        name, num_joints=joints, num_bodies=bodies, hidden_size=16, num_layers=2, stgcn_width=8, tcn_width=8
+    )
     net = EmbeddingNet(backbone, embed_dim=12)
-    x = torch.randn(4, 3, 32, 25, 2)
+    x = torch.randn(4, 3, 32, joints, bodies)
     out = net(x)
     assert out.shape == (4, 12)
     assert backbone(x).shape == (4, backbone.feature_dim)
@@ -84,9 +88,42 @@ def test_encoders_shapes_and_gradients(name):
     assert all(p.grad is not None for p in net.parameters())
 
 
-def test_unknown_encoder():
+def test_unknown_encoder_or_layout():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder("lstm")
+    with pytest.raises(ValueError, match="no skeleton layout has 18 joints"):
+        build_encoder("stgcn", num_joints=18)
+
+
+def test_kinect_v1_graph_is_a_tree_rooted_at_the_shoulder_centre():
+    parts = spatial_partitions(KINECT_V1.bone_parents, KINECT_V1.graph_center)
+    assert parts.shape == (3, 20, 20)
+    support = (parts.sum(dim=0) > 0).int()
+    assert torch.equal(support, support.T) and int(support.sum()) == 20 + 2 * 19
+    # Kinect v1's first 20 joints mean NTU's first 20: every bone between two of them is the same in both
+    # layouts, except those NTU routes through the spine shoulder (joint 21), which Kinect v1 lacks.
+    for joint, parent in enumerate(KINECT_V2.parents[:20]):
+        if parent < 20:
+            assert KINECT_V1.parents[joint] == parent, KINECT_V1.joint_names[joint]
+        else:
+            assert KINECT_V1.parents[joint] == KINECT_V1.index["shoulder_center"]
+
+
+def test_temporal_conv_encoder_sees_velocities():
+    """A sequence and the same sequence shifted by a constant offset differ only in positions: the encoder's
+    input holds both positions and frame-to-frame velocities (0 for the first frame)."""
+    encoder = TemporalConvEncoder(width=4, num_joints=20, num_bodies=1)
+    seen = []
+    encoder.input_norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+    x = torch.randn(2, 3, 10, 20, 1)
+    encoder.eval()(x)
+    channels = seen[0]
+    assert channels.shape == (2, 2 * 60, 10)
+    positions, velocities = channels.split(60, dim=1)
+    torch.testing.assert_close(positions, flatten_frames(x).transpose(1, 2))
+    torch.testing.assert_close(velocities[:, :, 1:], positions.diff(dim=2))
+    assert velocities[:, :, 0].abs().max() == 0
+    assert encoder.feature_dim == 8
 
 
 def test_spatial_partitions_average_neighbours():

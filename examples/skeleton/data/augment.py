@@ -226,15 +226,18 @@ def random_rotation(x: torch.Tensor, max_degrees: float, *, generator: torch.Gen
     Returns:
         Tensor like ``x``.
     """
-    angles = torch.deg2rad((2 * torch.rand((len(x), 3), generator=generator, device=x.device) - 1) * max_degrees)
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
-    rotation = torch.eye(3, device=x.device, dtype=x.dtype).expand(len(x), 3, 3)
+    precise = torch.promote_types(x.dtype, torch.float32)  # no bfloat16 trigonometry
+    draws = torch.rand((len(x), 3), generator=generator, device=x.device).to(precise)
+    angles = torch.deg2rad((2 * draws - 1) * max_degrees)
+    cos, sin = angles.cos(), angles.sin()
+    rotation = torch.eye(3, device=x.device, dtype=precise).expand(len(x), 3, 3)
     for axis in range(3):  # about x, then y, then z: R = Rz Ry Rx
         i, j = [a for a in range(3) if a != axis]
-        turn = torch.eye(3, device=x.device, dtype=x.dtype).repeat(len(x), 1, 1)
+        turn = torch.eye(3, device=x.device, dtype=precise).repeat(len(x), 1, 1)
         turn[:, i, i], turn[:, i, j] = cos[:, axis], -sin[:, axis]
         turn[:, j, i], turn[:, j, j] = sin[:, axis], cos[:, axis]
         rotation = turn @ rotation
+    rotation = rotation.to(x.dtype)
     return _transform_joints(x, rotation, None)
 
 
