@@ -62,8 +62,8 @@ def test_crop_resize_matches_per_sample_interpolation():
 def test_center_crop_matches_formula():
     num_frames = torch.tensor([1, 2, 40, 100, 300])
     start, length = center_crop_windows(num_frames, 0.95)
-    for n, s, l in zip(num_frames.tolist(), start.tolist(), length.tolist()):
-        assert s == int((1 - 0.95) * n / 2) and l == n - 2 * s
+    for n, s, size in zip(num_frames.tolist(), start.tolist(), length.tolist()):
+        assert s == int((1 - 0.95) * n / 2) and size == n - 2 * s
     x, counts = _batch()
     out = center_crop_resize(x.double(), counts)
     start, length = center_crop_windows(counts)
