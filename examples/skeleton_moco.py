@@ -24,9 +24,11 @@ from typing import Callable, Optional
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the `skeleton` package next to this file
 
 from skeleton import commands  # noqa: E402
+from skeleton.bounds import bounded  # noqa: E402
 from skeleton.config import AMP_MODES, PRESETS, add_config_arguments  # noqa: E402
 from skeleton.data.datasets import DATASET_NAMES  # noqa: E402
 from skeleton.data.prepare import add_prepare_arguments, run_prepare  # noqa: E402
+from skeleton.fileio import InputError  # noqa: E402
 
 # command -> (handler, config sections with flags, sections whose flags carry no prefix, help)
 COMMANDS: dict[str, tuple[Callable[[argparse.Namespace], int], tuple[str, ...], tuple[str, ...], str]] = {
@@ -60,11 +62,15 @@ def _add_common_arguments(parser: argparse.ArgumentParser, resumable: bool) -> N
     group.add_argument("--out", help="run folder (default: a new folder under runs/)")
     group.add_argument("--preset", choices=PRESETS, help="cpu for synthetic data, paper otherwise (default)")
     group.add_argument("--device", help="cuda, cpu, cuda:1, ... (default: cuda when available)")
-    group.add_argument("--seed", type=int, help="seed of initialization, data order and augmentations")
+    group.add_argument("--seed", type=bounded(int, "seed"), help="seed of initialization, data order and augmentations")
     group.add_argument("--amp", choices=AMP_MODES, help="mixed precision (default none)")
-    group.add_argument("--num-workers", type=int, help="DataLoader worker processes")
-    group.add_argument("--threads", type=int, help="CPU threads of torch ops (default: the preset's, else torch's)")
-    group.add_argument("--max-steps", type=int, help="stop after this many training steps (smoke tests)")
+    group.add_argument("--num-workers", type=bounded(int, "num_workers"), help="DataLoader worker processes")
+    group.add_argument(
+        "--threads", type=bounded(int, "threads"), help="CPU threads of torch ops (default: the preset's, else torch's)"
+    )
+    group.add_argument(
+        "--max-steps", type=bounded(int, "max_steps"), help="stop after this many training steps (smoke tests)"
+    )
     group.add_argument("--init-from", help="checkpoint to start from (evaluation: the pretrained encoder)")
     if resumable:
         group.add_argument("--resume", help="continue the run of this checkpoint exactly where it stopped")
@@ -84,12 +90,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run a command; returns its exit code.
+
+    Exit codes: 0 success, 1 ``prepare --strict`` with skipped files, 2 a usage error (argparse) or an input that
+    is not what it must be (a missing or truncated data file, an unreadable checkpoint, another dataset's folder:
+    one line naming the path on stderr, no traceback), 130 an interrupted pretraining (checkpoint saved).
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if args.command == "prepare":
         return run_prepare(args)
-    if args.command is None:
-        return commands.pipeline_command(args)
-    return COMMANDS[args.command][0](args)
+    try:
+        if args.command is None:
+            return commands.pipeline_command(args)
+        return COMMANDS[args.command][0](args)
+    except (InputError, FileNotFoundError) as error:
+        print(f"{parser.prog}{f' {args.command}' if args.command else ''}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -169,6 +169,7 @@ def _write_custom_folder(folder, num_joints=20, num_bodies=1, classes=3, per_cla
         data = rng.normal(0, 0.01, size=(len(labels), 3, frames, num_joints, num_bodies)).astype(np.float32)
         for i, label in enumerate(labels):
             data[i, label % 3, :, 4:12] += np.sin(t * (label + 1) / 6)[:, None, None]
+        data[:, :, 0, 1, 0] = 0.0  # body 0's spine mid at the origin in frame 0, as in pre-normalized data
         np.save(folder / f"{split}_data_joint.npy", data)
         np.save(folder / f"{split}_num_frame.npy", rng.integers(frames // 2, frames + 1, len(labels)))
         with open(folder / f"{split}_label.pkl", "wb") as handle:

@@ -3,20 +3,41 @@ error naming its file, line or flag; nothing non-finite or out of range is ever 
 nothing half-done; logs stay small off a terminal."""
 
 import argparse
+import dataclasses
+import io
+import json
 import os
 import pickle
 import re
+import shutil
+import subprocess
+import sys
+import typing
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 import skeleton.data.prepare as prepare_module
+import skeleton_moco
+import torch
+from skeleton.bounds import SETTING_BOUNDS
+from skeleton.config import PRESETS, SECTIONS, preset_config
 from skeleton.data.datasets import load_dataset
 from skeleton.data.ntu_format import NtuSampleId, parse_skeleton
 from skeleton.data.nwucla_format import read_nwucla, write_nwucla
+from skeleton.data.prenormalize import prenormalize
 from skeleton.data.prepare import add_prepare_arguments, prepare_dataset, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
 from skeleton.data.synthetic_files import write_ntu_skeleton_files, write_pku_files
 from skeleton.data.text_parsing import SkeletonFormatError
+from skeleton.fileio import InputError
+from skeleton.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint
+from skeleton.training.loop import ProgressBar
+from skeleton.training.runlog import update_metrics
+from test_skeleton_pipeline import TINY_FLAGS, TINY_MODEL_FLAGS, TINY_PRETRAIN_FLAGS
+
+ROOT = Path(__file__).resolve().parent.parent
 
 CONFIG = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=3, repetitions=2, max_frames=30, min_frames=12)
 FIRST_JOINT_LINE = 5  # 1-based: frame count, body count, body line, joint count, then the first joint
@@ -232,12 +253,19 @@ def test_unwritable_out_and_a_write_failure_midway_exit_2(tmp_path, samples, mon
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(samples, tmp_path_factory):
-    """A raw NTU folder and the arrays of its uninterrupted preparation."""
-    folder = tmp_path_factory.mktemp("uninterrupted")
+def prepared(samples, tmp_path_factory):
+    """A raw NTU folder of the synthetic samples and its uninterrupted preparation as ``ntu60`` (do not modify)."""
+    folder = tmp_path_factory.mktemp("prepared")
     write_ntu_skeleton_files(samples, folder / "raw")
-    _prepare("ntu60", folder / "raw", folder / "out")
-    return folder / "raw", {p.relative_to(folder / "out"): a for p, a in _prepared_arrays(folder / "out").items()}
+    _prepare("ntu60", folder / "raw", folder / "ntu60")
+    return folder / "raw", folder / "ntu60"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(prepared):
+    """The raw folder, and the arrays of its uninterrupted preparation by path relative to the output folder."""
+    raw, out = prepared
+    return raw, {path.relative_to(out): array for path, array in _prepared_arrays(out).items()}
 
 
 @pytest.mark.parametrize("killed_at", [3, 5, 9, 14, 17])
@@ -268,3 +296,248 @@ def test_a_kill_at_any_file_replacement_then_a_rerun_gives_the_uninterrupted_out
         np.testing.assert_array_equal(resumed[path], array, err_msg=str(path))
         if path.name.endswith("_num_frame.npy"):
             assert resumed[path].min() >= 1
+
+
+# -- item 11: another dataset's folder is refused -------------------------------------------------------------
+
+
+def test_ntu120_named_on_prepared_ntu60_is_refused(prepared, tmp_path, capsys):
+    _, out = prepared
+    with pytest.raises(InputError, match=f"dataset ntu120-xsub, but {re.escape(str(out / 'xsub'))} was prepared"):
+        load_dataset("ntu120-xsub", "train", out)
+    copied = tmp_path / "copied"
+    shutil.copytree(out / "xsub", copied / "xsub")  # without prepare_summary.json: judged by its content
+    with pytest.raises(InputError, match=r"holds NTU-60 data: labels 0-3 and setups up to S001 \(NTU-120 has 120"):
+        load_dataset("ntu120-xsub", "val", copied)
+    run = ["--device", "cpu", "--out", str(tmp_path / "run")]
+    assert skeleton_moco.main(["pretrain", "--dataset", "ntu120-xsub", "--data-root", str(out), *run]) == 2
+    assert "pretrain: error: dataset ntu120-xsub, but " in capsys.readouterr().err
+    assert len(load_dataset("ntu60-xsub", "train", copied)) > 0  # the right name still loads
+
+
+def test_other_layouts_and_label_ranges_are_refused(tmp_path, samples):
+    raw = tmp_path / "all_sqe"
+    raw.mkdir()
+    for view in (1, 2, 3):
+        write_nwucla(
+            raw / f"a01_s01_e00_v0{view}.json", np.tile(np.linspace(0.1, 1.0, 60).reshape(1, 20, 3), (4, 1, 1))
+        )
+    _prepare("nwucla", raw, tmp_path / "nwucla")
+    with pytest.raises(InputError, match="was prepared from nwucla"):
+        load_dataset("ntu60-xview", "train", tmp_path / "nwucla")
+    shutil.copytree(tmp_path / "nwucla" / "xview", tmp_path / "copied" / "xview")
+    with pytest.raises(InputError, match=r"dataset ntu60-xview has 25 joints x 2 bodies, but .* holds 20 x 1"):
+        load_dataset("ntu60-xview", "train", tmp_path / "copied")
+    write_ntu_skeleton_files(
+        samples._replace(names=[f"{n[:-3]}{60 + int(n[-3:]):03d}" for n in samples.names]), tmp_path / "raw120"
+    )
+    _prepare("ntu120", tmp_path / "raw120", tmp_path / "ntu120")
+    shutil.copytree(tmp_path / "ntu120" / "xsub", tmp_path / "copied120" / "xsub")
+    with pytest.raises(InputError, match=r"labels must be in \[0, 60\), got \[60, 63\]"):
+        load_dataset("ntu60-xsub", "train", tmp_path / "copied120")
+
+
+# -- issue 11, item 5: SkeletonCLR and AimCLR outputs -----------------------------------------------------------
+
+
+def _write_pickle(path, content):
+    with open(path, "wb") as handle:
+        pickle.dump(content, handle)
+
+
+def test_skeletonclr_gendata_output_in_camera_coordinates_is_prenormalized_on_read(tmp_path, samples):
+    np.save(tmp_path / "train_data.npy", samples.data)  # ntu_gendata writes the raw positions, zero-padded
+    _write_pickle(tmp_path / "train_label.pkl", ([f"{n}.skeleton" for n in samples.names], samples.labels.tolist()))
+    with pytest.warns(UserWarning, match=r"train_data.npy is in camera coordinates .* pre-normalized as it is read"):
+        dataset = load_dataset("ntu60-xview", "train", tmp_path)
+    expected = prenormalize(samples.data)
+    for i in range(0, len(dataset), 7):
+        x, count, label = dataset[i]
+        valid = np.flatnonzero(np.any(samples.data[i] != 0, axis=(0, 2, 3)))
+        assert int(count) == valid[-1] + 1 and label == samples.labels[i]
+        np.testing.assert_allclose(x.numpy(), expected[i], atol=1e-5)
+
+
+def test_aimclr_preprocess_output_is_read(tmp_path, samples):
+    spine_shoulder = 20
+    relative = samples.data - samples.data[:, :, :, spine_shoulder : spine_shoulder + 1]  # AimCLR's "relative"
+    np.save(tmp_path / "val_position.npy", relative)
+    np.save(tmp_path / "val_motion.npy", np.zeros_like(relative))
+    np.save(tmp_path / "val_label.npy", samples.labels.reshape(-1, 1))  # int64 (N, 1), no names, no pickle
+    with pytest.warns(UserWarning, match=r"val_position.npy is centred, but not by the 2s-AGCN .* used as it is"):
+        dataset = load_dataset("ntu60-xsub", "val", tmp_path)
+    assert dataset.names[:2] == ["val_000000", "val_000001"] and len(dataset) == len(samples.names)
+    np.testing.assert_array_equal(dataset.labels, samples.labels)
+    np.testing.assert_array_equal(dataset[5][0].numpy(), relative[5])
+    np.save(tmp_path / "val_label.npy", np.zeros((len(relative), 2), dtype=np.int64))
+    with pytest.raises(InputError, match=r"val_label.npy: expected equally long names and integer labels"):
+        load_dataset("ntu60-xsub", "val", tmp_path)
+
+
+def test_prepared_data_loads_without_warnings(prepared):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(load_dataset("ntu60-xview", "val", prepared[1])) > 0
+
+
+# -- item 12: flags, checkpoints, truncated files, metrics.json -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["pretrain", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
+        (["pretrain", "--epochs", "-3"], "argument --epochs: expected an integer >= 1, got '-3'"),
+        (["pretrain", "--lr", "nan"], "argument --lr: expected a finite number > 0, got 'nan'"),
+        (["pretrain", "--lam", "1.5"], "argument --lam: expected a finite number in [0, 1], got '1.5'"),
+        (["pretrain", "--temperature", "0"], "argument --temperature: expected a finite number >= 1e-06, got '0'"),
+        (["pretrain", "--lr-milestones", "10", "-1"], "argument --lr-milestones: expected an integer >= 0, got '-1'"),
+        (["pretrain", "--queue-size", "many"], "argument --queue-size: expected an integer >= 1, got 'many'"),
+        (["--linear-batch-size", "0"], "argument --linear-batch-size: expected an integer >= 1, got '0'"),
+        (["semi", "--ratio", "0"], "argument --ratio: expected a finite number in (0, 1], got '0'"),
+        (["knn", "--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got '-1'"),
+        (["pretrain", "--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
+        (["supervised", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
+    ],
+)
+def test_nonsense_numeric_flags_are_argparse_errors_naming_the_flag(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        skeleton_moco.main(argv)
+    assert stop.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_every_numeric_setting_has_bounds_that_hold_the_presets():
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for spec in dataclasses.fields(cls):
+            numeric = hints[spec.name] in (int, float) or typing.get_origin(hints[spec.name]) is tuple
+            if spec.metadata["flag"] and numeric:
+                assert spec.name in SETTING_BOUNDS, f"{section}.{spec.name} has a flag but no bounds"
+    for preset in PRESETS:
+        for dataset in ("synthetic", "ntu60-xsub", "pku2-xsub", "nwucla"):
+            cfg = preset_config(preset, dataset)
+            for section in SECTIONS:
+                for name, value in dataclasses.asdict(getattr(cfg, section)).items():
+                    for item in value if isinstance(value, (tuple, list)) else (value,):
+                        if name in SETTING_BOUNDS:
+                            assert SETTING_BOUNDS[name].contains(item), (preset, dataset, section, name, item)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", r"is unreadable \(EOFError: "),
+        (bytes(range(256)) * 4, "is unreadable"),
+        ({"model": {}}, "lacks 'config', 'criterion'"),
+        ([1, 2], "holds a list"),
+    ],
+)
+def test_resume_or_init_from_a_bad_checkpoint_names_the_file(tmp_path, capsys, content, message):
+    path = tmp_path / "last.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    with pytest.raises(InputError, match=f"checkpoint {re.escape(str(path))} {message}"):
+        load_checkpoint(path)
+    assert skeleton_moco.main(["pretrain", "--resume", str(path), "--device", "cpu"]) == 2
+    assert f"pretrain: error: checkpoint {path} " in capsys.readouterr().err
+    assert skeleton_moco.main(["knn", "--init-from", str(path), "--device", "cpu"]) == 2
+    assert f"knn: error: checkpoint {path} " in capsys.readouterr().err
+
+
+def test_checkpoint_with_an_unreadable_configuration(tmp_path):
+    path = tmp_path / "last.pt"
+    torch.save({key: {} for key in CHECKPOINT_KEYS} | {"config": {"no_such_setting": 1}}, path)
+    with pytest.raises(InputError, match="this version cannot read its configuration .*no_such_setting"):
+        load_checkpoint(path)
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("train_data_joint.npy", "truncated .npy file: "),
+        ("train_num_frame.npy", "truncated .npy file: "),
+        ("train_label.pkl", "unreadable label pickle"),
+    ],
+)
+def test_truncated_files_are_errors_that_name_them(prepared, tmp_path, capsys, name, message):
+    root = tmp_path / "ntu60"
+    shutil.copytree(prepared[1], root)
+    path = root / "xsub" / name
+    path.write_bytes(path.read_bytes()[:-5])
+    with pytest.raises(InputError, match=f"{re.escape(str(path))}: {message}"):
+        load_dataset("ntu60-xsub", "train", root)
+    run = ["--device", "cpu", "--out", str(tmp_path / "run")]
+    assert skeleton_moco.main(["pretrain", "--dataset", "ntu60-xsub", "--data-root", str(root), *run]) == 2
+    assert f"pretrain: error: {path}: {message}" in capsys.readouterr().err
+
+
+def test_metrics_json_is_replaced_atomically_and_a_corrupt_one_set_aside(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.json"
+    update_metrics(path, knn_top1=0.5)
+
+    def killed(source, target):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "replace", killed)
+        with pytest.raises(KeyboardInterrupt):
+            update_metrics(path, linear_top1=0.7)
+    assert json.loads(path.read_text()) == {"knn_top1": 0.5}  # the kill left the previous file whole
+    path.write_text('{"knn_top1": 0.5, "linear_hi')  # half-written, as the former in-place write could leave it
+    with pytest.warns(UserWarning, match=r"metrics.json is unreadable \(.*\); moved to .*metrics.json.corrupt"):
+        assert update_metrics(path, linear_top1=0.7) == {"linear_top1": 0.7}
+    assert json.loads(path.read_text()) == {"linear_top1": 0.7}
+    assert (tmp_path / "metrics.json.corrupt").read_text().startswith('{"knn_top1": 0.5, "linear_hi')
+
+
+# -- issue 11, item 6: progress off a terminal ------------------------------------------------------------------
+
+
+class FakeTerminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bars_on_a_terminal_lines_elsewhere(tmp_path, monkeypatch):
+    for stream, drawn in ((FakeTerminal(), True), (io.StringIO(), False)):
+        monkeypatch.setattr(sys, "stderr", stream)
+        bar = ProgressBar(range(4), 4, 8, "pretrain 1/1", enabled=True)
+        for _ in bar:
+            bar.update(loss=1.0)
+        bar.close()
+        assert ("\r" in stream.getvalue()) == drawn and bar.line_based == (not drawn)
+        write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(40)), tmp_path / f"raw{drawn}")
+        lines = []
+        prepare_dataset("ntu60", tmp_path / f"raw{drawn}", tmp_path / f"out{drawn}", progress=True, log=lines.append)
+        progress = [line for line in lines if line.startswith("prepare ntu60: ")]
+        assert ("\r" in stream.getvalue()) == drawn
+        assert progress == ([] if drawn else [f"prepare ntu60: {n}/40 samples" for n in (8, 16, 24, 32, 40)])
+
+
+def test_a_job_log_gets_one_line_per_epoch_and_a_resume_survives_a_corrupt_metrics_json(tmp_path):
+    """The pipeline resumed with its output in a file, as in a batch job: no carriage-return flood, one line per
+    epoch of pretraining and of the linear probe; the corrupt metrics.json of the first run is set aside."""
+    run = tmp_path / "run"
+    tiny = [*TINY_FLAGS, *TINY_MODEL_FLAGS, *TINY_PRETRAIN_FLAGS, "--knn-every", "0", "--halp-start-epoch", "1"]
+    assert skeleton_moco.main(["pretrain", *tiny, "--epochs", "1", "--out", str(run)]) == 0
+    (run / "metrics.json").write_text('{"dataset": "synth')
+    log = tmp_path / "job.log"
+    with open(log, "w") as handle:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "--resume", str(run / "checkpoints" / "last.pt"),
+             "--epochs", "3", "--linear-epochs", "2", "--linear-batch-size", "16"],
+            stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path,
+        )  # fmt: skip
+    text = log.read_text()
+    assert result.returncode == 0, text
+    assert "\r" not in text and len(text) < 8_000, text
+    assert [line.split()[0] for line in text.splitlines() if line.startswith("epoch=")] == ["epoch=2", "epoch=3"]
+    assert [line.split()[:2] for line in text.splitlines() if line.startswith("linear ")] == [
+        ["linear", "1/2"],
+        ["linear", "2/2"],
+    ]
+    assert "metrics.json is unreadable" in text and (run / "metrics.json.corrupt").is_file()
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["pretrain_history"]) == 3 and 0.0 <= metrics["linear_top1"] <= 1.0

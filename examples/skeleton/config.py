@@ -20,6 +20,7 @@ import torch
 
 from halp_loss.functional import OBJECTIVES
 from halp_loss.loss import ESTIMATORS
+from skeleton.bounds import bounded
 from skeleton.data.datasets import SkeletonDataset, load_dataset
 from skeleton.data.synthetic import SyntheticConfig
 from skeleton.models.encoders import ENCODERS
@@ -236,10 +237,11 @@ def add_config_arguments(
             kind = hints[spec.name]
             kwargs: dict[str, Any] = {"dest": f"{section}.{spec.name}", "default": None, "help": spec.metadata["help"]}
             if typing.get_origin(kind) is tuple:
-                kwargs.update(type=int, nargs="*", metavar="EPOCH")
+                kwargs.update(type=bounded(int, spec.name), nargs="*", metavar="EPOCH")
             else:
                 choices = spec.metadata["choices"]
-                kwargs.update(type=kind, choices=choices, metavar=None if choices else spec.name.upper())
+                parse = bounded(kind, spec.name) if kind in (int, float) else kind  # out of range: argparse error
+                kwargs.update(type=parse, choices=choices, metavar=None if choices else spec.name.upper())
             group.add_argument(_flag(section, spec.name, unprefixed), **kwargs)
 
 

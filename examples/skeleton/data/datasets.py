@@ -12,7 +12,16 @@ Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_fr
 (``DATA_ROOT/ntu60``) or straight at a benchmark folder (``DATA_ROOT/ntu60/xsub``). Folders in the
 SkeletonCLR / AimCLR layout (``{split}_position.npy`` or ``{split}_data.npy`` or a ``{split}_data_joint.npy``
 without ``num_frame`` file, plus ``{split}_label.pkl``; 50 or 300 frames) are accepted too; their valid
-frame counts are derived from the data (last non-zero frame + 1).
+frame counts are derived from the data (last non-zero frame + 1). AimCLR's ``feeder/preprocess_ntu`` output,
+``{split}_position.npy`` with ``{split}_label.npy`` (int64 (N, 1), no sample names), is read with the names
+``{split}_000000``, ``{split}_000001``, ...
+
+Positions are checked on a sample of the data (body 0's spine mid in frame 0, see
+:func:`~skeleton.data.prenormalize.coordinate_frame`): data in camera coordinates (SkeletonCLR's
+``tools/ntu_gendata`` writes ``{split}_data.npy`` so) is pre-normalized sample by sample as it is read, with a
+warning; data centred another way (AimCLR's relative positions) is used as it is, with a warning. A folder that
+holds another dataset than the one named (labels, layout or its ``prepare_summary.json`` disagree; NTU-60 data
+named NTU-120) is refused with :class:`~skeleton.fileio.InputError`, as is a truncated or unreadable file.
 
 ``custom`` is any such folder (``data_root`` points straight at it): joints V and bodies M come from the arrays
 (V = 25 for Kinect v2, 20 for Kinect v1; any M), the number of classes from the labels of both splits.
@@ -22,19 +31,24 @@ Label pickles are unpickled: only load folders you trust.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from .benchmarks import NUM_CLASSES, SPLITS
-from .files import data_file, label_file, num_frame_file
+from ..fileio import InputError, load_npy
+from .benchmarks import NTU60_MAX_ACTION, NTU60_MAX_SETUP, NUM_CLASSES, PREPARED_SLOTS, SPLITS
+from .files import SUMMARY_FILE, data_file, label_file, num_frame_file
 from .layouts import NUM_COORDS, SkeletonLayout, layout_for
-from .prenormalize import prenormalize
+from .ntu_format import NtuSampleId
+from .prenormalize import coordinate_frame, prenormalize
 from .synthetic import SyntheticConfig, generate_synthetic, split_indices
 
 DATASET_NAMES: tuple[str, ...] = (
@@ -50,6 +64,9 @@ DATASET_NAMES: tuple[str, ...] = (
 )
 ALTERNATIVE_DATA_FILES = ("{split}_position.npy", "{split}_data.npy")
 """Data file names of the SkeletonCLR / AimCLR layout, tried after ``{split}_data_joint.npy``."""
+ALTERNATIVE_LABEL_FILE = "{split}_label.npy"
+"""Labels of AimCLR's ``feeder/preprocess_ntu`` output, int64 (N, 1) without sample names, tried after
+``{split}_label.pkl``."""
 
 
 class SkeletonDataset(Dataset):
@@ -66,6 +83,7 @@ class SkeletonDataset(Dataset):
         names: sample names.
         num_classes: size of the label space (may exceed ``labels.max() + 1``).
         max_frames: T.
+        prenormalize_on_read: whether each sample is pre-normalized as it is read (data in camera coordinates).
     """
 
     def __init__(
@@ -75,6 +93,7 @@ class SkeletonDataset(Dataset):
         names: list[str],
         num_classes: int,
         num_frames: np.ndarray | None = None,
+        prenormalize_on_read: bool = False,
     ) -> None:
         """Wrap arrays as a dataset.
 
@@ -84,6 +103,8 @@ class SkeletonDataset(Dataset):
             names: N sample names.
             num_classes: size of the label space.
             num_frames: (N,) valid frame counts; None derives each from its sample's last non-zero frame.
+            prenormalize_on_read: pre-normalize each sample (:func:`~skeleton.data.prenormalize.prenormalize`)
+                when it is read, for data in camera coordinates; frame counts are derived before.
 
         Raises:
             ValueError: on inconsistent shapes, an unknown joint count or labels out of range.
@@ -106,6 +127,7 @@ class SkeletonDataset(Dataset):
         self.num_classes = int(num_classes)
         self.num_frames = num_frames
         self.max_frames = int(data.shape[2])
+        self.prenormalize_on_read = prenormalize_on_read
 
     def __len__(self) -> int:
         return len(self.data)
@@ -129,6 +151,8 @@ class SkeletonDataset(Dataset):
         else:
             full = np.flatnonzero(np.any(sample != 0, axis=(0, 2, 3)))
             count = int(full[-1]) + 1 if full.size else 1
+        if self.prenormalize_on_read:  # after the count: the padding it adds repeats frames past the last one
+            sample = prenormalize(sample[None])[0]
         return torch.from_numpy(sample), torch.tensor(count, dtype=torch.long), int(self.labels[index])
 
     def __getstate__(self) -> dict:
@@ -202,7 +226,9 @@ def load_dataset(
         The dataset; real datasets are memory-mapped, not read into memory.
 
     Raises:
-        ValueError: for an unknown name or split, a missing ``data_root``, or inconsistent files.
+        ValueError: for an unknown name or split, or a missing ``data_root``.
+        InputError: (a ``ValueError``) naming the file, for inconsistent, truncated or unreadable files, or a folder
+            that holds another dataset than ``name`` (see the module docstring).
         FileNotFoundError: if no folder under ``data_root`` holds the split in a known layout.
     """
     family, benchmark = parse_dataset_name(name)
@@ -217,13 +243,20 @@ def load_dataset(
     candidates = [root] if family == "custom" else [root, root / benchmark, root / family / benchmark]
     for folder in candidates:
         files = SplitFiles.find(folder, split)
-        if files is not None:
-            return files.load(_custom_num_classes(folder) if family == "custom" else NUM_CLASSES[family])
+        if files is None:
+            continue
+        if family == "custom":
+            return files.load(_custom_num_classes(folder))
+        _check_prepared_family(name, family, folder)
+        dataset = files.load(NUM_CLASSES[family])
+        _check_content_family(name, family, files, dataset)
+        return dataset
     tried = ", ".join(str(folder) for folder in candidates)
     raise FileNotFoundError(
         f"no {name} {split!r} split found; looked in {tried} for {data_file(split)} + {num_frame_file(split)}"
         f" + {label_file(split)} (prepared layout), or {' / '.join(ALTERNATIVE_DATA_FILES).format(split=split)}"
-        f" + {label_file(split)} (SkeletonCLR/AimCLR layout). Run `skeleton_moco.py prepare` first."
+        f" + {label_file(split)} or {ALTERNATIVE_LABEL_FILE.format(split=split)} (SkeletonCLR/AimCLR layout)."
+        " Run `skeleton_moco.py prepare` first."
     )
 
 
@@ -233,7 +266,7 @@ class SplitFiles:
 
     Attributes:
         data: the (N, 3, T, V, M) array file.
-        labels: the ``(sample_names, labels)`` pickle.
+        labels: the ``(sample_names, labels)`` pickle, or AimCLR's (N, 1) ``.npy`` of labels.
         num_frames: the (N,) valid-frame file, or None when frame counts must be derived from the data.
     """
 
@@ -244,8 +277,8 @@ class SplitFiles:
     @classmethod
     def find(cls, folder: Path, split: str) -> SplitFiles | None:
         """Detect the layout of ``folder`` for ``split``; None if it holds neither known layout."""
-        labels = folder / label_file(split)
-        if not labels.is_file():
+        labels = _labels_path(folder, split)
+        if labels is None:
             return None
         names = [data_file(split)] + [name.format(split=split) for name in ALTERNATIVE_DATA_FILES]
         for name in names:
@@ -255,44 +288,140 @@ class SplitFiles:
         return None
 
     def load(self, num_classes: int) -> SkeletonDataset:
-        """Open the split memory-mapped.
+        """Open the split memory-mapped; check where its positions stand (see the module docstring).
 
         Raises:
-            ValueError: if the files disagree on the number of samples or hold an unexpected shape.
+            InputError: if a file is truncated or unreadable, or the files disagree on the number of samples or
+                hold an unexpected shape.
         """
-        data = np.load(self.data, mmap_mode="r")
+        data = load_npy(self.data, mmap_mode="r")
         names, labels = read_labels(self.labels)
-        num_frames = None if self.num_frames is None else np.load(self.num_frames)
+        num_frames = None if self.num_frames is None else load_npy(self.num_frames)
         try:
-            return SkeletonDataset(data, np.asarray(labels), [str(n) for n in names], num_classes, num_frames)
+            dataset = SkeletonDataset(data, labels, [str(n) for n in names], num_classes, num_frames)
         except ValueError as error:
-            raise ValueError(f"inconsistent split files {self.data}, {self.labels}: {error}") from None
+            raise InputError(f"inconsistent split files {self.data}, {self.labels}: {error}") from None
+        frame, distance = coordinate_frame(data)
+        if frame == "camera":
+            dataset.prenormalize_on_read = True
+            warnings.warn(
+                f"{self.data} is in camera coordinates (body 0's spine mid {distance:.2f} away from the origin in"
+                " frame 0, median of a sample), not pre-normalized as SkeletonCLR's tools/ntu_gendata leaves it;"
+                " every sample is pre-normalized as it is read",
+                stacklevel=3,
+            )
+        elif frame == "centred":
+            warnings.warn(
+                f"{self.data} is centred, but not by the 2s-AGCN pre-normalization of this pipeline and the paper"
+                f" (body 0's spine mid {distance:.2f} away from the origin in frame 0, median of a sample; AimCLR's"
+                " preprocess_ntu centres on the spine shoulder); used as it is",
+                stacklevel=3,
+            )
+        return dataset
 
 
 def read_labels(path: Path) -> tuple[list, np.ndarray]:
-    """Read a ``(sample_names, labels)`` pickle (unpickling: trusted folders only).
+    """Read a ``(sample_names, labels)`` pickle (unpickling: trusted folders only), or an AimCLR ``{split}_label.npy``
+    of (N, 1) or (N,) labels, whose samples are named ``{split}_000000``, ``{split}_000001``, ...
 
     Raises:
-        ValueError: if the file does not hold a pair of equally long sequences with integer labels.
+        InputError: if the file cannot be read (e.g. truncated), or does not hold a pair of equally long sequences
+            with integer labels (a pickle) or a column of integer labels (an ``.npy``).
     """
-    with open(path, "rb") as handle:
-        # latin1 reads the Python 2 pickles some released preprocessed data still ships with.
-        content = pickle.load(handle, encoding="latin1")
-    if not isinstance(content, (tuple, list)) or len(content) != 2:
-        raise ValueError(f"{path}: expected a pickled (sample_names, labels) pair, got {type(content).__name__}")
-    names, labels = content
-    labels = np.asarray(labels) if len(labels) else np.zeros(0, dtype=np.int64)
+    if path.suffix == ".npy":
+        labels = load_npy(path)
+        if labels.ndim == 2 and labels.shape[1] == 1:
+            labels = labels[:, 0]
+        split = path.stem.removesuffix("_label")
+        names = [f"{split}_{i:06d}" for i in range(len(labels))] if labels.ndim == 1 else []
+    else:
+        try:
+            with open(path, "rb") as handle:
+                # latin1 reads the Python 2 pickles some released preprocessed data still ships with.
+                content = pickle.load(handle, encoding="latin1")
+        except Exception as error:  # unpickling arbitrary bytes can raise almost any exception type
+            raise InputError(f"{path}: unreadable label pickle ({type(error).__name__}: {error})") from None
+        if not isinstance(content, (tuple, list)) or len(content) != 2:
+            raise InputError(f"{path}: expected a pickled (sample_names, labels) pair, got {type(content).__name__}")
+        names, labels = content
+        labels = np.asarray(labels) if len(labels) else np.zeros(0, dtype=np.int64)
     if labels.ndim != 1 or len(names) != len(labels) or not np.issubdtype(labels.dtype, np.integer):
-        raise ValueError(f"{path}: expected equally long names and integer labels, got {len(names)} names and "
+        raise InputError(f"{path}: expected equally long names and integer labels, got {len(names)} names and "
                          f"labels of shape {labels.shape}, dtype {labels.dtype}")  # fmt: skip
     return list(names), labels
 
 
+def _labels_path(folder: Path, split: str) -> Optional[Path]:
+    """The label file of ``split`` in ``folder``: the pickle, else AimCLR's ``.npy``; None if neither exists."""
+    for path in (folder / label_file(split), folder / ALTERNATIVE_LABEL_FILE.format(split=split)):
+        if path.is_file():
+            return path
+    return None
+
+
 def _custom_num_classes(folder: Path) -> int:
     """The class count of a custom folder: one more than the largest label of either split."""
-    largest = [read_labels(folder / label_file(split))[1].max(initial=-1) for split in SPLITS
-               if (folder / label_file(split)).is_file()]  # fmt: skip
-    return int(max(largest)) + 1
+    paths = [path for path in (_labels_path(folder, split) for split in SPLITS) if path is not None]
+    return int(max(read_labels(path)[1].max(initial=-1) for path in paths)) + 1
+
+
+def _check_prepared_family(name: str, family: str, folder: Path) -> None:
+    """Refuse a benchmark folder whose ``prepare_summary.json`` (one level up, as ``prepare`` writes it) names
+    another dataset family than ``name``.
+
+    Raises:
+        InputError: naming both datasets and the summary.
+    """
+    summary = folder.parent / SUMMARY_FILE
+    if not summary.is_file():
+        return
+    try:
+        prepared = json.loads(summary.read_text(encoding="utf-8")).get("dataset")
+    except (ValueError, AttributeError):  # not JSON, or not an object: it says nothing about the family
+        return
+    if prepared in NUM_CLASSES and prepared != family:
+        raise InputError(
+            f"dataset {name}, but {folder} was prepared from {prepared} (see {summary}); name that dataset, or"
+            f" point --data-root at a preparation of {family}"
+        )
+
+
+def _check_content_family(name: str, family: str, files: SplitFiles, dataset: SkeletonDataset) -> None:
+    """Refuse data whose layout is not the family's, or NTU-60 data named NTU-120 (valid labels, but half the
+    classes would never be seen).
+
+    NTU-60 data is recognized by labels below 60 and sample names (where they are NTU names) of setups up to 17:
+    every split of an NTU-120 benchmark holds all 120 actions and setups above 17.
+
+    Raises:
+        InputError: saying what the files hold.
+    """
+    layout = PREPARED_SLOTS[family]
+    if (dataset.num_joints, dataset.num_bodies) != layout:
+        raise InputError(
+            f"dataset {name} has {layout[0]} joints x {layout[1]} bodies, but {files.data} holds"
+            f" {dataset.num_joints} x {dataset.num_bodies}: another dataset's folder?"
+        )
+    if family != "ntu120" or not len(dataset):
+        return
+    largest = int(dataset.labels.max())
+    setups = [_ntu_setup(sample) for sample in dataset.names]
+    known = [setup for setup in setups if setup is not None]
+    if largest < NTU60_MAX_ACTION and all(setup <= NTU60_MAX_SETUP for setup in known):
+        seen = f" and setups up to S{max(known):03d}" if known else ""
+        raise InputError(
+            f"dataset {name}, but {files.labels} holds NTU-60 data: labels 0-{largest}{seen} (NTU-120 has 120"
+            f" actions and setups up to S032); use --dataset ntu60-..., or point --data-root at a preparation of"
+            " ntu120"
+        )
+
+
+def _ntu_setup(name: str) -> Optional[int]:
+    """The setup of an NTU sample name (``S001C002...``, also ``S001C002....skeleton``), None for other names."""
+    try:
+        return NtuSampleId.parse(name).setup
+    except ValueError:
+        return None
 
 
 def _load_synthetic(config: SyntheticConfig, split: str) -> SkeletonDataset:

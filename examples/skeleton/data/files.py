@@ -14,6 +14,9 @@ from einops import rearrange
 from .benchmarks import MAX_FRAMES, NUM_BODIES, NUM_JOINTS
 from .layouts import NUM_COORDS
 
+SUMMARY_FILE = "prepare_summary.json"
+"""What ``prepare`` wrote into a family folder (``DATA_ROOT/ntu60``): its dataset, counts and skipped files."""
+
 
 def data_file(split: str) -> str:
     """File name of a split's joint array."""

@@ -14,6 +14,14 @@ from .layouts import CENTER_JOINT, X_AXIS_JOINTS, Z_AXIS_JOINTS
 DEGENERATE_EPS = 1e-6
 """Below this L1 norm of the rotation axis, or this angle, the alignment rotation is the identity (as the reference)."""
 
+CAMERA_DISTANCE = 1.0
+"""Metres. In camera coordinates body 0's spine mid lies farther than this from the origin (a Kinect tracks people
+from about 0.5 m, and NTU's performers stood 2-4 m away); in any body-centred frame it lies nearer (a torso's length
+at most from the joint the frame is centred on)."""
+ORIGIN_TOLERANCE = 1e-3
+"""Metres: the pre-normalization puts body 0's spine mid at the origin of frame 0 exactly; float32 copies and
+conversions may leave it this far away."""
+
 
 def prenormalize(data: np.ndarray) -> np.ndarray:
     """Apply the 2s-AGCN pre-normalization to a batch of skeleton sequences.
@@ -47,6 +55,34 @@ def prenormalize(data: np.ndarray) -> np.ndarray:
     rotated = rearrange(x, "n m t v c -> n (m t v) c") @ rotation.transpose(0, 2, 1)
     out = rearrange(rotated, "n (m t v) c -> n c t v m", m=x.shape[1], t=x.shape[2])
     return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def coordinate_frame(data: np.ndarray, max_samples: int = 64) -> tuple[str, float]:
+    """How a batch of skeleton sequences is positioned, judged from body 0's spine mid in frame 0.
+
+    Up to ``max_samples`` samples spread evenly over ``data`` are read (cheap on a memory map); those without
+    body 0 in frame 0 are not counted.
+
+    Args:
+        data: array (N, 3, T, V, M).
+        max_samples: samples to read at most.
+
+    Returns:
+        ``(frame, distance)``: the median distance of the spine mid from the origin, in the data's units, and
+        ``"prenormalized"`` if every sample has it at the origin (within :data:`ORIGIN_TOLERANCE`), as this
+        pre-normalization leaves it (also when no sample can be judged); ``"camera"`` if the median exceeds
+        :data:`CAMERA_DISTANCE`: raw sensor coordinates, e.g. SkeletonCLR's ``tools/ntu_gendata`` output;
+        ``"centred"`` otherwise: centred another way, e.g. AimCLR's ``feeder/preprocess_ntu`` output, relative to
+        the spine shoulder.
+    """
+    indices = np.unique(np.linspace(0, len(data) - 1, min(len(data), max_samples)).round().astype(np.int64))
+    first = np.asarray(data[indices, :, 0, :, 0], dtype=np.float64)  # (S, C, V): body 0 in frame 0
+    present = np.any(first != 0, axis=(1, 2))
+    distance = np.linalg.norm(first[present][:, :, CENTER_JOINT], axis=-1)
+    median = float(np.median(distance)) if distance.size else 0.0
+    if not (distance > ORIGIN_TOLERANCE).any():
+        return "prenormalized", median
+    return ("camera" if median > CAMERA_DISTANCE else "centred"), median
 
 
 def _pad_bodies(x: np.ndarray) -> np.ndarray:

@@ -42,6 +42,7 @@ from einops import rearrange
 from tqdm import tqdm
 
 from ..console import interactive
+from ..fileio import atomic_write
 from .benchmarks import (
     BENCHMARKS,
     FULL_FILE_COUNTS,
@@ -56,7 +57,7 @@ from .benchmarks import (
     SPLITS,
     ntu_is_training,
 )
-from .files import data_file, label_file, num_frame_file, pack_sample, sample_shape
+from .files import SUMMARY_FILE, data_file, label_file, num_frame_file, pack_sample, sample_shape
 from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
 from .nwucla_format import NwuclaSampleId, read_nwucla
 from .pku_format import (
@@ -72,7 +73,6 @@ from .text_parsing import SkeletonFormatError
 
 DATASETS = tuple(BENCHMARKS)
 PENDING, DONE, MALFORMED, EMPTY = 0, 1, 2, 3
-SUMMARY_FILE = "prepare_summary.json"
 WORK_DIR = ".prepare"
 STATE_FILE = "state.npz"  # in WORK_DIR: per candidate status and frame count, the fingerprint and the messages
 SAMPLES_PER_BATCH = 8  # files a worker parses and pre-normalizes per task
@@ -573,7 +573,7 @@ class _Writer:
         # a kill at any moment leaves either the previous state or the new one, never a done sample without its
         # frame count.
         meta = np.array(json.dumps({"fingerprint": self.fingerprint, "messages": self.messages}))
-        _atomic_write(
+        atomic_write(
             self.work / STATE_FILE,
             lambda handle: np.savez(handle, status=self.status, num_frames=self.num_frames, meta=meta),
         )
@@ -635,13 +635,13 @@ class _Writer:
             folder = self.out / benchmark
             _truncate_rows(self._partial(benchmark, split), len(kept))
             frames = np.minimum(self.num_frames[kept], MAX_FRAMES)
-            _atomic_write(folder / num_frame_file(split), lambda handle, f=frames: np.save(handle, f))
+            atomic_write(folder / num_frame_file(split), lambda handle, f=frames: np.save(handle, f))
             names = [self.scan.candidates[i].name for i in kept]
             labels = [self.scan.candidates[i].label for i in kept]
-            _atomic_write(folder / label_file(split), lambda handle, v=(names, labels): pickle.dump(v, handle))
+            atomic_write(folder / label_file(split), lambda handle, v=(names, labels): pickle.dump(v, handle))
             os.replace(self._partial(benchmark, split), folder / data_file(split))
         saved = {**asdict(summary), "fingerprint": self.fingerprint}
-        _atomic_write(self.out / SUMMARY_FILE, lambda handle: handle.write(json.dumps(saved, indent=1).encode()))
+        atomic_write(self.out / SUMMARY_FILE, lambda handle: handle.write(json.dumps(saved, indent=1).encode()))
         shutil.rmtree(self.work)
         return summary
 
@@ -723,14 +723,6 @@ def _blocks(jobs: list[_Job], per_batch: int, per_block: int) -> Iterator[list[l
         block.append(batch)
     if block:
         yield block
-
-
-def _atomic_write(path: Path, write: Callable) -> None:
-    """Write through a temporary file and rename it, so an interruption never leaves a half-written file."""
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
 
 
 def _truncate_rows(path: Path, rows: int) -> None:

@@ -3,7 +3,6 @@ pretrained encoder read back for evaluation."""
 
 from __future__ import annotations
 
-import os
 import random
 from pathlib import Path
 from typing import Any, Union
@@ -13,6 +12,7 @@ import torch
 from torch import nn
 
 from skeleton.config import RunConfig, from_dict
+from skeleton.fileio import InputError, atomic_write
 from skeleton.models.encoders import EmbeddingNet, build_encoder
 
 PathLike = Union[str, Path]
@@ -22,22 +22,44 @@ def save_checkpoint(payload: dict[str, Any], path: PathLike) -> Path:
     """Write ``payload`` to ``path`` through a temporary file, so a crash never leaves a truncated checkpoint."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
-    torch.save(payload, partial)
-    os.replace(partial, path)
+    atomic_write(path, lambda handle: torch.save(payload, handle))
     return path
 
 
+CHECKPOINT_KEYS = ("config", "model", "criterion", "optimizer", "precision", "position", "epoch_sums", "history", "rng")
+"""What every checkpoint of ``pretrain`` holds (``Pretraining.state``)."""
+
+
 def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU.
+    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU, and check that it is one of ``pretrain``.
 
     Checkpoints hold Python and NumPy RNG states besides tensors, so this is a full unpickling
     (``weights_only=False``): load only checkpoints you trust.
+
+    Raises:
+        FileNotFoundError: if ``path`` does not exist.
+        InputError: naming ``path``, if it cannot be unpickled (empty, truncated, random or another format), is
+            not a dictionary, lacks one of :data:`CHECKPOINT_KEYS` (e.g. a bare ``state_dict``) or holds a
+            configuration this version cannot read.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
-    return torch.load(path, map_location="cpu", weights_only=False)
+    expected = "expected a checkpoint written by pretrain, e.g. RUN/checkpoints/last.pt"
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # unpickling arbitrary bytes can raise almost any exception type
+        raise InputError(f"checkpoint {path} is unreadable ({type(error).__name__}: {error}); {expected}") from None
+    if not isinstance(checkpoint, dict):
+        raise InputError(f"checkpoint {path} holds a {type(checkpoint).__name__}; {expected}")
+    missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
+    if missing:
+        raise InputError(f"checkpoint {path} lacks {', '.join(repr(key) for key in missing)}; {expected}")
+    try:
+        from_dict(checkpoint["config"])
+    except (TypeError, ValueError) as error:
+        raise InputError(f"checkpoint {path}: this version cannot read its configuration ({error})") from None
+    return checkpoint
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:

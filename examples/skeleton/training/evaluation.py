@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from skeleton.config import ClassifierConfig, KNNConfig
 from skeleton.data.augment import center_crop_resize, temporal_crop_resize
-from skeleton.training.loop import EpochSampler, Precision, ProgressBar, lr_at, set_lr
+from skeleton.training.loop import EpochSampler, Precision, ProgressBar, format_row, lr_at, set_lr
 
 # SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
 TRAIN_CROP_RATIOS = (0.5, 1.0)
@@ -274,6 +274,8 @@ class ClassifierTraining:
                     "val_top1": self._val_top1(val_set, cached_val),
                 }
             )
+            if bar.line_based:  # no bar off a terminal: one line per epoch in the log instead
+                print(f"{description} {epoch + 1}/{self.cfg.epochs} " + format_row(history[-1]), flush=True)
             if self.max_steps is not None and steps >= self.max_steps:
                 break
         val = [row["val_top1"] for row in history]

@@ -16,6 +16,8 @@ from torch import Tensor
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
+from skeleton.console import interactive
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -165,15 +167,25 @@ class GracefulStop(AbstractContextManager["GracefulStop"]):
             signal.signal(signum, handler)
 
 
+def format_row(row: dict[str, Any]) -> str:
+    """One log line of an epoch's history row: ``key=value`` pairs, floats to 4 significant digits, ``None`` left
+    out."""
+    shown = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in row.items()}
+    return " ".join(f"{key}={value}" for key, value in shown.items() if value is not None)
+
+
 class ProgressBar:
     """A tqdm bar over batches that shows the loss and samples/s, or a plain iterator when disabled.
+
+    The bar is drawn only on a terminal (:func:`~skeleton.console.interactive`): in a job log its redraws would
+    pile up, so there the loops print one line per epoch instead (:attr:`line_based`).
 
     Args:
         batches: the iterable of batches.
         total: number of batches.
         samples_per_batch: global batch size, for the samples/s figure.
         description: bar label.
-        enabled: show the bar (rank 0 only under DDP).
+        enabled: report progress (rank 0 only under DDP).
         initial: batches already done (a run resumed in the middle of an epoch).
     """
 
@@ -191,10 +203,11 @@ class ProgressBar:
             total=total,
             initial=initial,
             desc=description,
-            disable=not enabled,
+            disable=not (enabled and interactive()),
             dynamic_ncols=True,
             leave=False,
         )
+        self.line_based = enabled and not interactive()
         self.samples_per_batch = samples_per_batch
         self.started = time.perf_counter()
         self.steps = 0

@@ -26,7 +26,7 @@ from skeleton.models.moco import MoCo
 from skeleton.training import distributed
 from skeleton.training.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
 from skeleton.training.evaluation import RAW_KNN_FRAMES, evaluate_knn
-from skeleton.training.loop import EpochSampler, GracefulStop, Precision, ProgressBar, lr_at, set_lr
+from skeleton.training.loop import EpochSampler, GracefulStop, Precision, ProgressBar, format_row, lr_at, set_lr
 
 TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
 """Per-step values of ``HaLPInfoNCE.last`` averaged into the epoch history."""
@@ -311,8 +311,7 @@ class Pretraining:
         if epoch + 1 == p.halp_start_epoch:
             self.save(f"epoch_{epoch + 1:04d}_moco.pt")  # the plain-MoCo checkpoint of the two-phase recipe
         if self.is_main:
-            shown = {k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items() if v is not None}
-            print(" ".join(f"{k}={v}" for k, v in shown.items()), flush=True)
+            print(format_row(row), flush=True)
 
     def _monitor_knn(self) -> Optional[float]:
         """kNN top-1 of the current query encoder (rank 0; the other ranks wait)."""

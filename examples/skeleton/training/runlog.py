@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import warnings
 from pathlib import Path
 from typing import Any, Optional
+
+from skeleton.fileio import atomic_write
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
@@ -23,12 +27,32 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def update_metrics(path: Path, **entries: Any) -> dict[str, Any]:
     """Merge ``entries`` into the JSON object at ``path`` (created if missing) and return the result.
 
-    Protocols run as separate commands on the same ``--out`` folder add up to one ``metrics.json``.
+    Protocols run as separate commands on the same ``--out`` folder add up to one ``metrics.json``. The file is
+    replaced atomically, so a kill never leaves it half-written. One that cannot be read all the same (edited by
+    hand, or left half-written by an older version) is kept as ``metrics.json.corrupt`` with a warning, and a new
+    one is started: the results of the command that is finishing are never lost to it.
     """
-    metrics = json.loads(path.read_text()) if path.exists() else {}
+    metrics = _read_metrics(path)
     metrics.update(entries)
-    path.write_text(json.dumps(metrics, indent=2) + "\n")
+    atomic_write(path, lambda handle: handle.write((json.dumps(metrics, indent=2) + "\n").encode()))
     return metrics
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """The JSON object at ``path``; ``{}`` if there is none, or if it is unreadable (moved aside, with a warning)."""
+    if not path.exists():
+        return {}
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(metrics, dict):
+            return metrics
+        problem = f"a JSON {type(metrics).__name__}, not an object"
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        problem = str(error)
+    kept = path.with_name(path.name + ".corrupt")
+    os.replace(path, kept)
+    warnings.warn(f"{path} is unreadable ({problem}); moved to {kept}, starting a new one", stacklevel=3)
+    return {}
 
 
 def _percent(value: Optional[float]) -> str:
