@@ -123,7 +123,7 @@ def test_temporal_conv_encoder_sees_velocities():
     torch.testing.assert_close(positions, flatten_frames(x).transpose(1, 2))
     torch.testing.assert_close(velocities[:, :, 1:], positions.diff(dim=2))
     assert velocities[:, :, 0].abs().max() == 0
-    assert encoder.feature_dim == 8
+    assert encoder.feature_dim == 16
 
 
 def test_spatial_partitions_average_neighbours():

@@ -43,7 +43,7 @@ class ModelConfig:
     hidden_size: int = _option(1024, "GRU hidden units per direction")
     num_layers: int = _option(3, "GRU layers")
     stgcn_width: int = _option(64, "ST-GCN base width (feature = 4x width; SkeletonCLR/AimCLR use 16)")
-    tcn_width: int = _option(128, "temporal-convolution encoder base width (feature = 2x width)")
+    tcn_width: int = _option(128, "temporal-convolution encoder base width (feature = 4x width)")
     embed_dim: int = _option(128, "output dim of the projection head")
     clip_frames: int = _option(64, "frames of every clip the encoder sees (pretraining views, evaluation crops)")
     num_joints: int = _option(25, "joints V of the input, taken from the training data", flag=False)

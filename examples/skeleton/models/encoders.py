@@ -257,19 +257,20 @@ class TemporalConvEncoder(nn.Module):
 
     Per frame, the V·3·M coordinates and their frame-to-frame differences (velocity; 0 at the first frame) form
     2·V·3·M channels, normalized by a BatchNorm; three 1-D convolutions of kernel 5 over time (widths ``w``,
-    ``w``, ``2w``, the last two with stride 2), each followed by BatchNorm and ReLU, then an average over
-    frames. Seeing every joint at every layer, it picks up whole-body coordination that a graph's local
-    neighbourhoods need many layers for, at a fraction of ST-GCN's cost: the encoder of the ``cpu`` preset.
+    ``w``, ``2w``, the last two with stride 2), each followed by BatchNorm and ReLU, then the average and the
+    maximum over frames, concatenated. Seeing every joint at every layer, it picks up whole-body coordination
+    that a graph's local neighbourhoods need many layers for, at a fraction of ST-GCN's cost: the encoder of
+    the ``cpu`` preset.
 
     Args:
-        width: channels of the first layers; the feature is ``2 * width`` wide.
+        width: channels of the first layers; the feature is ``4 * width`` wide.
         num_joints: V.
         num_bodies: M.
     """
 
     def __init__(self, width: int = 128, num_joints: int = NUM_JOINTS, num_bodies: int = NUM_BODIES) -> None:
         super().__init__()
-        self.feature_dim = 2 * width
+        self.feature_dim = 4 * width
         channels = 2 * num_joints * NUM_COORDS * num_bodies
         self.input_norm = nn.BatchNorm1d(channels)
         layers: list[nn.Module] = []
@@ -278,10 +279,11 @@ class TemporalConvEncoder(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, V, M) -> (N, 2 * width)."""
+        """(N, 3, T, V, M) -> (N, 4 * width)."""
         positions = rearrange(x, "n c t v m -> n (v c m) t")
         velocities = torch.diff(positions, dim=2, prepend=positions[:, :, :1])
-        return self.layers(self.input_norm(torch.cat([positions, velocities], dim=1))).mean(dim=2)
+        hidden = self.layers(self.input_norm(torch.cat([positions, velocities], dim=1)))
+        return torch.cat([hidden.mean(dim=2), hidden.amax(dim=2)], dim=1)
 
 
 def build_encoder(
