@@ -1,0 +1,157 @@
+"""MoCo vs MoCo + HaLP on real skeletons (NW-UCLA cross-view), several seeds: the README's study table.
+
+Runs ``examples/skeleton_moco.py`` (pretrain -> kNN -> linear) once per variant and seed with the ``cpu``
+preset, plus the ``supervised`` upper bound, each in its own process and run folder, then prints a markdown
+table of mean ± std (over seeds) of kNN and linear top-1, wall time, the HaLP diagnostics of the last epoch
+and the two baselines every run measures (1-NN on the raw joints, kNN at random init). Finished runs (those
+with a ``metrics.json`` holding the result) are reused, so an interrupted study continues where it stopped.
+
+    python examples/skeleton_moco.py prepare --dataset nwucla --raw ../shared/data/nw-ucla/all_sqe --out data/nwucla
+    python benchmarks/nwucla_study.py --data-root data                       # 3 seeds x 3 variants + supervised
+    python benchmarks/nwucla_study.py --data-root data --variant "HaLP, lambda 0.4=--lam 0.4" --no-default-variants
+
+Every variant's flags go to the pipeline after ``--preset cpu``, so any preset value can be varied.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+ROOT = Path(__file__).resolve().parent.parent
+PIPELINE = ROOT / "examples" / "skeleton_moco.py"
+
+DEFAULT_VARIANTS: dict[str, list[str]] = {
+    "MoCo": ["--halp-weight", "0"],
+    "MoCo + HaLP (sampled)": [],
+    "MoCo + HaLP (expected)": ["--estimator", "expected"],
+}
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``"NAME=FLAGS"`` -> ``(NAME, shlex.split(FLAGS))``."""
+    name, sep, flags = text.partition("=")
+    if not sep or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=FLAGS, got {text!r}")
+    return name.strip(), shlex.split(flags)
+
+
+def run_once(command: list[str], out: Path, key: str) -> Optional[dict[str, Any]]:
+    """Run one pipeline command into ``out`` unless ``out/metrics.json`` already holds ``key``; the metrics."""
+    metrics_file = out / "metrics.json"
+    if metrics_file.is_file() and key in json.loads(metrics_file.read_text()):
+        return json.loads(metrics_file.read_text())
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with open(out / "stdout.log", "w") as log:
+        result = subprocess.run([sys.executable, str(PIPELINE), *command, "--out", str(out)], stdout=log,
+                                stderr=subprocess.STDOUT, cwd=ROOT)  # fmt: skip
+    if result.returncode != 0:
+        print(f"  failed (exit {result.returncode}), see {out / 'stdout.log'}", flush=True)
+        return None
+    metrics = json.loads(metrics_file.read_text())
+    metrics.setdefault("wall_time_s", time.perf_counter() - started)
+    metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def last_halp_epoch(metrics: dict[str, Any]) -> dict[str, Any]:
+    rows = [row for row in metrics.get("pretrain_history", []) if row.get("kept_fraction") is not None]
+    return rows[-1] if rows else {}
+
+
+def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
+    if not values:
+        return "-"
+    mean = statistics.fmean(values) * scale
+    std = statistics.stdev(values) * scale if len(values) > 1 else 0.0
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def summarize(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The markdown table of the study."""
+    lines = [
+        "| variant | seeds | kNN top-1 (%) | linear top-1, best (%) | linear, last (%) | kept fraction | mean t | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, runs in results.items():
+        if not runs:
+            continue
+        if "supervised_top1" in runs[0]:
+            best = mean_std([r["supervised_top1"] for r in runs])
+            last = mean_std([r["supervised_top1_last"] for r in runs])
+            wall = mean_std([r["wall_time_s"] for r in runs], scale=1.0, digits=0)
+            lines.append(f"| {name} | {len(runs)} | - | {best} | {last} | - | - | {wall} |")
+            continue
+        halp = [last_halp_epoch(r) for r in runs]
+        kept = [h["kept_fraction"] for h in halp if h]
+        mean_t = [h["mean_t"] for h in halp if h]
+        lines.append(
+            f"| {name} | {len(runs)} | {mean_std([r['knn_top1'] for r in runs])} "
+            f"| {mean_std([r['linear_top1'] for r in runs])} | {mean_std([r['linear_top1_last'] for r in runs])} "
+            f"| {mean_std(kept, 1.0, 3) if kept else '-'} | {mean_std(mean_t, 1.0, 3) if mean_t else '-'} "
+            f"| {mean_std([r['wall_time_s'] for r in runs], scale=1.0, digits=0)} |"
+        )
+    baselines = [r for runs in results.values() for r in runs if "raw_knn_top1" in r]
+    if baselines:
+        lines.append("")
+        lines.append(
+            f"Baselines measured by every run: 1-NN on the raw pre-normalized joints "
+            f"{100 * baselines[0]['raw_knn_top1']:.1f} %, kNN of the encoder at random init "
+            f"{mean_std([r['init_knn_top1'] for r in baselines])} % (over {len(baselines)} runs)."
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-root", required=True, help="folder holding nwucla/xview (the output of prepare)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--out", type=Path, default=ROOT / "runs" / "nwucla-study")
+    parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=FLAGS",
+                        help="an extra variant: pipeline flags after --preset cpu (repeatable)")  # fmt: skip
+    parser.add_argument("--no-default-variants", action="store_true", help="run only the --variant ones")
+    parser.add_argument("--no-supervised", action="store_true", help="skip the supervised upper bound")
+    parser.add_argument("--flags", default="", help="flags added to every run, e.g. '--threads 2'")
+    args = parser.parse_args(argv)
+
+    variants = {} if args.no_default_variants else dict(DEFAULT_VARIANTS)
+    variants.update(dict(args.variant))
+    common = ["--dataset", "nwucla", "--data-root", args.data_root, "--preset", "cpu", *shlex.split(args.flags)]
+    results: dict[str, list[dict[str, Any]]] = {}
+    for name, flags in variants.items():
+        results[name] = []
+        for seed in args.seeds:
+            folder = args.out / f"{_slug(name)}-seed{seed}"
+            print(f"{name}, seed {seed}: {folder}", flush=True)
+            metrics = run_once([*common, "--seed", str(seed), *flags], folder, "linear_top1")
+            if metrics is not None:
+                results[name].append(metrics)
+    if not args.no_supervised:
+        name = "supervised from scratch (upper bound)"
+        results[name] = []
+        for seed in args.seeds:
+            folder = args.out / f"supervised-seed{seed}"
+            print(f"{name}, seed {seed}: {folder}", flush=True)
+            metrics = run_once(["supervised", *common, "--seed", str(seed)], folder, "supervised_top1")
+            if metrics is not None:
+                results[name].append(metrics)
+    table = summarize(results)
+    (args.out / "study.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

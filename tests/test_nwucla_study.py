@@ -1,0 +1,52 @@
+"""benchmarks/nwucla_study.py: variant parsing, reuse of finished runs, and the table's statistics."""
+
+import argparse
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SPEC = importlib.util.spec_from_file_location(
+    "nwucla_study", Path(__file__).resolve().parent.parent / "benchmarks" / "nwucla_study.py"
+)
+study = importlib.util.module_from_spec(SPEC)
+SPEC.loader.exec_module(study)
+
+
+def _run(knn, linear, kept=None, seconds=100.0):
+    history = [{"epoch": 1, "kept_fraction": None}]
+    if kept is not None:
+        history.append({"epoch": 2, "kept_fraction": kept, "mean_t": 0.25})
+    return {"knn_top1": knn, "linear_top1": linear, "linear_top1_last": linear - 0.01, "wall_time_s": seconds,
+            "pretrain_history": history, "raw_knn_top1": 0.75, "init_knn_top1": 0.6}  # fmt: skip
+
+
+def test_parse_variant():
+    assert study.parse_variant("HaLP, lambda 0.4=--lam 0.4 --halp-weight 1") == (
+        "HaLP, lambda 0.4",
+        ["--lam", "0.4", "--halp-weight", "1"],
+    )
+    with pytest.raises(argparse.ArgumentTypeError, match="NAME=FLAGS"):
+        study.parse_variant("--lam 0.4")
+
+
+def test_summary_statistics():
+    table = study.summarize(
+        {
+            "MoCo": [_run(0.80, 0.84), _run(0.82, 0.86)],
+            "HaLP": [_run(0.81, 0.85, kept=0.8), _run(0.83, 0.87, kept=0.9)],
+            "supervised": [{"supervised_top1": 0.9, "supervised_top1_last": 0.88, "wall_time_s": 50.0}],
+        }
+    )
+    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
+    assert "81.0 ± 1.4" in rows["MoCo"] and "85.0 ± 1.4" in rows["MoCo"] and "| - | - |" in rows["MoCo"]
+    assert "0.850 ± 0.071" in rows["HaLP"] and "0.250 ± 0.000" in rows["HaLP"]
+    assert "90.0 ± 0.0" in rows["supervised"] and "88.0 ± 0.0" in rows["supervised"]
+    assert "raw pre-normalized joints 75.0 %" in table and "60.0 ± 0.0 %" in table
+
+
+def test_finished_runs_are_reused(tmp_path, monkeypatch):
+    (tmp_path / "metrics.json").write_text(json.dumps(_run(0.8, 0.84)))
+    monkeypatch.setattr(study.subprocess, "run", lambda *a, **k: pytest.fail("a finished run was started again"))
+    assert study.run_once(["--seed", "0"], tmp_path, "linear_top1")["knn_top1"] == 0.8
