@@ -348,7 +348,10 @@ def _write_pickle(path, content):
 def test_skeletonclr_gendata_output_in_camera_coordinates_is_prenormalized_on_read(tmp_path, samples):
     np.save(tmp_path / "train_data.npy", samples.data)  # ntu_gendata writes the raw positions, zero-padded
     _write_pickle(tmp_path / "train_label.pkl", ([f"{n}.skeleton" for n in samples.names], samples.labels.tolist()))
-    with pytest.warns(UserWarning, match=r"train_data.npy is in camera coordinates .* pre-normalized as it is read"):
+    with pytest.warns(
+        UserWarning,
+        match=r"train_data.npy is in camera coordinates, not pre-normalized .*: every sample is pre-normalized as it is read",
+    ):
         dataset = load_dataset("ntu60-xview", "train", tmp_path)
     expected = prenormalize(samples.data)
     for i in range(0, len(dataset), 7):

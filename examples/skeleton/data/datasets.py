@@ -305,9 +305,9 @@ class SplitFiles:
         if frame == "camera":
             dataset.prenormalize_on_read = True
             warnings.warn(
-                f"{self.data} is in camera coordinates (body 0's spine mid {distance:.2f} away from the origin in"
-                " frame 0, median of a sample), not pre-normalized as SkeletonCLR's tools/ntu_gendata leaves it;"
-                " every sample is pre-normalized as it is read",
+                f"{self.data} is in camera coordinates, not pre-normalized (body 0's spine mid {distance:.2f} away"
+                " from the origin in frame 0, median of a sample; SkeletonCLR's tools/ntu_gendata writes raw"
+                " positions): every sample is pre-normalized as it is read",
                 stacklevel=3,
             )
         elif frame == "centred":
@@ -379,7 +379,7 @@ def _check_prepared_family(name: str, family: str, folder: Path) -> None:
         prepared = json.loads(summary.read_text(encoding="utf-8")).get("dataset")
     except (ValueError, AttributeError):  # not JSON, or not an object: it says nothing about the family
         return
-    if prepared in NUM_CLASSES and prepared != family:
+    if isinstance(prepared, str) and prepared in NUM_CLASSES and prepared != family:
         raise InputError(
             f"dataset {name}, but {folder} was prepared from {prepared} (see {summary}); name that dataset, or"
             f" point --data-root at a preparation of {family}"
