@@ -6,6 +6,7 @@ Public API:
     expected_halp_term -- the HaLP term's exact infinite-positives limit (HaLPInfoNCE(estimator="expected")).
     spherical_kmeans, KMeansResult -- prototypes.
     PrototypeBank -- recent keys and their prototypes, checkpointable and DDP-consistent.
+    KeyQueue -- MoCo's FIFO queue of recent keys, kept by HaLPInfoNCE(memory_bank_size=K).
     HaLPInfoNCE -- InfoNCE (MoCo or SimCLR) plus the HaLP term.
     halp_loss.functional -- the functional forms of the losses.
 """
@@ -15,6 +16,7 @@ from halp_loss.expected import ExitTimes, exit_times, expected_halp_term
 from halp_loss.geometry import Hallucination, hallucinate_positives
 from halp_loss.kmeans import KMeansResult, spherical_kmeans
 from halp_loss.loss import HaLPInfoNCE
+from halp_loss.queue import KeyQueue
 
 __version__ = "0.1.0"
 
@@ -23,6 +25,7 @@ __all__ = [
     "HaLPInfoNCE",
     "Hallucination",
     "KMeansResult",
+    "KeyQueue",
     "PrototypeBank",
     "exit_times",
     "expected_halp_term",

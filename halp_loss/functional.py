@@ -84,17 +84,21 @@ def no_autocast(device: torch.device) -> torch.autocast:
     return torch.autocast(device_type=device.type, enabled=False)
 
 
-def moco_logits(query: Tensor, key: Tensor, negatives: Tensor, temperature: float) -> ContrastiveLogits:
+def moco_logits(
+    query: Tensor, key: Tensor, negatives: Tensor, temperature: float, *, unit_negatives: bool = False
+) -> ContrastiveLogits:
     """InfoNCE pieces for MoCo: positive ``q . k``, negatives the rows of ``negatives`` (e.g. ``queue.T``).
 
-    Gradient flows into ``query`` only.
+    Query, key and negatives are normalized (the negatives not if ``unit_negatives`` says they are unit rows
+    already, as :class:`halp_loss.KeyQueue` stores them). Gradient flows into ``query`` only.
     """
     q = unit_rows(query)
     k = unit_rows(key.detach())
+    negatives = negatives.detach() if unit_negatives else unit_rows(negatives.detach())
     # Scaling the (B, D) query rather than the (B, K) logits saves a pass over the logits.
     scaled = q / temperature
     positive = (scaled * k).sum(dim=1)
-    negatives_lse = torch.logsumexp(scaled @ negatives.detach().T, dim=1)
+    negatives_lse = torch.logsumexp(scaled @ negatives.T, dim=1)
     return ContrastiveLogits(q, k, positive, negatives_lse)
 
 
@@ -137,8 +141,8 @@ def info_nce(query: Tensor, key: Tensor, negatives: Tensor, temperature: float =
     Args:
         query: (B, D) queries, ``B >= 1``; normalized inside; receive the gradient.
         key: (B, D) keys; normalized and detached inside.
-        negatives: (K, D) unit-norm negatives (a MoCo ``(D, K)`` queue is passed as ``queue.T``); with ``K = 0``
-            the loss is 0.
+        negatives: (K, D) negatives as rows (a MoCo ``(D, K)`` queue is passed as ``queue.T``), normalized inside;
+            with ``K = 0`` the loss is 0.
         temperature: T, a finite number >= 1e-6.
 
     Returns:

@@ -39,6 +39,10 @@ __all__ = [
 ]
 
 
+NORMALIZE_EPS = 1e-12
+"""``F.normalize``'s default ``eps``: the smallest norm divided by, so zero rows stay zero."""
+
+
 def unit_rows(x: Tensor) -> Tensor:
     """Rows scaled to unit norm, at any finite magnitude; zero rows stay zero (differentiable).
 
@@ -46,12 +50,21 @@ def unit_rows(x: Tensor) -> Tensor:
     rows of ordinary magnitude get bit for bit ``F.normalize(x)``, while a row of 1e20s (whose squared norm
     overflows float32) or of 1e-30s (whose squared norm underflows) is normalized as accurately. The scale
     carries no gradient, which is exact since the result does not depend on it.
+
+    Without autograd (a detached MoCo queue of K x D negatives) the division is done in place, bit for bit the
+    same values: one K x D temporary instead of three.
     """
-    largest = torch.frexp(x.detach().abs().amax(dim=-1, keepdim=True)).exponent
+    detached = x.detach()
+    # max |x| from the row's max and min: no |x| temporary.
+    largest = torch.frexp(torch.maximum(detached.amax(dim=-1, keepdim=True), -detached.amin(dim=-1, keepdim=True)))
     # Subnormal rows would need a factor beyond the dtype's range: scaling them by its largest power of two
     # already lifts them far from underflow.
     limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
-    return F.normalize(x * torch.exp2(-largest.clamp(-limit, limit).to(x.dtype)), dim=-1)
+    scaled = x * torch.exp2(-largest.exponent.clamp(-limit, limit).to(x.dtype))
+    if scaled.requires_grad:
+        return F.normalize(scaled, dim=-1)
+    # F.normalize's arithmetic (norm clamped at its eps), in place.
+    return scaled.div_(torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_min_(NORMALIZE_EPS))
 
 
 class GeodesicDraws(NamedTuple):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Optional
 
 import torch
@@ -31,6 +32,7 @@ from halp_loss.functional import (
     simclr_logits,
 )
 from halp_loss.geometry import resolve_candidates, unit_rows
+from halp_loss.queue import KeyQueue, MemoryBankSize, parse_memory_bank_size
 
 __all__ = ["ESTIMATORS", "HaLPInfoNCE"]
 
@@ -40,9 +42,18 @@ ESTIMATORS = ("sampled", "expected")
 class HaLPInfoNCE(nn.Module):
     """InfoNCE plus ``halp_weight`` times the HaLP term on hallucinated positives (Shah et al., CVPR 2023).
 
-    MoCo mode (``negatives`` given): InfoNCE over ``[q . k, q . negatives] / T`` with the positive as label.
-    SimCLR mode (``negatives=None``): symmetric NT-Xent over the 2B views with in-batch negatives; both views
-    act as queries, each anchored on the other.
+    MoCo mode: InfoNCE over ``[q . k, q . negatives] / T`` with the positive as label, the negatives being the
+    module's own queue of recent keys (``memory_bank_size=K``: call ``criterion(query, key)``, as with lightly's
+    ``NTXentLoss(memory_bank_size=K)``) or the rows of a ``negatives`` argument (your queue, ``queue.T``).
+    SimCLR mode (no queue, ``negatives=None``): symmetric NT-Xent over the 2B views with in-batch negatives; both
+    views act as queries, each anchored on the other.
+
+    The built-in queue (:class:`KeyQueue`, at ``criterion.queue``) holds the last K normalized, detached keys. Each
+    call scores its queries against the keys of earlier calls and then enqueues its own (gathered from all ranks
+    with ``gather_distributed``), as MoCo does; before K keys have arrived the negatives are the keys seen so far
+    (none on the first call). The queue is in ``state_dict()`` and frozen in eval mode. Call the criterion once per
+    step: a second call would score the first call's keys as negatives (for a symmetrized loss, pass both pairs in
+    one call, concatenated).
 
     The HaLP term hallucinates positives from each detached anchor (the key, or the other view) toward the
     prototypes, and scores the query against the kept ones:
@@ -63,6 +74,9 @@ class HaLPInfoNCE(nn.Module):
     bank. Until the bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the
     loss is exactly plain InfoNCE.
 
+    Queries, keys, views, negatives and given prototypes are normalized inside, at any magnitude; the queue's keys
+    are stored normalized, so its negatives cost no normalization.
+
     Everything runs in float32 (float64 if the query, key or negatives are float64) with autocast disabled, so
     logits, softmax and log-sum-exp are full precision under mixed-precision training. Gradient flows into the
     query (both views in SimCLR mode), never into keys, negatives or prototypes.
@@ -82,7 +96,10 @@ class HaLPInfoNCE(nn.Module):
         objective: ``"align"`` or ``"infonce"``.
         prototype_window: keys the bank clusters.
         prototype_every: bank refit period, in calls.
-        gather_distributed: SimCLR mode: use all ranks' views as negatives (equal per-rank batch sizes).
+        gather_distributed: under ``torch.distributed``, gather what other ranks contribute: in SimCLR mode all
+            ranks' views are negatives (equal per-rank batch sizes); with the built-in queue all ranks' keys are
+            enqueued, so every rank holds the same queue. With explicit ``negatives`` there is nothing to gather
+            and a call raises ``ValueError``. The prototype bank gathers keys from all ranks either way.
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
         prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
         seed: base seed of the bank's k-means seeding, an integer >= 0.
@@ -94,21 +111,31 @@ class HaLPInfoNCE(nn.Module):
         estimator: ``"sampled"`` or ``"expected"``.
         num_nodes: Gauss-Legendre nodes per kept interval for ``estimator="expected"`` with
             ``objective="infonce"``; the default is accurate to ~1e-6.
+        memory_bank_size: K, to keep MoCo's queue of the K most recent keys inside the criterion, or ``(K, D)``
+            to allocate it at construction (lightly's argument; needed if the criterion is a submodule of a
+            DDP-wrapped model, whose buffers must not change shape). ``None`` keeps no queue; ``0`` also keeps none
+            and says that in-batch negatives with a detached second view are intended (no warning, see below).
+
+    A SimCLR-mode call in training, with gradient enabled, whose query has a gradient but whose key has none looks
+    like a MoCo port that lost its queue (it would get 2B - 2 in-batch negatives instead of K): it warns once,
+    unless ``memory_bank_size=0`` says that this is intended (a stop-gradient branch, a frozen second tower).
 
     Raises:
         ValueError: for an invalid hyperparameter, naming it: a temperature or weight that is not a finite number
             in range, an unknown ``objective`` or ``estimator``, a size or seed that is not an integer in range,
             ``lam`` outside [0, 1], ``num_candidates`` outside [1, P - 1], a generator that is not a
-            ``torch.Generator``.
+            ``torch.Generator``, a ``memory_bank_size`` that is not ``None``, K >= 0 or (K, D).
 
     Example:
-        >>> criterion = HaLPInfoNCE(temperature=0.07, halp_weight=2.0)
-        >>> queue = torch.nn.functional.normalize(torch.randn(128, 4096), dim=0)   # MoCo's (D, K) buffer
-        >>> q, k = torch.randn(64, 128, requires_grad=True), torch.randn(64, 128)
-        >>> loss = criterion(q, k, queue.T)
-        >>> loss.backward()
-        >>> sorted(criterion.last), criterion.active   # the bank has seen 64 of its 256 warm-up keys
-        (['halp', 'infonce', 'kept_fraction', 'loss', 'mean_t'], False)
+        >>> criterion = HaLPInfoNCE(temperature=0.07, halp_weight=2.0, memory_bank_size=4096)
+        >>> for step in range(2):
+        ...     q, k = torch.randn(64, 128, requires_grad=True), torch.randn(64, 128)
+        ...     loss = criterion(q, k)   # MoCo InfoNCE against the keys of earlier calls
+        ...     loss.backward()
+        >>> criterion.queue.num_seen, criterion.active   # the bank has seen 128 of its 256 warm-up keys
+        (128, False)
+        >>> sorted(criterion.last)
+        ['halp', 'infonce', 'kept_fraction', 'loss', 'mean_t']
     """
 
     def __init__(
@@ -131,6 +158,7 @@ class HaLPInfoNCE(nn.Module):
         generator: Optional[torch.Generator] = None,
         estimator: str = "sampled",
         num_nodes: int = DEFAULT_NUM_NODES,
+        memory_bank_size: MemoryBankSize = None,
     ) -> None:
         super().__init__()
         temperature = check_temperature(temperature)
@@ -147,6 +175,7 @@ class HaLPInfoNCE(nn.Module):
         resolve_candidates(num_candidates, num_prototypes)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
+        queue_size, queue_dim = parse_memory_bank_size(memory_bank_size)
         self.temperature = temperature
         self.halp_weight = halp_weight
         self.num_positives = num_positives
@@ -166,6 +195,11 @@ class HaLPInfoNCE(nn.Module):
             kmeans_tol=kmeans_tol,
             seed=seed,
         )
+        self.queue: Optional[KeyQueue] = (
+            KeyQueue(queue_size, queue_dim, gather_distributed=gather_distributed) if queue_size else None
+        )
+        # memory_bank_size=0 declares in-batch negatives: a detached key is then intended, not a lost queue.
+        self._warn_moco_port = memory_bank_size is None
         self._last: dict[str, Tensor] = {}
         self._active = False
 
@@ -191,8 +225,8 @@ class HaLPInfoNCE(nn.Module):
         Args:
             query: (B, D) query embeddings (MoCo) or first views (SimCLR), ``B >= 1``; receive the gradient.
             key: (B, D) momentum keys (MoCo, detached inside) or second views (SimCLR, gradient flows).
-            negatives: (K, D) unit-norm negatives as rows, e.g. ``queue.T`` for MoCo's (D, K) queue buffer;
-                ``None`` selects SimCLR mode.
+            negatives: (K, D) negatives as rows, e.g. ``queue.T`` for MoCo's (D, K) queue buffer, normalized inside;
+                ``None`` scores against the built-in queue if there is one, else selects SimCLR mode.
             prototypes: optional (P, D) prototypes, ``P >= 2``, to use instead of the bank's (the bank is then not
                 fed); normalized inside.
 
@@ -201,16 +235,25 @@ class HaLPInfoNCE(nn.Module):
 
         Raises:
             ValueError: naming the argument, for a non-tensor, a wrong rank, dtype, width or device, an empty batch,
-                ``key`` not shaped like ``query``, a (D, K) queue buffer passed as negatives, or prototypes with
-                fewer rows than ``num_candidates + 1`` or 2.
+                ``key`` not shaped like ``query``, a (D, K) queue buffer passed as negatives, negatives given to a
+                criterion with a built-in queue or with ``gather_distributed``, or prototypes with fewer rows than
+                ``num_candidates + 1`` or 2.
         """
         self._check_inputs(query, key, negatives, prototypes)
+        if self.queue is not None:
+            negatives = self.queue.negatives(query, compute_dtype(query, key))
+        elif negatives is None:
+            self._warn_if_moco_port(query, key)
         dtype = compute_dtype(query, key, negatives)
         with no_autocast(query.device):
             if negatives is None:
                 logits = simclr_logits(query.to(dtype), key.to(dtype), self.temperature, self.gather_distributed)
             else:
-                logits = moco_logits(query.to(dtype), key.to(dtype), negatives.to(dtype), self.temperature)
+                # The queue stores unit keys; explicit negatives are normalized, so their norms cannot skew the loss.
+                negatives = negatives.to(dtype)
+                logits = moco_logits(
+                    query.to(dtype), key.to(dtype), negatives, self.temperature, unit_negatives=self.queue is not None
+                )
             infonce = info_nce_from_logits(logits)
             use_bank = prototypes is None
             halp: Optional[HaLPTerm] = None
@@ -223,6 +266,9 @@ class HaLPInfoNCE(nn.Module):
                     halp = self._halp_term(logits, self.bank.prototypes.to(dtype, copy=True))
                 if use_bank and self.training:
                     self.bank.update(logits.anchor, normalized=True)
+            if self.queue is not None:
+                # After the loss, as MoCo enqueues: this call's keys are negatives from the next call on.
+                self.queue.enqueue(logits.anchor, reader=logits.query)
         loss = infonce if halp is None else infonce + self.halp_weight * halp.loss
         self._record(loss, infonce, halp)
         return loss
@@ -258,12 +304,42 @@ class HaLPInfoNCE(nn.Module):
             "mean_t": zero if halp is None else halp.mean_t,
         }
 
+    def _warn_if_moco_port(self, query: Tensor, key: Tensor) -> None:
+        """Warn once if a SimCLR-mode training call has a query with gradient and a key without: a MoCo loop whose
+        queue was dropped. Evaluation (eval mode, ``torch.no_grad``) and SimCLR's two views with gradient do not
+        look like that; a deliberate stop-gradient view is declared with ``memory_bank_size=0``."""
+        if not (self._warn_moco_port and self.training and torch.is_grad_enabled()):
+            return
+        if query.requires_grad and not key.requires_grad:
+            self._warn_moco_port = False
+            warnings.warn(
+                "HaLPInfoNCE got no negatives and a key without gradient, so it computes SimCLR's NT-Xent with "
+                f"{2 * query.shape[0] - 2} in-batch negatives per row. For MoCo, let the criterion keep the queue "
+                "(HaLPInfoNCE(..., memory_bank_size=K), then criterion(query, key)) or pass your queue as "
+                "negatives=queue.T. If in-batch negatives with a detached key are intended, build the criterion "
+                "with memory_bank_size=0 to say so. Shown once.",
+                UserWarning,
+                stacklevel=5,  # the caller of criterion(...): past forward, Module._call_impl and __call__
+            )
+
     def _check_inputs(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor]
     ) -> None:
         """Shapes, dtypes and devices only: value checks (finiteness) would read from the device every step."""
         check_pair(query, "query", key, "key")
         if negatives is not None:
+            if self.queue is not None:
+                raise ValueError(
+                    f"negatives were given, but this criterion keeps its own queue (memory_bank_size K = "
+                    f"{self.queue.size}); call criterion(query, key) to score against it, or build the criterion "
+                    "without memory_bank_size to pass your own negatives"
+                )
+            if self.gather_distributed:
+                raise ValueError(
+                    "gather_distributed=True has nothing to gather when negatives are given: gather your keys "
+                    "before enqueueing them (halp_loss.distributed.gather_rows), or let the criterion keep the queue "
+                    "(memory_bank_size=K with gather_distributed=True); the prototype bank gathers keys either way"
+                )
             check_negatives(negatives, query)
         if prototypes is not None:
             check_matrix(prototypes, "prototypes", query.shape[1])

@@ -46,6 +46,16 @@ def kept(h: np.ndarray, prototypes: np.ndarray, nearest: int) -> bool:
     return int(np.argmax(prototypes @ h)) == nearest
 
 
+def moco_cross_entropy(
+    query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """MoCo's InfoNCE as usually written: cross-entropy over the concatenated logits ``[q . k, q . n_j] / T`` of
+    normalized rows, the positive as label (0 when there are no negatives)."""
+    q, k, n = (F.normalize(x, dim=1) for x in (query, key, negatives))
+    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ n.T], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+
+
 def randn(*shape: int, seed: int, dtype: torch.dtype = torch.float64) -> torch.Tensor:
     """Seeded standard normal tensor."""
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import gen, randn, sphere
+from reference import gen, moco_cross_entropy, randn, sphere
 
 from halp_loss import HaLPInfoNCE, hallucinate_positives
 from halp_loss.functional import info_nce, nt_xent, sampled_halp_term
@@ -14,9 +14,7 @@ T = 0.07
 
 
 def reference_moco(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-    q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
-    logits = torch.cat([(q * k).sum(1, keepdim=True), q @ negatives.T], dim=1) / T
-    return F.cross_entropy(logits, torch.zeros(len(q), dtype=torch.long))
+    return moco_cross_entropy(q, k, negatives, T)
 
 
 def reference_simclr(z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:

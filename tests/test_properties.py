@@ -235,6 +235,7 @@ def test_halp_infonce_is_finite(
         estimator=estimator,
         num_positives=8,
         generator=torch.Generator().manual_seed(0),
+        memory_bank_size=0,  # SimCLR with a key without gradient is intended here
     )
     negatives = None if simclr else F.normalize(rows(7, dim, 4, torch.float64, 0.0), dim=1).to(query.dtype)
     for _ in range(3):  # the bank fits on these keys (degenerate ones included) and HaLP switches on
@@ -318,6 +319,8 @@ def test_unit_rows_at_any_magnitude(dtype: torch.dtype, dim: int, exponent: floa
     x[1] = 0.0
     x = x.to(dtype)
     out = unit_rows(x)
+    # Without autograd the division is done in place: the same bits as the differentiable path.
+    assert torch.equal(unit_rows(x.clone().requires_grad_()).detach(), out)
     assert torch.equal(out[1], torch.zeros(dim, dtype=dtype))
     live = x.abs().amax(dim=1) > 0
     assert_unit(out[live])

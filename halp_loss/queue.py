@@ -1,0 +1,241 @@
+"""KeyQueue: MoCo's FIFO queue of recent keys, kept by the loss so that a MoCo loop needs no queue code."""
+
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import Tensor, nn
+
+from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
+from halp_loss.distributed import gather_rows
+
+__all__ = ["KeyQueue", "parse_memory_bank_size"]
+
+MemoryBankSize = Union[None, int, Sequence[int]]
+
+
+def parse_memory_bank_size(size: MemoryBankSize) -> tuple[int, Optional[int]]:
+    """``(K, D)`` from a ``memory_bank_size`` argument: ``None`` or ``0`` (no queue) give ``(0, None)``, an int ``K``
+    gives ``(K, None)`` (D taken from the first keys), a pair gives ``(K, D)`` as in lightly's
+    ``NTXentLoss(memory_bank_size=(K, D))``.
+
+    Raises:
+        ValueError: unless ``size`` is ``None``, an integer ``K >= 0`` or a pair of integers ``(K >= 0, D >= 1)``.
+    """
+    expected = "memory_bank_size must be None, an integer K >= 0 or a pair (K, D) of integers with D >= 1"
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+    if size is None:
+        return 0, None
+    if is_int(size) and size >= 0:
+        return int(size), None
+    if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(is_int, size)) and size[0] >= 0 and size[1] >= 1:
+        return int(size[0]), int(size[1])
+    raise ValueError(f"{expected}, got {size!r}")
+
+
+class _BackwardSeen:
+    """A gradient hook that records that backward has reached its tensor, i.e. has used the negatives read with it."""
+
+    __slots__ = ("seen",)
+
+    def __init__(self) -> None:
+        self.seen = False
+
+    def __call__(self, grad: Tensor) -> None:
+        self.seen = True
+
+
+class KeyQueue(nn.Module):
+    """FIFO queue of the ``size`` most recent keys, unit-norm and detached: the negatives of MoCo's InfoNCE.
+
+    :class:`halp_loss.HaLPInfoNCE` keeps one when built with ``memory_bank_size``. Each call reads the negatives
+    (:meth:`negatives`) and then enqueues its keys (:meth:`enqueue`), so a step never scores its own keys, as in
+    MoCo. Before ``size`` keys have arrived only the filled rows are negatives (the first call has none): the loss
+    is then InfoNCE over every key seen so far, with no placeholder vectors in the softmax.
+
+    Enqueued keys are written when the queue is next read, in place, which costs nothing: autograd keeps the rows
+    it read until backward, so writing them earlier would change the gradient of the call that read them. If that
+    call's backward has not run yet (two calls before one backward), the write goes to a copy instead. Keys that
+    are not finite are stored as zero rows (negatives of logit 0), so one bad batch does not make the next
+    ``size / batch`` losses NaN.
+
+    Training mode only: in eval mode :meth:`enqueue` changes nothing. ``state_dict()`` holds the rows and the count
+    of keys seen, so a resumed run scores the same negatives as an uninterrupted one; loading a state of another
+    ``size`` or ``dim`` raises ``ValueError``, and a queue built without ``dim`` adopts the checkpoint's.
+
+    Args:
+        size: K, number of keys kept (>= 1).
+        dim: D, the key width; ``None`` takes it from the first call. Give it when the queue is a buffer of a module
+            that DDP broadcasts, whose buffers must have their final shapes before training starts.
+        gather_distributed: under ``torch.distributed`` (initialized, world size > 1), enqueue the keys of every
+            rank in rank order, so that all ranks hold the same queue (what MoCo does); otherwise each rank keeps
+            its own keys.
+
+    Raises:
+        ValueError: for a ``size`` or ``dim`` that is not an integer >= 1.
+
+    Example:
+        >>> queue = KeyQueue(size=4096)
+        >>> keys = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
+        >>> queue.negatives(keys, torch.float32).shape   # nothing enqueued yet
+        torch.Size([0, 128])
+        >>> queue.enqueue(keys)
+        >>> queue.negatives(keys, torch.float32).shape, queue.num_seen
+        (torch.Size([64, 128]), 64)
+    """
+
+    keys: Tensor
+
+    def __init__(self, size: int, dim: Optional[int] = None, *, gather_distributed: bool = False) -> None:
+        super().__init__()
+        check_positive_int(size, "size")
+        if dim is not None:
+            check_positive_int(dim, "dim")
+        self.size = size
+        self.declared_dim = dim
+        self.gather_distributed = gather_distributed
+        self.register_buffer("keys", torch.zeros(size, dim or 0))
+        self._written = 0
+        # Keys waiting to be written at the next read, how many arrived (more than size keeps the newest), and the
+        # hook that tells whether backward has used the rows they overwrite.
+        self._pending: Optional[Tensor] = None
+        self._pending_count = 0
+        self._backward: Optional[_BackwardSeen] = None
+
+    @property
+    def num_seen(self) -> int:
+        """Keys enqueued so far (all ranks' with ``gather_distributed``), including those not yet written."""
+        return self._written + self._pending_count
+
+    @property
+    def dim(self) -> Optional[int]:
+        """Key width, ``None`` until the first call (or a checkpoint) sets it."""
+        return self.keys.shape[1] or None
+
+    @property
+    def num_filled(self) -> int:
+        """Rows that hold keys: ``min(num_seen, size)``."""
+        return min(self.num_seen, self.size)
+
+    def negatives(self, query: Tensor, dtype: torch.dtype) -> Tensor:
+        """The filled rows, to score ``query`` against: a (``num_filled``, D) view of the buffer, no copy.
+
+        While nothing has been enqueued, the queue takes the query's width and device and ``dtype`` (so a queue
+        built on the CPU, or without ``dim``, follows the first call rather than failing or casting every step).
+
+        Args:
+            query: (B, D) queries that will be scored against the rows.
+            dtype: the dtype to hold keys in, if the queue is still empty (the call's compute dtype).
+
+        Returns:
+            (n, D) rows in insertion order modulo ``size``; n = 0 on the first call.
+
+        Raises:
+            ValueError: if ``query`` is not (B, ``dim``) floating point, or is on another device than a queue that
+                holds keys.
+        """
+        self._flush()
+        empty = self.num_seen == 0
+        check_matrix(query, "query", self.declared_dim or (None if empty else self.dim))
+        if empty:
+            self._allocate(query.shape[1], query.device, dtype)
+        if self.keys.device != query.device:
+            raise ValueError(
+                f"query is on {query.device} but the criterion's key queue is on {self.keys.device}; "
+                "move the criterion with .to(device)"
+            )
+        return self.keys[: self.num_filled]
+
+    @torch.no_grad()
+    def enqueue(self, keys: Tensor, *, reader: Optional[Tensor] = None) -> None:
+        """Append unit-norm keys, newest last (written at the next read); in eval mode do nothing.
+
+        Args:
+            keys: (B, D) unit-norm keys; rows that are not finite are stored as zeros. Gathered from all ranks first
+                with ``gather_distributed``.
+            reader: the tensor whose gradient uses the rows returned by the last :meth:`negatives` (the normalized
+                queries). Until backward reaches it, the write goes to a copy of the buffer.
+
+        Raises:
+            ValueError: if ``keys`` is not (B, D) floating point with the queue's width.
+        """
+        self._flush()  # a second enqueue before a read: write the first one now
+        check_matrix(keys, "keys", self.dim)
+        if not self.training:
+            return
+        if self.gather_distributed:
+            keys = gather_rows(keys)
+        self._pending = torch.where(torch.isfinite(keys).all(dim=1, keepdim=True), keys.detach(), 0.0)
+        self._pending_count = keys.shape[0]
+        if reader is not None and reader.requires_grad:
+            self._backward = _BackwardSeen()
+            reader.register_hook(self._backward)
+
+    def recent(self) -> Tensor:
+        """A copy of the keys in the queue, oldest first (``num_filled`` rows)."""
+        self._flush()
+        if self.num_seen <= self.size:
+            return self.keys[: self.num_seen].clone()
+        return self.keys.roll(-(self.num_seen % self.size), dims=0)
+
+    def _flush(self) -> None:
+        """Write the pending keys into the ring buffer, in place unless a graph may still read the current rows."""
+        if self._pending is None:
+            return
+        arrived, backward = self._pending_count, self._backward
+        if self._written == 0:
+            self._allocate(self._pending.shape[1], self._pending.device, compute_dtype(self._pending))
+        rows = self._pending[-self.size :].to(self.keys)
+        self._pending, self._pending_count, self._backward = None, 0, None
+        buffer = self.keys if backward is None or backward.seen else self.keys.clone()
+        start = (self._written + arrived - rows.shape[0]) % self.size
+        head = min(rows.shape[0], self.size - start)
+        buffer[start : start + head] = rows[:head]
+        buffer[: rows.shape[0] - head] = rows[head:]
+        self.keys = buffer
+        self._written += arrived
+
+    def _allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
+        """Hold keys of this width, device and dtype; only while the queue is empty, so nothing is lost."""
+        if (self.dim, self.keys.device, self.keys.dtype) != (dim, device, dtype):
+            self.keys = torch.zeros(self.size, dim, device=device, dtype=dtype)
+
+    def get_extra_state(self) -> dict[str, int]:
+        return {"num_seen": self.num_seen}
+
+    def set_extra_state(self, state: Any) -> None:
+        if not isinstance(state, dict) or "num_seen" not in state:
+            raise ValueError(f"the checkpoint's key queue state lacks num_seen; it is not a KeyQueue state: {state!r}")
+        check_positive_int(state["num_seen"], "the checkpoint's key queue counter num_seen", minimum=0)
+        self._written = state["num_seen"]
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        self._flush()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        saved = state_dict.get(prefix + "keys")
+        if saved is not None:
+            if saved.ndim != 2 or saved.shape[0] != self.size:
+                raise ValueError(
+                    f"the checkpoint's key queue holds {tuple(saved.shape)} keys, but this criterion was built with "
+                    f"memory_bank_size K = {self.size}; build it with the checkpoint's K"
+                )
+            if saved.shape[1] and self.declared_dim is not None and saved.shape[1] != self.declared_dim:
+                raise ValueError(
+                    f"the checkpoint's key queue has dim = {saved.shape[1]}, but this criterion was built with "
+                    f"memory_bank_size D = {self.declared_dim}"
+                )
+            # A queue that has not seen keys takes the saved width (checkpoints load into a fresh criterion).
+            if saved.shape[1] != self.keys.shape[1]:
+                self.keys = torch.zeros(saved.shape, dtype=saved.dtype, device=self.keys.device)
+        self._pending, self._pending_count, self._backward = None, 0, None
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, dim={self.dim}, seen={self.num_seen}"
