@@ -1,4 +1,5 @@
-"""Two gloo processes on the CPU: identical prototypes on both ranks, and SimCLR gathering with correct labels."""
+"""Two gloo processes on the CPU: identical prototypes on both ranks, SimCLR gathering with correct labels, and the
+built-in MoCo queue with and without gathering keys."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
+from reference import moco_cross_entropy
 
 from halp_loss import HaLPInfoNCE, PrototypeBank
 from halp_loss.distributed import gather_rows
@@ -17,11 +19,22 @@ from halp_loss.functional import nt_xent
 WORLD = 2
 BATCH = 8
 DIM = 16
+QUEUE = 20  # K: wraps around during the four MoCo steps
+MOCO_STEPS = range(10, 14)
 
 
 def local_views(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(1000 * step + rank)
-    return torch.randn(BATCH, DIM, generator=g, dtype=torch.float64), torch.randn(BATCH, DIM, generator=g, dtype=torch.float64)
+    return torch.randn(BATCH, DIM, generator=g, dtype=torch.float64), torch.randn(
+        BATCH, DIM, generator=g, dtype=torch.float64
+    )
+
+
+def moco_pair(rank: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's (query, key) at a MoCo step: uneven batches at the second step (rank 1 has 3 rows fewer)."""
+    query, key = local_views(rank, step)
+    rows = BATCH - 3 * rank if step == MOCO_STEPS[1] else BATCH
+    return query[:rows], key[:rows]
 
 
 def worker(rank: int, init_file: str, out_dir: str) -> None:
@@ -48,6 +61,16 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
             a, b = (v.requires_grad_() for v in local_views(rank, step))
             criterion(a, b).backward()
         results["criterion_prototypes"] = criterion.bank.prototypes
+
+        for gather in (True, False):
+            criterion = HaLPInfoNCE(temperature=0.1, halp_weight=0.0, memory_bank_size=QUEUE, gather_distributed=gather)
+            losses = []
+            for step in MOCO_STEPS:
+                query, key = moco_pair(rank, step)
+                loss = criterion(query.requires_grad_(), key)
+                loss.backward()
+                losses.append(loss.detach())
+            results[f"queue_gather_{gather}"] = (criterion.queue.recent(), losses)
         torch.save(results, Path(out_dir) / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -57,6 +80,7 @@ def test_two_ranks(tmp_path: Path) -> None:
     os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     mp.spawn(worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD))
+    check_moco_queues(r0, r1)
 
     assert torch.equal(r0["prototypes"], r1["prototypes"])
     assert torch.equal(r0["criterion_prototypes"], r1["criterion_prototypes"])
@@ -77,3 +101,20 @@ def test_two_ranks(tmp_path: Path) -> None:
     for view, grad in enumerate((g1.grad, g2.grad)):
         gathered = torch.cat([r0["grads"][view], r1["grads"][view]])
         assert torch.allclose(gathered, grad, atol=1e-10)
+
+
+def check_moco_queues(*results: dict) -> None:
+    """With gather_distributed every rank enqueues all ranks' keys in rank order (one queue, as MoCo keeps it);
+    without, each rank keeps its own; either way each loss is MoCo InfoNCE over that rank's queue as it stood."""
+    for gather in (True, False):
+        for rank, result in enumerate(results):
+            queue, losses = result[f"queue_gather_{gather}"]
+            history: list[torch.Tensor] = []
+            for step, loss in zip(MOCO_STEPS, losses):
+                query, key = moco_pair(rank, step)
+                negatives = F.normalize(torch.cat(history), dim=1)[-QUEUE:] if history else query[:0]
+                assert torch.allclose(loss, moco_cross_entropy(query, key, negatives, 0.1), atol=1e-10)
+                history += [moco_pair(r, step)[1] for r in range(WORLD)] if gather else [key]
+            assert torch.allclose(queue, F.normalize(torch.cat(history), dim=1)[-QUEUE:], atol=1e-12)
+    assert torch.equal(results[0]["queue_gather_True"][0], results[1]["queue_gather_True"][0])
+    assert not torch.equal(results[0]["queue_gather_False"][0], results[1]["queue_gather_False"][0])

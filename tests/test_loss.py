@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -67,6 +69,19 @@ def test_fused_moco_term_equals_explicit_positives(objective: str) -> None:
 
 
 @pytest.mark.parametrize("objective", ["align", "infonce"])
+def test_queue_moco_term_scores_against_the_queue(objective: str) -> None:
+    # The built-in queue's keys are the negatives of both InfoNCE and the "infonce" HaLP term.
+    earlier, protos = randn(40, 32, seed=30), sphere(20, 32, 8)
+    criterion = HaLPInfoNCE(halp_weight=2.0, objective=objective, generator=gen(11), memory_bank_size=32)
+    criterion.queue.enqueue(F.normalize(earlier, dim=1))  # as earlier calls would have: the newest 32 stay
+    q, k = randn(16, 32, seed=5), randn(16, 32, seed=6)
+    loss = criterion(q, k, prototypes=protos)
+    negs = F.normalize(earlier[-32:], dim=1)
+    expected = reference_halp(q, F.normalize(k, dim=1), protos, objective, [negs] * 16, seed=11)
+    assert torch.allclose(loss, reference_moco(q, k, negs) + 2.0 * expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("objective", ["align", "infonce"])
 def test_fused_simclr_term_equals_explicit_positives(objective: str) -> None:
     z1, z2, protos = randn(8, 32, seed=9), randn(8, 32, seed=10), sphere(6, 32, 11)
     criterion = HaLPInfoNCE(halp_weight=1.0, objective=objective, generator=gen(3))
@@ -88,6 +103,50 @@ def test_fused_float32_matches_float64_reference() -> None:
     expected = reference_halp(q, F.normalize(k.float(), dim=1), protos.float(), "align", [], seed=5)
     assert fused.loss.dtype == torch.float32
     assert fused.loss.item() == pytest.approx(expected.item(), abs=1e-5)
+
+
+def test_negatives_are_normalized_inside() -> None:
+    # Issue 11: negatives scaled by 3 gave 48.8 instead of 7.03; each row now counts by its direction alone.
+    q, k, negs = randn(8, 16, seed=0), randn(8, 16, seed=1), sphere(300, 16, 2)
+    scales = torch.tensor([3.0, 0.5, 1e30, 1e-30, 2.0**70])[torch.arange(300) % 5, None]
+    expected = reference_moco(q, k, negs)
+    criterion = HaLPInfoNCE(halp_weight=0.0)
+    for scaled in (3 * negs, scales * negs):
+        assert torch.allclose(criterion(q, k, scaled), expected, atol=1e-12)
+        assert torch.allclose(info_nce(q, k, scaled, T), expected, atol=1e-12)
+    unscaled = info_nce(q.float(), k.float(), negs.float(), T)
+    assert info_nce(q.float(), k.float(), (scales * negs).float(), T).item() == pytest.approx(unscaled.item(), abs=1e-5)
+
+
+def test_a_call_that_looks_like_a_moco_port_warns_once() -> None:
+    # SimCLR mode with a query that has a gradient and a key that has none: a MoCo loop that lost its queue.
+    q, k = randn(8, 16, seed=0).requires_grad_(), randn(8, 16, seed=1)
+    criterion = HaLPInfoNCE()
+    with pytest.warns(UserWarning, match=r"14 in-batch negatives per row\. For MoCo.*memory_bank_size=K") as caught:
+        criterion(q, k)
+        criterion(q, k)
+    assert len(caught) == 1 and caught[0].filename == __file__  # points at the criterion's caller
+
+
+@pytest.mark.parametrize(
+    "case", ["simclr", "no_grad", "eval", "declared_in_batch", "explicit_negatives", "built_in_queue"]
+)
+def test_no_moco_port_warning_for_evaluation_simclr_or_declared_intent(case: str) -> None:
+    q, k = randn(8, 16, seed=0).requires_grad_(), randn(8, 16, seed=1)
+    criterion = HaLPInfoNCE(memory_bank_size={"declared_in_batch": 0, "built_in_queue": 16}.get(case))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if case == "simclr":  # both views carry gradient
+            criterion(q, k.requires_grad_())
+        elif case == "no_grad":  # an evaluation call; q is a leaf, so it still reports requires_grad
+            with torch.no_grad():
+                criterion(q, k)
+        elif case == "eval":
+            criterion.eval()(q, k)
+        elif case == "explicit_negatives":
+            criterion(q, k, sphere(32, 16, 2))
+        else:
+            criterion(q, k)
 
 
 def test_plain_infonce_until_bank_ready_and_when_weight_zero() -> None:
@@ -241,6 +300,9 @@ def test_input_errors() -> None:
         criterion(q, k.to("meta"), queue.T)
     with pytest.raises(ValueError, match="negatives is on meta but query is on cpu"):
         criterion(q, k, queue.T.to("meta"))
+    # Issue 11: gather_distributed was silently ignored with explicit negatives.
+    with pytest.raises(ValueError, match="gather_distributed=True has nothing to gather when negatives are given"):
+        HaLPInfoNCE(gather_distributed=True)(q, k, queue.T)
 
 
 def test_functional_input_errors() -> None:
