@@ -29,7 +29,9 @@ def plain_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> tor
 
 
 @torch.no_grad()
-def materializing_positives(anchor: torch.Tensor, protos: torch.Tensor, lam: float) -> tuple[torch.Tensor, torch.Tensor]:
+def materializing_positives(
+    anchor: torch.Tensor, protos: torch.Tensor, lam: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The released code's formulation: a Python loop over anchors, explicit positives, (M, P, D) repeats."""
     positives, keeps = [], []
     for k in anchor:
@@ -62,46 +64,90 @@ def run(device: str, min_run_time: float) -> list[tuple[str, float, str]]:
     k = torch.randn(B, D, device=device)
     keys = F.normalize(torch.randn(256, D, device=device), dim=1)
     protos = spherical_kmeans(keys, P).centroids
-    criterion = HaLPInfoNCE().to(device)
-    without_halp = HaLPInfoNCE(halp_weight=0.0).to(device)
-    criterion(q, k, queue.T)  # materialize the bank
-    for _ in range(4):
-        criterion.bank.update(F.normalize(torch.randn(B, D, device=device), dim=1))
-    assert criterion.bank.ready
+    criterion, queued = HaLPInfoNCE().to(device), HaLPInfoNCE(memory_bank_size=(K, D)).to(device)
+    without_halp, queued_without_halp = (
+        HaLPInfoNCE(halp_weight=0.0, memory_bank_size=size).to(device) for size in (None, K)
+    )
+    for loss in (criterion, queued):  # materialize the bank; fill the built-in queue
+        loss(q, k, None if loss.queue is not None else queue.T)
+        for _ in range(4):
+            loss.bank.update(F.normalize(torch.randn(B, D, device=device), dim=1))
+        assert loss.bank.ready
+    for loss in (queued, queued_without_halp):
+        loss.queue.enqueue(queue.T)
     sync = "torch.cuda.synchronize()" if device.startswith("cuda") else "pass"
     env = dict(
-        q=q, k=k, queue=queue, criterion=criterion, without_halp=without_halp, plain=plain_info_nce, keys=keys, protos=protos,
-        hallucinate=hallucinate_positives, materializing=materializing_positives, kmeans=spherical_kmeans,
-        STEPS=STEPS, torch=torch,
+        q=q,
+        k=k,
+        queue=queue,
+        criterion=criterion,
+        without_halp=without_halp,
+        plain=plain_info_nce,
+        keys=keys,
+        protos=protos,
+        queued=queued,
+        queued_without_halp=queued_without_halp,
+        hallucinate=hallucinate_positives,
+        materializing=materializing_positives,
+        kmeans=spherical_kmeans,
+        STEPS=STEPS,
+        torch=torch,
     )
     loop = "for _ in range(STEPS):\n    {}.backward()\n" + sync
     baseline = measure(loop.format("plain(q, k, queue)"), env, "plain InfoNCE", min_run_time) / STEPS
+    ours_queue = measure(loop.format("queued_without_halp(q, k)"), env, "InfoNCE term, queue", min_run_time) / STEPS
     ours = measure(loop.format("without_halp(q, k, queue.T)"), env, "InfoNCE term", min_run_time) / STEPS
+    halp_queue = measure(loop.format("queued(q, k)"), env, "HaLPInfoNCE, queue", min_run_time) / STEPS
     halp = measure(loop.format("criterion(q, k, queue.T)"), env, "HaLPInfoNCE", min_run_time) / STEPS
     closed = measure(f"hallucinate(keys[:64], protos); {sync}", env, "closed form", min_run_time)
     naive = measure(f"materializing(keys[:64], protos, 0.8); {sync}", env, "materializing", min_run_time)
     fit = measure(f"kmeans(keys, 20); {sync}", env, "k-means", min_run_time)
     return [
         ("plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)", baseline, "1.00"),
-        ("HaLPInfoNCE(halp_weight=0) fwd+bwd (our InfoNCE alone)", ours, f"{ours / baseline:.2f} x InfoNCE"),
-        ("HaLPInfoNCE fwd+bwd, bank refit every 10 calls", halp, f"{halp / baseline:.2f} x InfoNCE"),
+        (
+            "HaLPInfoNCE(halp_weight=0, memory_bank_size=K) fwd+bwd (our InfoNCE, built-in queue)",
+            ours_queue,
+            f"{ours_queue / baseline:.2f} x InfoNCE",
+        ),
+        (
+            "HaLPInfoNCE(halp_weight=0) fwd+bwd, negatives=queue.T (normalized inside)",
+            ours,
+            f"{ours / baseline:.2f} x InfoNCE",
+        ),
+        (
+            "HaLPInfoNCE(memory_bank_size=K) fwd+bwd, bank refit every 10 calls",
+            halp_queue,
+            f"{halp_queue / baseline:.2f} x InfoNCE",
+        ),
+        ("HaLPInfoNCE fwd+bwd, negatives=queue.T, bank refit every 10 calls", halp, f"{halp / baseline:.2f} x InfoNCE"),
         ("materializing generator + filter (loop over batch)", naive, f"{naive / baseline:.2f} x InfoNCE"),
-        ("hallucinate_positives (closed form, B x M x D output)", closed, f"{naive / closed:.1f} x faster than materializing"),
+        (
+            "hallucinate_positives (closed form, B x M x D output)",
+            closed,
+            f"{naive / closed:.1f} x faster than materializing",
+        ),
         ("spherical_kmeans 256 x 128 -> 20", fit, ""),
     ]
 
 
-def query_gradient(
-    criterion: HaLPInfoNCE, q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, protos: torch.Tensor
-) -> torch.Tensor:
+def frozen_queue_criterion(queue: torch.Tensor, **kwargs: object) -> HaLPInfoNCE:
+    """A criterion whose built-in queue holds ``queue``'s K keys and stays frozen (eval mode): every call scores
+    against the same negatives, as passing ``queue.T`` would, without normalizing them each call."""
+    criterion = HaLPInfoNCE(memory_bank_size=queue.shape[::-1], **kwargs).to(queue.device)
+    criterion.queue.enqueue(queue.T)
+    return criterion.eval()
+
+
+def query_gradient(criterion: HaLPInfoNCE, q: torch.Tensor, k: torch.Tensor, protos: torch.Tensor) -> torch.Tensor:
     q = q.detach().requires_grad_()
-    criterion(q, k, queue.T, prototypes=protos).backward()
+    criterion(q, k, prototypes=protos).backward()
     return q.grad
 
 
 def run_estimators(device: str, min_run_time: float) -> list[tuple[str, str, float, float, float, float]]:
-    """HaLPInfoNCE fwd+bwd with each estimator (given prototypes, so no bank refits), and the spread of dL/dq
-    over DRAWS independent draws of the sampled estimator (the expected one is deterministic).
+    """HaLPInfoNCE fwd+bwd with each estimator (given prototypes, so no bank refits; K negatives in a frozen
+    built-in queue), and the spread of dL/dq over DRAWS independent draws of the sampled estimator (the expected
+    one is deterministic).
 
     Returns rows ``(objective, estimator, seconds, std, relative std, gap)``: ``std`` is the mean over entries
     of the std of dL/dq across draws, ``relative std`` that over the RMS of the HaLP term's share of dL/dq (the
@@ -118,19 +164,19 @@ def run_estimators(device: str, min_run_time: float) -> list[tuple[str, str, flo
     rows = []
     for objective in ("align", "infonce"):
         criteria = {
-            f"sampled, M = {M}": HaLPInfoNCE(
-                objective=objective, num_positives=M, generator=torch.Generator(device).manual_seed(0)
+            f"sampled, M = {M}": frozen_queue_criterion(
+                queue, objective=objective, num_positives=M, generator=torch.Generator(device).manual_seed(0)
             ),
-            "expected": HaLPInfoNCE(objective=objective, estimator="expected"),
+            "expected": frozen_queue_criterion(queue, objective=objective, estimator="expected"),
         }
-        exact = query_gradient(criteria["expected"], q, k, queue, protos)
-        halp_share = exact - query_gradient(HaLPInfoNCE(halp_weight=0.0), q, k, queue, protos)
+        exact = query_gradient(criteria["expected"], q, k, protos)
+        halp_share = exact - query_gradient(frozen_queue_criterion(queue, halp_weight=0.0), q, k, protos)
         for name, criterion in criteria.items():
-            env = dict(criterion=criterion, q=q, k=k, queue=queue, protos=protos, torch=torch)
-            stmt = f"criterion(q, k, queue.T, prototypes=protos).backward(); {sync}"
+            env = dict(criterion=criterion, q=q, k=k, protos=protos, torch=torch)
+            stmt = f"criterion(q, k, prototypes=protos).backward(); {sync}"
             seconds = measure(stmt, env, f"{name} {objective}", min_run_time)
             draws = 3 if name == "expected" else DRAWS
-            grads = torch.stack([query_gradient(criterion, q, k, queue, protos) for _ in range(draws)])
+            grads = torch.stack([query_gradient(criterion, q, k, protos) for _ in range(draws)])
             std = grads.std(dim=0).mean()
             gap = (grads.mean(dim=0) - exact).norm() / halp_share.norm()
             relative = std / halp_share.square().mean().sqrt()
@@ -146,7 +192,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    name = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    name = (
+        torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    )
     print(f"device: {args.device} ({name}), threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"B={B} K={K} D={D} M={M} P={P}\n")
     print("| what | time per call | ratio |\n|---|---|---|")

@@ -31,7 +31,7 @@ from halp_loss._checks import (
     compute_dtype,
 )
 from halp_loss.distributed import gather_rows_with_grad, rank, world_size
-from halp_loss.geometry import draw_geodesics, resolve_candidates, unit_rows
+from halp_loss.geometry import detached_unit_rows, draw_geodesics, resolve_candidates, unit_rows
 
 __all__ = [
     "ContrastiveLogits",
@@ -94,7 +94,7 @@ def moco_logits(
     """
     q = unit_rows(query)
     k = unit_rows(key.detach())
-    negatives = negatives.detach() if unit_negatives else unit_rows(negatives.detach())
+    negatives = negatives.detach() if unit_negatives else detached_unit_rows(negatives)
     # Scaling the (B, D) query rather than the (B, K) logits saves a pass over the logits.
     scaled = q / temperature
     positive = (scaled * k).sum(dim=1)

@@ -33,14 +33,11 @@ __all__ = [
     "GeodesicDraws",
     "Hallucination",
     "candidate_walks",
+    "detached_unit_rows",
     "draw_geodesics",
     "hallucinate_positives",
     "unit_rows",
 ]
-
-
-NORMALIZE_EPS = 1e-12
-"""``F.normalize``'s default ``eps``: the smallest norm divided by, so zero rows stay zero."""
 
 
 def unit_rows(x: Tensor) -> Tensor:
@@ -50,21 +47,34 @@ def unit_rows(x: Tensor) -> Tensor:
     rows of ordinary magnitude get bit for bit ``F.normalize(x)``, while a row of 1e20s (whose squared norm
     overflows float32) or of 1e-30s (whose squared norm underflows) is normalized as accurately. The scale
     carries no gradient, which is exact since the result does not depend on it.
-
-    Without autograd (a detached MoCo queue of K x D negatives) the division is done in place, bit for bit the
-    same values: one K x D temporary instead of three.
     """
-    detached = x.detach()
-    # max |x| from the row's max and min: no |x| temporary.
-    largest = torch.frexp(torch.maximum(detached.amax(dim=-1, keepdim=True), -detached.amin(dim=-1, keepdim=True)))
-    # Subnormal rows would need a factor beyond the dtype's range: scaling them by its largest power of two
-    # already lifts them far from underflow.
+    return F.normalize(x * row_scales(x), dim=-1)
+
+
+def detached_unit_rows(x: Tensor) -> Tensor:
+    """:func:`unit_rows` without autograd, for many rows in any memory layout (a MoCo queue passed as ``queue.T``).
+
+    The same power-of-two scaling, then the norm as a sum of squares and an in-place division: on a CPU this
+    normalizes a column-major 16384 x 128 queue in half the time of ``F.normalize``, whose norm kernel is slow across
+    strides. Rows agree with :func:`unit_rows` to float rounding (not bit for bit).
+    """
+    scaled = x.detach() * row_scales(x)
+    norm = scaled.square().sum(dim=-1, keepdim=True).sqrt_()
+    # F.normalize's eps: zero rows stay zero.
+    return scaled.div_(norm.clamp_min_(1e-12))
+
+
+def row_scales(x: Tensor) -> Tensor:
+    """(..., 1) powers of two that bring each row's largest magnitude into [0.5, 1), detached.
+
+    Subnormal rows would need a factor beyond the dtype's range: scaling them by its largest power of two already
+    lifts them far from underflow.
+    """
+    x = x.detach()
+    # max |x| from the row's max and min, which needs no |x| temporary.
+    largest = torch.frexp(torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))).exponent
     limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
-    scaled = x * torch.exp2(-largest.exponent.clamp(-limit, limit).to(x.dtype))
-    if scaled.requires_grad:
-        return F.normalize(scaled, dim=-1)
-    # F.normalize's arithmetic (norm clamped at its eps), in place.
-    return scaled.div_(torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_min_(NORMALIZE_EPS))
+    return torch.exp2(-largest.clamp(-limit, limit).to(x.dtype))
 
 
 class GeodesicDraws(NamedTuple):
