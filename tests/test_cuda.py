@@ -54,6 +54,23 @@ def test_training_step_never_waits_on_the_device_between_refits() -> None:
     assert torch.isfinite(q.grad).all()
 
 
+def test_built_in_queue_step_never_waits_on_the_device() -> None:
+    criterion = HaLPInfoNCE(prototype_every=1000, memory_bank_size=16384)  # the queue follows the first call
+    for step in range(5):  # fill the bank and fit once
+        criterion(cuda_sphere(64, 128, 30 + step).requires_grad_(), cuda_sphere(64, 128, 40 + step)).backward()
+    criterion.queue.enqueue(cuda_sphere(16384, 128, 11))
+    assert criterion.bank.ready and criterion.queue.keys.is_cuda
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(2):  # the second call writes the first call's keys in place
+            q = cuda_sphere(64, 128, 50 + step).requires_grad_()
+            criterion(q, cuda_sphere(64, 128, 60 + step)).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(q.grad).all() and criterion.queue.num_seen == 5 * 64 + 16384 + 2 * 64
+
+
 def test_kmeans_and_bank_stay_on_device() -> None:
     result = spherical_kmeans(cuda_sphere(256, 128, 9), 20, generator=torch.Generator("cuda").manual_seed(0))
     assert result.centroids.is_cuda and torch.allclose(result.centroids.norm(dim=1), torch.ones(20, device="cuda"))
