@@ -32,7 +32,7 @@ from halp_loss.functional import (
     simclr_logits,
 )
 from halp_loss.geometry import resolve_candidates, unit_rows
-from halp_loss.queue import KeyQueue, MemoryBankSize, parse_memory_bank_size
+from halp_loss.key_queue import KeyQueue, MemoryBankSize, parse_memory_bank_size
 
 __all__ = ["ESTIMATORS", "HaLPInfoNCE"]
 
@@ -268,7 +268,7 @@ class HaLPInfoNCE(nn.Module):
                     self.bank.update(logits.anchor, normalized=True)
             if self.queue is not None:
                 # After the loss, as MoCo enqueues: this call's keys are negatives from the next call on.
-                self.queue.enqueue(logits.anchor, reader=logits.query)
+                self.queue.enqueue(logits.anchor, normalized=True, reader=logits.query)
         loss = infonce if halp is None else infonce + self.halp_weight * halp.loss
         self._record(loss, infonce, halp)
         return loss

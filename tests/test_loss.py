@@ -73,7 +73,7 @@ def test_queue_moco_term_scores_against_the_queue(objective: str) -> None:
     # The built-in queue's keys are the negatives of both InfoNCE and the "infonce" HaLP term.
     earlier, protos = randn(40, 32, seed=30), sphere(20, 32, 8)
     criterion = HaLPInfoNCE(halp_weight=2.0, objective=objective, generator=gen(11), memory_bank_size=32)
-    criterion.queue.enqueue(F.normalize(earlier, dim=1))  # as earlier calls would have: the newest 32 stay
+    criterion.queue.enqueue(earlier)  # as earlier calls would have: normalized, the newest 32 stay
     q, k = randn(16, 32, seed=5), randn(16, 32, seed=6)
     loss = criterion(q, k, prototypes=protos)
     negs = F.normalize(earlier[-32:], dim=1)

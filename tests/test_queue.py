@@ -63,15 +63,15 @@ def test_queue_holds_the_last_K_keys_oldest_first() -> None:
     queue = KeyQueue(K)
     history: list[torch.Tensor] = []
     for i, size in enumerate(BATCHES):
-        keys = F.normalize(randn(size, 3, seed=i), dim=1)
-        queue.enqueue(keys)
-        history.append(keys)
+        keys = randn(size, 3, seed=i)
+        queue.enqueue(keys)  # normalized on the way in
+        history.append(F.normalize(keys, dim=1))
         assert queue.num_seen == sum(map(len, history)) and queue.num_filled == min(queue.num_seen, K)
         assert torch.equal(queue.recent(), torch.cat(history)[-K:])
     # Keys that are not finite are stored as zero rows: negatives of logit 0 rather than NaN losses.
     bad = F.normalize(randn(3, 3, seed=50), dim=1)
     bad[1, 0], bad[2, 2] = float("nan"), float("inf")
-    queue.enqueue(bad)
+    queue.enqueue(bad, normalized=True)
     assert torch.equal(queue.recent()[-3:], torch.cat([bad[:1], torch.zeros(2, 3, dtype=bad.dtype)]))
 
 

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
 from halp_loss.distributed import gather_rows
+from halp_loss.geometry import unit_rows
 
 __all__ = ["KeyQueue", "parse_memory_bank_size"]
 
@@ -81,11 +82,11 @@ class KeyQueue(nn.Module):
 
     Example:
         >>> queue = KeyQueue(size=4096)
-        >>> keys = torch.nn.functional.normalize(torch.randn(64, 128), dim=1)
-        >>> queue.negatives(keys, torch.float32).shape   # nothing enqueued yet
+        >>> queries, keys = torch.randn(64, 128), torch.randn(64, 128)
+        >>> queue.negatives(queries, torch.float32).shape   # nothing enqueued yet
         torch.Size([0, 128])
         >>> queue.enqueue(keys)
-        >>> queue.negatives(keys, torch.float32).shape, queue.num_seen
+        >>> queue.negatives(queries, torch.float32).shape, queue.num_seen
         (torch.Size([64, 128]), 64)
     """
 
@@ -152,12 +153,13 @@ class KeyQueue(nn.Module):
         return self.keys[: self.num_filled]
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, *, reader: Optional[Tensor] = None) -> None:
-        """Append unit-norm keys, newest last (written at the next read); in eval mode do nothing.
+    def enqueue(self, keys: Tensor, *, normalized: bool = False, reader: Optional[Tensor] = None) -> None:
+        """Append keys, normalized and newest last (written at the next read); in eval mode do nothing.
 
         Args:
-            keys: (B, D) unit-norm keys; rows that are not finite are stored as zeros. Gathered from all ranks first
-                with ``gather_distributed``.
+            keys: (B, D) keys; rows that are not finite are stored as zeros. Gathered from all ranks first with
+                ``gather_distributed``.
+            normalized: the rows are unit-norm already (or not finite), so skip normalizing them again.
             reader: the tensor whose gradient uses the rows returned by the last :meth:`negatives` (the normalized
                 queries). Until backward reaches it, the write goes to a copy of the buffer.
 
@@ -170,7 +172,8 @@ class KeyQueue(nn.Module):
             return
         if self.gather_distributed:
             keys = gather_rows(keys)
-        self._pending = torch.where(torch.isfinite(keys).all(dim=1, keepdim=True), keys.detach(), 0.0)
+        rows = keys.detach() if normalized else unit_rows(keys.detach())
+        self._pending = torch.where(torch.isfinite(rows).all(dim=1, keepdim=True), rows, 0.0)
         self._pending_count = keys.shape[0]
         if reader is not None and reader.requires_grad:
             self._backward = _BackwardSeen()
