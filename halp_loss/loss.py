@@ -82,8 +82,13 @@ class HaLPInfoNCE(nn.Module):
     query (both views in SimCLR mode), never into keys, negatives or prototypes.
 
     Each call checks shapes, dtypes and devices but not values, which would read from the device every step:
-    non-finite embeddings give a non-finite loss for that call, and the bank leaves their keys out of its fits
-    (:class:`PrototypeBank`), so later calls with finite inputs are finite again.
+    non-finite embeddings give a non-finite loss for that call, the bank leaves their keys out of its fits
+    (:class:`PrototypeBank`) and the queue stores them as zero rows, so later calls with finite inputs are finite
+    again.
+
+    A SimCLR-mode call in training, with gradient enabled, whose query has a gradient but whose key has none looks
+    like a MoCo port that lost its queue (it would get 2B - 2 in-batch negatives instead of K): it warns once,
+    unless ``memory_bank_size=0`` says that this is intended (a stop-gradient branch, a frozen second tower).
 
     Defaults are the released NTU RGB+D settings.
 
@@ -114,11 +119,7 @@ class HaLPInfoNCE(nn.Module):
         memory_bank_size: K, to keep MoCo's queue of the K most recent keys inside the criterion, or ``(K, D)``
             to allocate it at construction (lightly's argument; needed if the criterion is a submodule of a
             DDP-wrapped model, whose buffers must not change shape). ``None`` keeps no queue; ``0`` also keeps none
-            and says that in-batch negatives with a detached second view are intended (no warning, see below).
-
-    A SimCLR-mode call in training, with gradient enabled, whose query has a gradient but whose key has none looks
-    like a MoCo port that lost its queue (it would get 2B - 2 in-batch negatives instead of K): it warns once,
-    unless ``memory_bank_size=0`` says that this is intended (a stop-gradient branch, a frozen second tower).
+            and says that in-batch negatives with a detached second view are intended (no warning, see above).
 
     Raises:
         ValueError: for an invalid hyperparameter, naming it: a temperature or weight that is not a finite number
