@@ -1,5 +1,7 @@
 """Skeleton encoders: the whole-sequence paired GRU equals the released step-by-step formulation."""
 
+import math
+
 import pytest
 import torch
 from skeleton.data.layouts import KINECT_V1, KINECT_V2
@@ -146,3 +148,55 @@ def test_stgcn_is_invariant_to_body_order():
     x = torch.randn(2, 3, 16, 25, 2)
     torch.testing.assert_close(encoder(x), encoder(x.flip(-1)), rtol=1e-5, atol=1e-6)
     assert encoder.feature_dim == 16
+
+
+def _uniform_std(bound: float) -> float:
+    return bound / math.sqrt(3)
+
+
+@pytest.mark.parametrize("name", ["gru", "bigru"])
+def test_released_init_is_xavier_on_every_gru_weight_and_the_last_head_layer(name):
+    hidden, features, embed = 256, 512, 32  # sizes at which xavier and PyTorch's bounds differ by 9-30 %
+    nets = {}
+    for weight_init in ("released", "pytorch"):
+        torch.manual_seed(0)
+        backbone = build_encoder(name, hidden_size=hidden, num_layers=2)
+        nets[weight_init] = EmbeddingNet(backbone, embed, weight_init=weight_init)
+    default = 1 / math.sqrt(hidden)  # PyTorch's GRU init: U(-1/sqrt(H), 1/sqrt(H)) for weights and biases
+    weights = 0
+    for weight_init, net in nets.items():
+        for gru_name, parameter in net.backbone.rnn.named_parameters():
+            rows, columns = parameter.shape[0], parameter.shape[-1]
+            if "weight" in gru_name and weight_init == "released":
+                bound = math.sqrt(6 / (rows + columns))  # the (3H, fan_in) gate stack as one matrix
+                weights += 1
+            else:  # biases keep PyTorch's init under both
+                bound = default
+            assert parameter.abs().max() <= bound, (weight_init, gru_name)
+            assert parameter.std().item() == pytest.approx(_uniform_std(bound), rel=0.1 if parameter.dim() == 1 else 0.02)
+        first, last = net.head[0], net.head[-1]
+        assert first.weight.abs().max() <= 1 / math.sqrt(features)  # the head's first layer: PyTorch's init
+        bound = math.sqrt(6 / (features + embed)) if weight_init == "released" else 1 / math.sqrt(features)
+        assert last.weight.std().item() == pytest.approx(_uniform_std(bound), rel=0.02)
+        assert last.bias.abs().max() <= 1 / math.sqrt(features)
+        assert torch.equal(net.backbone.input_norm.weight, torch.ones(150))
+    assert weights == 8  # weight_ih and weight_hh of 2 layers x 2 directions, the "reverse" one included
+    reverse = "reverse_grus.1.weight_hh_l0" if name == "gru" else "weight_hh_l1_reverse"
+    assert reverse in dict(nets["released"].backbone.rnn.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["stgcn", "tcn"])
+def test_released_init_changes_only_the_last_head_layer_of_convolutional_encoders(name):
+    states = {}
+    for weight_init in ("released", "pytorch"):
+        torch.manual_seed(0)
+        states[weight_init] = EmbeddingNet(
+            build_encoder(name, stgcn_width=8, tcn_width=8), 16, weight_init
+        ).state_dict()
+    changed = [key for key, value in states["released"].items() if not torch.equal(value, states["pytorch"][key])]
+    assert changed == ["head.2.weight"]
+
+
+def test_unknown_weight_init():
+    with pytest.raises(ValueError, match=r"weight_init must be one of \('released', 'pytorch'\), got 'xavier'"):
+        EmbeddingNet(build_encoder("tcn", tcn_width=8), 16, weight_init="xavier")

@@ -9,6 +9,7 @@ from skeleton.config import ClassifierConfig
 from skeleton.data.datasets import load_dataset
 from skeleton.data.synthetic import SyntheticConfig
 from skeleton.models.encoders import build_encoder
+from skeleton.training import evaluation
 from skeleton.training.evaluation import ClassifierTraining, knn_top1, labelled_subset, nearest_neighbors
 from skeleton.training.loop import EpochSampler, Precision, lr_at
 
@@ -43,10 +44,41 @@ def test_labelled_subset_is_per_class_and_reproducible():
     labels = np.repeat(np.arange(3), [100, 50, 7])
     chosen = labelled_subset(labels, 0.1, seed=3)
     assert np.bincount(labels[chosen]).tolist() == [10, 5, 1]
-    assert np.array_equal(chosen, labelled_subset(labels, 0.1, seed=3))
+    assert np.array_equal(chosen, labelled_subset(labels, 0.1, seed=3, sampling="per-class"))
     assert not np.array_equal(chosen, labelled_subset(labels, 0.1, seed=4))
     with pytest.raises(ValueError, match="ratio"):
         labelled_subset(labels, 0.0, seed=0)
+    with pytest.raises(ValueError, match=r"sampling must be one of \('released', 'per-class'\), got 'stratified'"):
+        labelled_subset(labels, 0.1, seed=0, sampling="stratified")
+
+
+@pytest.mark.parametrize("size, ratio", [(157, 0.1), (100, 0.29), (40091, 0.01), (1000, 1.0)])
+def test_released_subset_is_cmd_draw_seeded(size, ratio):
+    labels = np.repeat(np.arange(3), [size - size // 3, size // 6, size // 3 - size // 6])
+    chosen = labelled_subset(labels, ratio, seed=7, sampling="released")
+    assert len(chosen) == int(size * ratio)  # truncated: 100 x 0.29 = 28.999... gives 28, as in CMD
+    assert len(np.unique(chosen)) == len(chosen) and np.array_equal(chosen, np.sort(chosen))  # no replacement
+    assert np.array_equal(chosen, labelled_subset(labels, ratio, seed=7, sampling="released"))
+    # CMD's feeder: np.random.shuffle(np.arange(N)) on the global generator, then the first int(N * ratio).
+    saved = np.random.get_state()
+    try:
+        np.random.seed(7)
+        order = np.arange(size)
+        np.random.shuffle(order)
+    finally:
+        np.random.set_state(saved)
+    assert np.array_equal(chosen, np.sort(order[: int(size * ratio)]))
+
+
+def test_released_subset_is_unstratified():
+    labels = np.repeat(np.arange(3), [100, 50, 7])
+    draws = [labelled_subset(labels, 0.1, seed=seed, sampling="released") for seed in range(20)]
+    counts = np.array([np.bincount(labels[chosen], minlength=3) for chosen in draws])
+    assert (counts.sum(axis=1) == 15).all()
+    assert (counts[:, 2] == 0).any() and len({tuple(row) for row in counts}) > 3  # the rare class can be missing
+    assert len({tuple(chosen) for chosen in draws}) == 20  # every seed its own draw
+    with pytest.raises(ValueError, match=r"ratio 0.01 of 50 samples selects int\(0.5\) = 0"):
+        labelled_subset(labels[:50], 0.01, seed=0, sampling="released")
 
 
 def test_lr_steps():
@@ -107,3 +139,63 @@ def test_finetuning_trains_the_encoder():
     training = _classifier(encoder, finetune=True, epochs=1)
     training.fit(train, val)
     assert not torch.equal(encoder.input_norm.weight, before)
+
+
+TINY = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=1, max_frames=16, min_frames=8)
+
+
+def _scripted_fit(monkeypatch, finetune, scores, eval_every, **options):
+    """Fit a tiny classifier whose validation top-1 at epoch e is ``scores[e - 1]``; returns the result and the
+    epochs that were scored."""
+    epochs, original = [], evaluation.lr_at
+
+    def lr_at(*args):  # called once per epoch, with the 0-based epoch as third argument
+        epochs.append(args[2] + 1)
+        return original(*args)
+
+    monkeypatch.setattr(evaluation, "lr_at", lr_at)
+    scored = []
+
+    def val_top1(self, val_set, cached):
+        scored.append(epochs[-1])
+        return scores[epochs[-1] - 1]
+
+    monkeypatch.setattr(ClassifierTraining, "_val_top1", val_top1)
+    train, val = load_dataset("synthetic", "train", synthetic=TINY), load_dataset("synthetic", "val", synthetic=TINY)
+    cfg = ClassifierConfig(epochs=len(scores), batch_size=len(train), lr=0.01, eval_every=eval_every)
+    torch.manual_seed(0)
+    training = ClassifierTraining(
+        build_encoder("tcn", tcn_width=4, num_joints=25, num_bodies=2),
+        4,
+        cfg,
+        finetune=finetune,
+        device=torch.device("cpu"),
+        precision=Precision("none", torch.device("cpu")),
+        progress=False,
+        clip_frames=8,
+        **options,
+    )
+    return training.fit(train, val), scored
+
+
+SCORES = [0.5] * 80
+SCORES[2], SCORES[34], SCORES[78], SCORES[79] = 0.95, 0.7, 0.8, 0.6  # best at 3 and 79, off the schedule
+
+
+@pytest.mark.parametrize("finetune", [False, True])
+def test_best_is_taken_over_every_fifth_epoch_and_the_last(monkeypatch, finetune):
+    result, scored = _scripted_fit(monkeypatch, finetune, SCORES, eval_every=5)
+    counted = list(range(5, 81, 5))  # the released script's 16 evaluations; the last, 80, is one of them
+    assert (result.best_top1, result.best_epoch, result.last_top1) == (0.7, 35, 0.6)
+    # The linear probe scores every epoch (cached features) for its history; fine-tuning only the counted ones.
+    assert scored == (counted if finetune else list(range(1, 81)))
+    assert [row["val_top1"] is not None for row in result.history] == [e in scored for e in range(1, 81)]
+
+
+def test_best_over_every_epoch_and_a_last_epoch_off_the_schedule(monkeypatch):
+    result, _ = _scripted_fit(monkeypatch, False, SCORES, eval_every=1)
+    assert (result.best_top1, result.best_epoch, result.last_top1) == (0.95, 3, 0.6)
+    result, scored = _scripted_fit(monkeypatch, True, SCORES[:12], eval_every=5)
+    assert scored == [5, 10, 12] and (result.best_top1, result.best_epoch) == (0.5, 5)
+    result, scored = _scripted_fit(monkeypatch, True, SCORES, eval_every=5, max_steps=7)  # stops after epoch 7
+    assert scored == [5, 7] and len(result.history) == 7 and result.last_top1 == 0.5

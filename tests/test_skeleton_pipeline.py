@@ -16,6 +16,7 @@ from skeleton.config import (
     resolve_config,
     to_dict,
 )
+from skeleton.training.checkpoint import build_embedding_net
 from skeleton.training.pretrain import Pretraining
 
 TINY_SYNTHETIC = {
@@ -94,6 +95,7 @@ def pretrained(tmp_path_factory):
         ("knn", [], "knn_top1"),
         ("linear", ["--epochs", "2", "--lr", "0.5"], "linear_top1"),
         ("semi", ["--ratio", "0.25", "--repeats", "2", "--epochs", "1"], "semi_top1"),
+        ("semi", ["--ratio", "0.5", "--repeats", "1", "--epochs", "1", "--subset", "released"], "semi_top1"),
         ("transfer", ["--dataset", "synthetic", "--epochs", "1"], "transfer_top1"),
     ],
 )
@@ -103,6 +105,8 @@ def test_evaluation_commands_read_a_checkpoint(pretrained, tmp_path, command, ex
     metrics = json.loads((out / "metrics.json").read_text())
     assert 0.0 <= metrics[key] <= 1.0
     assert metrics["num_classes"] == 4
+    if command == "semi":  # the cpu preset's per-class subsets unless --subset says otherwise
+        assert metrics["semi_subset"] == ("released" if "--subset" in extra else "per-class")
 
 
 def test_evaluation_needs_a_checkpoint(tmp_path):
@@ -145,6 +149,18 @@ def test_paper_preset_is_the_released_recipe():
     pku = preset_config("paper", "pku2-xsub")
     assert (pku.pretrain.halp_start_epoch, pku.pretrain.epochs, pku.pretrain.lr_milestones) == (500, 1001, (801,))
     assert (pku.pretrain.halp_weight, pku.linear.lr) == (1.0, 0.001)
+    for paper in (cfg, pku):  # the released initialization, test schedule and labelled subsets
+        assert (paper.model.weight_init, paper.semi.subset) == ("released", "released")
+        assert paper.linear.eval_every == paper.finetune.eval_every == paper.supervised.eval_every == 5
+    cfg.model.hidden_size, cfg.model.num_layers = 32, 1
+    head = build_embedding_net(cfg).head[-1].weight  # (128, 64): xavier std 0.102, PyTorch's 0.072
+    assert head.std().item() == pytest.approx(math.sqrt(6 / (64 + 128)) / math.sqrt(3), rel=0.03)
+
+
+def test_cpu_preset_keeps_its_own_evaluation_choices():
+    cpu = preset_config("cpu", "synthetic")
+    assert (cpu.model.weight_init, cpu.semi.subset) == ("pytorch", "per-class")
+    assert cpu.linear.eval_every == cpu.finetune.eval_every == cpu.supervised.eval_every == 1
 
 
 def test_flags_override_the_preset_and_config_round_trips():

@@ -69,6 +69,7 @@ SETTING_BOUNDS: dict[str, Bounds] = {
     "prototype_every": AT_LEAST_ONE,
     "knn_every": NON_NEGATIVE,
     "save_every": NON_NEGATIVE,
+    "eval_every": AT_LEAST_ONE,
     # augmentations
     "crop_min_ratio": POSITIVE_UNIT,
     "crop_min_frames": AT_LEAST_ONE,

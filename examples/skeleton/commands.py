@@ -233,6 +233,7 @@ def _classifier_metrics(name: str, result: ClassifierResult) -> dict[str, Any]:
     return {
         f"{name}_top1": result.best_top1,
         f"{name}_top1_last": result.last_top1,
+        f"{name}_best_epoch": result.best_epoch,
         f"{name}_history": result.history,
     }
 
@@ -276,6 +277,7 @@ def semi_command(args: argparse.Namespace) -> int:
         ratio=cfg.semi.ratio,
         repeats=cfg.semi.repeats,
         seed=cfg.seed,
+        sampling=cfg.semi.subset,
         device=evaluation.device,
         precision=Precision(cfg.amp, evaluation.device),
         num_workers=cfg.num_workers,
@@ -289,10 +291,11 @@ def semi_command(args: argparse.Namespace) -> int:
     return _finish(
         evaluation,
         semi_ratio=cfg.semi.ratio,
+        semi_subset=cfg.semi.subset,
         semi_top1=float(best.mean()),
         semi_top1_std=float(best.std()),
         semi_top1_last=float(np.mean([r.last_top1 for r in results])),
-        semi_runs=[{"best_top1": r.best_top1, "last_top1": r.last_top1} for r in results],
+        semi_runs=[{"best_top1": r.best_top1, "last_top1": r.last_top1, "best_epoch": r.best_epoch} for r in results],
         **baselines,
     )
 

@@ -23,6 +23,8 @@ from skeleton.data.layouts import NUM_COORDS, layout_for
 ENCODERS = ("gru", "bigru", "stgcn", "tcn")
 """``gru``: the released encoder (pairs of forward GRUs); ``bigru``: a true bidirectional GRU; ``stgcn``;
 ``tcn``: temporal convolutions over all joints' positions and velocities."""
+WEIGHT_INITS = ("released", "pytorch")
+"""Initial weights of :class:`EmbeddingNet`: ``released`` (see :func:`released_init_`) or PyTorch's defaults."""
 
 
 def flatten_frames(x: Tensor) -> Tensor:
@@ -319,15 +321,46 @@ class EmbeddingNet(nn.Module):
     Args:
         backbone: encoder exposing ``feature_dim``.
         embed_dim: output dim of the head (128 in the paper).
+        weight_init: ``"pytorch"`` keeps PyTorch's default initialization; ``"released"`` then applies
+            :func:`released_init_`.
+
+    Raises:
+        ValueError: for a ``weight_init`` not in :data:`WEIGHT_INITS`.
     """
 
-    def __init__(self, backbone: nn.Module, embed_dim: int = 128) -> None:
+    def __init__(self, backbone: nn.Module, embed_dim: int = 128, weight_init: str = "pytorch") -> None:
         super().__init__()
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         width = int(backbone.feature_dim)
         self.embed_dim = embed_dim
         self.backbone = backbone
         self.head = nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, embed_dim))
+        if weight_init == "released":
+            released_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
         """(N, 3, T, V, M) -> (N, embed_dim), not normalized (the loss normalizes)."""
         return self.head(self.backbone(x))
+
+
+@torch.no_grad()
+def released_init_(net: EmbeddingNet) -> None:
+    """Re-initialize ``net`` as the released HaLP/CMD code initializes its encoder, in place.
+
+    The released builders apply ``xavier_uniform_`` (gain 1) to every 2-D parameter of the encoder and of its
+    output layer, before the projection head's first layer is inserted in front of that output layer. Here that
+    is every 2-D parameter of the backbone and the weight of the head's last ``Linear``: for the recurrent
+    encoders the ``weight_ih`` and ``weight_hh`` of every layer and of both directions (the "reverse" one
+    included), each (3 H, fan_in) gate stack drawn as one matrix, U(±sqrt(6 / (fan_in + 3 H))). Biases,
+    BatchNorm and the head's first ``Linear`` keep PyTorch's defaults, as in the released code. ST-GCN and the
+    temporal-convolution encoder have no 2-D parameter (their convolution kernels are 3-D or 4-D), so for them
+    only the head's last layer changes.
+
+    Args:
+        net: the network to initialize.
+    """
+    for parameter in net.backbone.parameters():
+        if parameter.dim() == 2:
+            nn.init.xavier_uniform_(parameter)
+    nn.init.xavier_uniform_(net.head[-1].weight)

@@ -87,7 +87,7 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
 
 
 def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
-    """The query network a run's model section describes."""
+    """The query network a run's model section describes, initialized as ``model.weight_init`` says."""
     model = cfg.model
     backbone = build_encoder(
         model.encoder,
@@ -98,7 +98,7 @@ def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
         stgcn_width=model.stgcn_width,
         tcn_width=model.tcn_width,
     )
-    return EmbeddingNet(backbone, model.embed_dim)
+    return EmbeddingNet(backbone, model.embed_dim, model.weight_init)
 
 
 def encoder_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[nn.Module, RunConfig]:

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from skeleton.config import ClassifierConfig, KNNConfig
+from skeleton.config import SUBSETS, ClassifierConfig, KNNConfig
 from skeleton.data.augment import center_crop_resize, temporal_crop_resize
 from skeleton.training.loop import EpochSampler, Precision, ProgressBar, format_row, lr_at, set_lr
 
@@ -121,10 +121,39 @@ def evaluate_knn(
     return knn_top1(train_features, train_labels, val_features, val_labels, cfg.chunk_size)
 
 
-def labelled_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
-    """Indices of a random labelled subset: ``round(ratio * n_c)`` samples (at least one) of every class c."""
+def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str = "per-class") -> np.ndarray:
+    """Indices, sorted, of a random labelled subset of a training set.
+
+    ``"released"`` draws as CMD's semi-supervised feeder (``random_select_data``): a random permutation of the
+    N samples, without replacement and regardless of class, of which the first ``int(N * ratio)`` are kept. CMD
+    shuffles with NumPy's global generator, which it never seeds; here it is seeded, and the subset equals
+    CMD's after ``np.random.seed(seed)``. ``"per-class"`` draws ``round(ratio * n_c)`` samples, at least one, of
+    every class c: every class is represented and the class frequencies are kept, which at 1 % of NTU-60
+    (about 7 samples per class) CMD's draw leaves to chance.
+
+    Args:
+        labels: (N,) class of every training sample.
+        ratio: labelled fraction, in (0, 1].
+        seed: seed of the draw.
+        sampling: ``"released"`` or ``"per-class"`` (:data:`~skeleton.config.SUBSETS`).
+
+    Returns:
+        (n,) int64 indices into ``labels``, ascending.
+
+    Raises:
+        ValueError: for a ratio outside (0, 1], an unknown ``sampling``, or a ``"released"`` draw of no sample
+            (``int(N * ratio) == 0``).
+    """
     if not 0 < ratio <= 1:
         raise ValueError(f"ratio must be in (0, 1], got {ratio}")
+    if sampling not in SUBSETS:
+        raise ValueError(f"sampling must be one of {SUBSETS}, got {sampling!r}")
+    if sampling == "released":
+        count = int(len(labels) * ratio)  # truncated, as CMD does
+        if count == 0:
+            raise ValueError(f"ratio {ratio} of {len(labels)} samples selects int({len(labels) * ratio:g}) = 0")
+        # A legacy RandomState: its permutation is the shuffle CMD's global generator performs.
+        return np.sort(np.random.RandomState(seed).permutation(len(labels))[:count])
     rng = np.random.default_rng(seed)
     chosen = []
     for label in np.unique(labels):
@@ -136,19 +165,31 @@ def labelled_subset(labels: np.ndarray, ratio: float, seed: int) -> np.ndarray:
 
 @dataclass
 class ClassifierResult:
-    """Top-1 accuracies (fractions) of a supervised protocol: the best epoch's and the last epoch's."""
+    """Top-1 accuracies (fractions) of a supervised protocol.
+
+    Attributes:
+        best_top1: the best validation top-1 over the counted epochs: every ``eval_every``-th epoch and the last
+            (the released scripts': epochs 5, 10, ..., 80). Epochs in between never count, even where they were
+            scored.
+        last_top1: the last epoch's validation top-1.
+        best_epoch: the (1-based) epoch of ``best_top1``, the first one on ties.
+        history: one row per epoch; ``val_top1`` is ``None`` on epochs that were not scored.
+    """
 
     best_top1: float
     last_top1: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int
+    history: list[dict[str, Optional[float]]] = field(default_factory=list)
 
 
 class ClassifierTraining:
     """Train ``Linear(F, classes)`` on an encoder: frozen in eval mode (linear probe) or fine-tuned.
 
     SPEC section 4: SGD with momentum, step schedule, training crops of 50-100 % of the valid frames,
-    evaluation on the centre 95 % crop after every epoch; the head starts from N(0, 0.01). For the linear
-    probe, validation features do not change and are computed once.
+    evaluation on the centre 95 % crop; the head starts from N(0, 0.01). The best top-1 is taken over every
+    ``cfg.eval_every``-th epoch and the last, as the released scripts (every 5th) test. For the linear probe,
+    validation features do not change and are computed once, so every epoch is scored for the history at no
+    cost; fine-tuning scores only the counted epochs, each of which costs a pass of the encoder.
 
     Args:
         encoder: feature extractor exposing ``feature_dim`` (modified in place when fine-tuning).
@@ -223,7 +264,7 @@ class ClassifierTraining:
         )
 
     def fit(self, train_set: Dataset, val_set: Dataset, description: str = "linear") -> ClassifierResult:
-        """Train for ``cfg.epochs`` epochs and evaluate after each; returns best and last top-1."""
+        """Train for ``cfg.epochs`` epochs (fewer when ``max_steps`` stops it); returns best and last top-1."""
         cached_val = None if self.finetune else self._val_features(val_set)
         batch_size = min(self.cfg.batch_size, len(train_set))  # tiny labelled subsets still get batches
         sampler = EpochSampler(len(train_set), batch_size, self.seed)
@@ -236,7 +277,8 @@ class ClassifierTraining:
             drop_last=True,
             persistent_workers=self.num_workers > 0,  # reused every epoch
         )
-        history: list[dict[str, float]] = []
+        history: list[dict[str, Optional[float]]] = []
+        counted: list[dict[str, Optional[float]]] = []  # the epochs the best is taken over
         steps = 0
         for epoch in range(self.cfg.epochs):
             lr = lr_at(self.cfg.lr, self.cfg.lr_milestones, epoch, self.cfg.lr_schedule, self.cfg.epochs)
@@ -265,21 +307,27 @@ class ClassifierTraining:
                 if self.max_steps is not None and steps >= self.max_steps:
                     break
             bar.close()
+            stopping = self.max_steps is not None and steps >= self.max_steps
+            counts = (epoch + 1) % self.cfg.eval_every == 0 or epoch + 1 == self.cfg.epochs or stopping
             history.append(
                 {
                     "epoch": epoch + 1,
                     "lr": lr,
                     "train_loss": float(loss_sum) / max(seen, 1),
                     "train_top1": float(correct) / max(seen, 1),
-                    "val_top1": self._val_top1(val_set, cached_val),
+                    "val_top1": self._val_top1(val_set, cached_val) if counts or cached_val is not None else None,
                 }
             )
+            if counts:
+                counted.append(history[-1])
             if bar.line_based:  # no bar off a terminal: one line per epoch in the log instead
                 print(f"{description} {epoch + 1}/{self.cfg.epochs} " + format_row(history[-1]), flush=True)
-            if self.max_steps is not None and steps >= self.max_steps:
+            if stopping:
                 break
-        val = [row["val_top1"] for row in history]
-        return ClassifierResult(best_top1=max(val), last_top1=val[-1], history=history)
+        best = max(counted, key=lambda row: row["val_top1"])
+        return ClassifierResult(
+            best_top1=best["val_top1"], last_top1=history[-1]["val_top1"], best_epoch=best["epoch"], history=history
+        )
 
 
 def finetune_on_subsets(
@@ -292,12 +340,15 @@ def finetune_on_subsets(
     ratio: float,
     repeats: int,
     seed: int,
+    sampling: str = "per-class",
     **kwargs: Any,
 ) -> list[ClassifierResult]:
-    """Semi-supervised protocol: fine-tune a fresh copy of ``encoder`` on ``repeats`` labelled subsets."""
+    """Semi-supervised protocol: fine-tune a fresh copy of ``encoder`` on ``repeats`` labelled subsets, drawn by
+    :func:`labelled_subset` with ``sampling`` and seeds ``seed``, ``seed + 1``, ...; ``kwargs`` go to
+    :class:`ClassifierTraining`."""
     results = []
     for repeat in range(repeats):
-        indices = labelled_subset(np.asarray(train_set.labels), ratio, seed + repeat)
+        indices = labelled_subset(np.asarray(train_set.labels), ratio, seed + repeat, sampling)
         training = ClassifierTraining(
             copy.deepcopy(encoder), num_classes, cfg, finetune=True, seed=seed + repeat, **kwargs
         )
