@@ -12,6 +12,14 @@ import pytest
 import skeleton.data.prepare as prepare_module
 from skeleton.data.benchmarks import NTU60_XSUB_TRAIN_PERFORMERS
 from skeleton.data.datasets import load_dataset
+from skeleton.data.pku_format import (
+    SPLIT_FILES,
+    PkuSegment,
+    read_pku_split,
+    write_pku_labels,
+    write_pku_skeleton,
+    write_pku_split,
+)
 from skeleton.data.prenormalize import prenormalize
 from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
@@ -227,9 +235,121 @@ def test_pku2_wrong_convention_and_bad_labels(tmp_path, samples):
     rows = last.read_text().splitlines()
     rows[-1] = "2,5,100000,1"
     last.write_text("\n".join(rows) + "\n")
-    summary = _prepare("pku2", raw, tmp_path / "bad", pku_frames="inclusive")
+    summary = _prepare("pku2", raw, tmp_path / "bad", pku_frames="inclusive", pku_odd_rows="skip")
     assert summary.malformed[0] == f"{label}:2: expected 4 comma-separated values, got 2"
     assert summary.malformed[1].startswith(f"{last}:{len(rows)}: frames [4, 100000) outside the video's")
+
+
+def _odd_pku_folder(samples, raw):
+    """A PKU-MMD II folder with the rows the released script keeps unchecked: the first video's last segment
+    ends 40 frames beyond the video, two of its segments hold no frame, the second video is in neither x-view
+    list, and a video of 20 frames without a body has one segment."""
+    names = write_pku_files(samples, raw, samples_per_video=5)
+    videos = sorted((raw / "skeleton").glob("*.txt"))
+    frames = len(videos[0].read_text().splitlines())
+    labels = raw / "label" / videos[0].name
+    rows = labels.read_text().splitlines()
+    action, start, end, confidence = rows[-1].split(",")
+    assert int(end) == frames  # the last segment ends with the video
+    rows[-1] = f"{action},{start},{frames + 40},{confidence}"
+    rows += ["3,10,10,1", f"4,{frames + 5},{frames + 9},1"]
+    labels.write_text("\n".join(rows) + "\n")
+    unlisted = videos[1].stem
+    train, test = read_pku_split(raw / SPLIT_FILES["xview"])
+    write_pku_split(raw / SPLIT_FILES["xview"], [v for v in train if v != unlisted], [v for v in test if v != unlisted])
+    write_pku_skeleton(raw / "skeleton" / "Z99N01-M.txt", np.zeros((20, 2, 25, 3)))
+    write_pku_labels(raw / "label" / "Z99N01-M.txt", [PkuSegment(5, 0, 20, 1.0, 1)])
+    for name in SPLIT_FILES.values():
+        train, test = read_pku_split(raw / name)
+        write_pku_split(raw / name, [*train, "Z99N01-M"], test)
+    return names, videos, frames, int(start), len(rows)
+
+
+def _prepared(out, name):
+    """``(benchmark, split, data, frame count as written, label)`` of every copy of a prepared sample."""
+    found = []
+    for benchmark in ("xsub", "xview"):
+        for split in ("train", "val"):
+            with open(out / benchmark / f"{split}_label.pkl", "rb") as handle:
+                names, labels = pickle.load(handle)
+            if name in names:
+                i = names.index(name)
+                data = np.load(out / benchmark / f"{split}_data_joint.npy", mmap_mode="r")[i]
+                frames = int(np.load(out / benchmark / f"{split}_num_frame.npy")[i])
+                found.append((benchmark, split, np.array(data), frames, labels[i]))
+    return found
+
+
+def test_pku2_odd_rows_kept_as_released_or_skipped(tmp_path, samples):
+    raw = tmp_path / "raw"
+    names, videos, frames, start, rows = _odd_pku_folder(samples, raw)
+    labels, unlisted, no_body = raw / "label" / videos[0].name, videos[1], raw / "label" / "Z99N01-M.txt"
+    unlisted_rows = len((raw / "label" / unlisted.name).read_text().splitlines())
+    skip = _prepare("pku2", raw, tmp_path / "skip", pku_odd_rows="skip")
+    assert skip.malformed == [
+        f"{unlisted}: video {unlisted.stem} missing from cross_view_v2.txt",
+        f"{labels}:{rows - 2}: frames [{start}, {frames + 40}) outside the video's {frames} frames",
+        f"{labels}:{rows - 1}: frames [10, 10) outside the video's {frames} frames",
+        f"{labels}:{rows}: frames [{frames + 5}, {frames + 9}) outside the video's {frames} frames",
+    ]
+    assert skip.empty == ["Z99N01-M_001"] and not skip.odd_rows
+    assert sum(skip.counts["xsub"].values()) == len(samples.names) - 1 - unlisted_rows
+
+    released = _prepare("pku2", raw, tmp_path / "released")  # the default
+    assert not released.malformed and not released.empty
+    assert released.odd_rows == [
+        f"{unlisted}: video {unlisted.stem} missing from cross_view_v2.txt: put into val there",
+        f"{labels}:{rows - 2}: frames [{start}, {frames + 40}) end beyond the video's {frames}: cut to [{start}, "
+        f"{frames})",
+        f"{labels}:{rows - 1}: frames [10, 10) hold none of the video's {frames}: kept, 0 frames",
+        f"{labels}:{rows}: frames [{frames + 5}, {frames + 9}) hold none of the video's {frames}: kept, 0 frames",
+        f"{no_body}:1: no body in any frame: kept, all zero",
+    ]
+    assert "kept as the released script keeps them (--pku-odd-rows released): 5" in released.report()
+    assert sum(released.counts["xsub"].values()) == len(samples.names) + 3
+    # The odd videos are performer 1's and camera L's (x-sub training, x-view val) but for the one without a body,
+    # listed for training: skipping drops the cut row, the 2 empty rows, it and the unlisted video's rows.
+    xsub, xview = skip.counts["xsub"], skip.counts["xview"]
+    assert released.counts["xsub"] == {"train": xsub["train"] + 4 + unlisted_rows, "val": xsub["val"]}
+    assert released.counts["xview"] == {"train": xview["train"] + 1, "val": xview["val"] + 3 + unlisted_rows}
+    out = tmp_path / "released"
+    for row in range(1, unlisted_rows + 1):  # no x-view list names it: val there, as in the released script
+        assert [found[:2] for found in _prepared(out, f"{unlisted.stem}_{row:03d}")] == [
+            ("xsub", "train"),
+            ("xview", "val"),
+        ]
+    index = {name: i for i, name in enumerate(samples.names)}
+    (_, _, cut, cut_frames, _), *_ = _prepared(out, f"{videos[0].stem}_{rows - 2:03d}")
+    original = index[names[f"{videos[0].stem}_{rows - 2:03d}"]]
+    assert cut_frames == samples.num_frames[original]  # the video's frames up to its end: the whole action
+    np.testing.assert_allclose(
+        cut[:, :cut_frames], prenormalize(samples.data[original : original + 1])[0, :, :cut_frames], atol=1e-4
+    )
+    for name, label, count in (
+        (f"{videos[0].stem}_{rows - 1:03d}", 2, 0),
+        (f"{videos[0].stem}_{rows:03d}", 3, 0),
+        ("Z99N01-M_001", 4, 20),
+    ):
+        copies = _prepared(out, name)
+        assert len(copies) == 2  # one per benchmark
+        for _, _, data, written, written_label in copies:
+            assert not data.any() and (written, written_label) == (count, label)
+    dataset = load_dataset("pku2-xsub", "train", out)  # the loader reads a 0-frame sample as one frame
+    assert int(dataset[dataset.names.index(f"{videos[0].stem}_{rows - 1:03d}")][1]) == 1
+
+
+def test_pku2_odd_rows_flag_and_fingerprint(tmp_path, samples):
+    raw = tmp_path / "raw"
+    _odd_pku_folder(samples, raw)
+    out = tmp_path / "out"
+    assert _args("--dataset", "pku2", "--raw", str(raw), "--out", str(out)).pku_odd_rows == "released"
+    assert run_prepare(_args("--dataset", "pku2", "--raw", str(raw), "--out", str(out), "--pku-odd-rows", "skip")) == 0
+    assert not json.loads((out / "prepare_summary.json").read_text())["odd_rows"]
+    messages = []
+    summary = prepare_dataset("pku2", raw, out, log=messages.append)  # other choices: prepared again
+    assert len(summary.odd_rows) == 5 and not any("already prepared" in message for message in messages)
+    with pytest.raises(ValueError, match=r"--pku-odd-rows must be one of \('released', 'skip'\), got 'keep'"):
+        _prepare("pku2", raw, out, pku_odd_rows="keep")
 
 
 def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):

@@ -8,6 +8,12 @@
 
 Frame conventions of ``start, end``: ``"reference"`` reads frames [start, end) 0-based, as the released
 HaLP/CMD preprocessing; ``"inclusive"`` reads 1-based frames start..end inclusive, as other codebases.
+
+Odd rows (``ODD_ROWS``): the released ``pku_gendata.py`` slices ``video[start:end]`` without a check and splits
+by the training list alone, so it cuts a segment that ends beyond the video to the frames there are, keeps a
+segment with no frame (or no body) as an all-zero sample, and puts a video missing from a split file's training
+list into that benchmark's val split. ``"released"`` does the same; ``"skip"`` reports such rows and videos as
+malformed and leaves them out.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from .benchmarks import NUM_BODIES, NUM_JOINTS
 from .text_parsing import SkeletonFormatError, parse_number_lines
 
 FRAME_CONVENTIONS = ("reference", "inclusive")
+ODD_ROWS = ("released", "skip")
 VALUES_PER_FRAME = NUM_BODIES * NUM_JOINTS * 3
 SPLIT_FILES = {"xsub": "cross_subject_v2.txt", "xview": "cross_view_v2.txt"}
 

@@ -11,7 +11,10 @@ Usage (through ``examples/skeleton_moco.py``)::
 
 For NTU, every ``*.skeleton`` under ``RAW`` (searched recursively, so the NTU-60 and NTU-120 archives can sit
 side by side) that belongs to the dataset is read; ``ntu60`` skips setups above 17 and actions above 60.
-For PKU-MMD II, ``PKU`` holds ``skeleton/``, ``label/``, ``cross_subject_v2.txt`` and ``cross_view_v2.txt``.
+For PKU-MMD II, ``PKU`` holds ``skeleton/``, ``label/``, ``cross_subject_v2.txt`` and ``cross_view_v2.txt``;
+``--pku-odd-rows`` says what becomes of the label rows and videos the released script keeps without a check
+(:mod:`skeleton.data.pku_format`): ``released`` (default) keeps them as it does, ``skip`` leaves them out, and
+either way each is reported with its file and line.
 For NW-UCLA, every ``aAA_sSS_eEE_vVV.json`` under ``all_sqe`` is read into ``xview/`` (views 1 and 2 train,
 view 3 validates) with its native 20 Kinect v1 joints and one body: samples of shape (3, 300, 20, 1).
 
@@ -62,6 +65,7 @@ from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
 from .nwucla_format import NwuclaSampleId, read_nwucla
 from .pku_format import (
     FRAME_CONVENTIONS,
+    ODD_ROWS,
     SPLIT_FILES,
     read_pku_labels,
     read_pku_skeleton,
@@ -101,6 +105,13 @@ def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
         default="reference",
         help="PKU label frames: [start, end) 0-based as the reference (default) or 1-based inclusive",
     )
+    parser.add_argument(
+        "--pku-odd-rows",
+        choices=ODD_ROWS,
+        default="released",
+        help="PKU segments ending beyond the video, empty segments and videos missing from a split file: kept as "
+        "the released script keeps them (cut, zero samples, val; default) or skipped; reported either way",
+    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -120,6 +131,7 @@ def run_prepare(args: argparse.Namespace) -> int:
             ignore_list=args.ignore_list,
             workers=args.workers,
             pku_frames=args.pku_frames,
+            pku_odd_rows=args.pku_odd_rows,
             progress=not args.quiet,
         )
     except (OSError, ValueError, PrepareError) as error:
@@ -145,6 +157,8 @@ class PrepareSummary:
         out: output folder.
         counts: ``{benchmark: {"train": n, "val": n}}``.
         malformed: ``file:line: message`` of every skipped malformed or unreadable input.
+        odd_rows: ``file[:line]: message`` of every PKU label row or video kept as the released script keeps it
+            (``--pku-odd-rows released``): cut at the video's end, kept with no frame or no body, put into val.
         empty: names of samples dropped because no body appears in any frame.
         ignored: samples left out through ``--ignore-list``.
         outside: NTU files that belong to another dataset (e.g. NTU-120 setups in an ``ntu60`` run).
@@ -156,6 +170,7 @@ class PrepareSummary:
     out: str
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     malformed: list[str] = field(default_factory=list)
+    odd_rows: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     ignored: int = 0
     outside: int = 0
@@ -174,6 +189,9 @@ class PrepareSummary:
             lines.append(f"  files of another dataset, not used: {self.outside}")
         if self.truncated:
             lines.append(f"  longer than {MAX_FRAMES} frames, first {MAX_FRAMES} kept: {self.truncated}")
+        if self.odd_rows:
+            lines.append(f"  kept as the released script keeps them (--pku-odd-rows released): {len(self.odd_rows)}")
+            lines.extend(f"    {message}" for message in self.odd_rows)
         lines.append(f"  dropped, no body in any frame: {len(self.empty)}")
         lines.extend(f"    {name}" for name in self.empty)
         lines.append(f"  skipped, malformed: {len(self.malformed)}")
@@ -199,6 +217,7 @@ class _Job:
     kind: str  # "ntu", "pku" or "nwucla"
     path: str
     items: tuple[tuple[int, _Candidate], ...]  # (candidate index, candidate)
+    keep_odd_rows: bool = False  # PKU: cut segments at the video's end, keep empty ones (--pku-odd-rows released)
 
 
 _JOB_SLOTS = {"ntu": PREPARED_SLOTS["ntu60"], "pku": PREPARED_SLOTS["pku2"], "nwucla": PREPARED_SLOTS["nwucla"]}
@@ -212,6 +231,8 @@ class _Scan:
     candidates: list[_Candidate] = field(default_factory=list)
     jobs: list[_Job] = field(default_factory=list)
     malformed: list[str] = field(default_factory=list)
+    keep_odd_rows: bool = False  # PKU, --pku-odd-rows released
+    odd_rows: list[str] = field(default_factory=list)  # videos missing from a split file, put into val
     ignored: int = 0
     outside: int = 0
     files_in_scope: int = 0
@@ -226,6 +247,7 @@ def prepare_dataset(
     ignore_list: str | os.PathLike | None = None,
     workers: int = 1,
     pku_frames: str = "reference",
+    pku_odd_rows: str = "released",
     progress: bool = False,
     log: Callable[[str], None] = print,
 ) -> PrepareSummary:
@@ -238,6 +260,10 @@ def prepare_dataset(
         ignore_list: NTU missing-skeleton list; its samples are left out.
         workers: processes parsing files; 1 parses in this process.
         pku_frames: frame convention of PKU label files (see :mod:`skeleton.data.pku_format`).
+        pku_odd_rows: ``"released"`` keeps the PKU segments ending beyond their video (cut to the video), the
+            segments with no frame or no body (all-zero samples) and the videos missing from a split file (in
+            that benchmark's val split), as the released script does; ``"skip"`` leaves them out as malformed.
+            Either way each one is reported. A negative start is malformed under both.
         progress: show a progress bar.
         log: receives one-line status messages.
 
@@ -258,6 +284,8 @@ def prepare_dataset(
         raise ValueError(f"--workers must be >= 1, got {workers}")
     if pku_frames not in FRAME_CONVENTIONS:
         raise ValueError(f"--pku-frames must be one of {FRAME_CONVENTIONS}, got {pku_frames!r}")
+    if pku_odd_rows not in ODD_ROWS:
+        raise ValueError(f"--pku-odd-rows must be one of {ODD_ROWS}, got {pku_odd_rows!r}")
     raw = Path(raw)
     if not raw.is_dir():
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
@@ -265,7 +293,7 @@ def prepare_dataset(
         raise ValueError("--ignore-list applies to the NTU datasets only")
     _check_writable(Path(out))
     if dataset == "pku2":
-        scan = _scan_pku(raw, pku_frames)
+        scan = _scan_pku(raw, pku_frames, pku_odd_rows == "released")
     elif dataset == "nwucla":
         scan = _scan_nwucla(raw)
     else:
@@ -386,7 +414,7 @@ def _in_scope(dataset: str, sample: NtuSampleId) -> bool:
     return dataset == "ntu120" or (sample.setup <= NTU60_MAX_SETUP and sample.action <= NTU60_MAX_ACTION)
 
 
-def _scan_pku(raw: Path, frames: str) -> _Scan:
+def _scan_pku(raw: Path, frames: str, keep_odd_rows: bool) -> _Scan:
     required = [raw / "skeleton", raw / "label", *(raw / name for name in SPLIT_FILES.values())]
     missing = [str(path) for path in required if not path.exists()]
     if missing:
@@ -401,15 +429,19 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
     videos = sorted((raw / "skeleton").glob("*.txt"))
     if not videos:
         raise FileNotFoundError(f"no skeleton files (*.txt) under {raw / 'skeleton'}")
-    scan = _Scan()
+    scan = _Scan(keep_odd_rows=keep_odd_rows)
     for path in videos:
         video = path.stem
         label_path = raw / "label" / path.name
+        # As the released script, a video is a training video of a benchmark if that list names it, else val.
         train = tuple(video in splits[benchmark][0] for benchmark in BENCHMARKS["pku2"])
-        listed = [video in splits[b][0] or video in splits[b][1] for b in BENCHMARKS["pku2"]]
-        if not all(listed):
-            scan.malformed.append(f"{path}: video {video} missing from {', '.join(SPLIT_FILES.values())}")
-            continue
+        unlisted = [SPLIT_FILES[b] for b in BENCHMARKS["pku2"] if video not in splits[b][0] | splits[b][1]]
+        if unlisted:
+            message = f"{path}: video {video} missing from {', '.join(unlisted)}"
+            if not keep_odd_rows:
+                scan.malformed.append(message)
+                continue
+            scan.odd_rows.append(f"{message}: put into val there")
         try:
             segments = read_pku_labels(label_path)
         except FileNotFoundError:
@@ -432,7 +464,7 @@ def _scan_pku(raw: Path, frames: str) -> _Scan:
             scan.candidates.append(candidate)
         scan.files_in_scope += 1
         if items:
-            scan.jobs.append(_Job("pku", str(path), tuple(items)))
+            scan.jobs.append(_Job("pku", str(path), tuple(items), keep_odd_rows))
     return scan
 
 
@@ -457,12 +489,36 @@ def _scan_nwucla(raw: Path) -> _Scan:
     return scan
 
 
+def _cut_segment(video: np.ndarray, candidate: _Candidate, keep_odd_rows: bool) -> tuple[np.ndarray | None, str]:
+    """The bodies (2, F, 25, 3) of a PKU segment, and a message.
+
+    Returns:
+        ``(bodies, "")`` for a segment inside the video; ``(None, why)`` for one that is malformed; with
+        ``keep_odd_rows``, ``(bodies, what was done)`` for a segment ending beyond the video (cut at its end) or
+        holding none of its frames (F = 0), as the released script's unchecked ``video[start:end]``.
+    """
+    first, stop = candidate.segment
+    frames = len(video)
+    inside = 0 <= first < stop <= frames
+    if not inside and (not keep_odd_rows or first < 0):  # a negative start would count from the video's end
+        return None, f"{candidate.where}: frames [{first}, {stop}) outside the video's {frames} frames"
+    bodies = rearrange(video[first:stop], "t m v c -> m t v c")
+    if inside:
+        return bodies, ""
+    if bodies.shape[1]:
+        kept = f"end beyond the video's {frames}: cut to [{first}, {frames})"
+    else:
+        kept = f"hold none of the video's {frames}: kept, 0 frames"
+    return bodies, f"{candidate.where}: frames [{first}, {stop}) {kept}"
+
+
 def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndarray]:
     """Worker task: read files, cut and pack samples, pre-normalize them together.
 
     Returns:
         ``(results, samples)``: per candidate ``(index, status, frames in the source, message)``, and the
-        pre-normalized float32 samples of the candidates with status DONE, in order.
+        pre-normalized float32 samples of the candidates with status DONE, in order. The message says why a
+        sample is MALFORMED or EMPTY, or what was done to a DONE one kept by ``--pku-odd-rows released``.
     """
     results, samples = [], []
     for job in jobs:
@@ -479,20 +535,22 @@ def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndar
             results += [(index, MALFORMED, 0, str(error)) for index, _ in job.items]
             continue
         for index, candidate in job.items:
+            message = ""
             if candidate.segment is None:
                 bodies, total = whole
             else:
-                first, stop = candidate.segment
-                if not 0 <= first < stop <= len(video):
-                    message = f"{candidate.where}: frames [{first}, {stop}) outside the video's {len(video)} frames"
+                cut, message = _cut_segment(video, candidate, job.keep_odd_rows)
+                if cut is None:
                     results.append((index, MALFORMED, 0, message))
                     continue
-                bodies, total = rearrange(video[first:stop], "t m v c -> m t v c"), stop - first
+                bodies, total = cut, cut.shape[1]
             sample, _ = pack_sample(bodies, num_bodies=_JOB_SLOTS[job.kind][1])
             if not sample.any():
-                results.append((index, EMPTY, total, f"{candidate.where}: no body in any frame"))
-                continue
-            results.append((index, DONE, total, ""))
+                if not job.keep_odd_rows:
+                    results.append((index, EMPTY, total, f"{candidate.where}: no body in any frame"))
+                    continue
+                message = message or f"{candidate.where}: no body in any frame: kept, all zero"
+            results.append((index, DONE, total, message))
             samples.append(sample)
     empty_shape = (0, *sample_shape(*_JOB_SLOTS[jobs[0].kind])) if jobs else (0, *sample_shape())
     stacked = np.stack(samples) if samples else np.zeros(empty_shape, dtype=np.float32)
@@ -510,7 +568,9 @@ class _Writer:
         self.benchmarks = BENCHMARKS[dataset]
         self.work = out / WORK_DIR
         candidates = [(c.name, c.label, c.train, c.segment, c.where) for c in scan.candidates]
-        self.fingerprint = hashlib.sha256(json.dumps([dataset, candidates]).encode()).hexdigest()
+        # Kept odd rows are the only choice the candidates do not show; the other fingerprints stay as they were.
+        inputs = [dataset, candidates, *(["--pku-odd-rows released"] if scan.keep_odd_rows else [])]
+        self.fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
         train = np.array([c.train for c in scan.candidates], dtype=bool).reshape(-1, len(self.benchmarks))
         # members[(benchmark, split)]: boolean mask of the candidates of that split
         self.members = {
@@ -603,7 +663,7 @@ class _Writer:
                                     if mask[index]:
                                         outputs[key][position[key]] = sample
                                         position[key] += 1
-                            elif status == MALFORMED:
+                            if status != EMPTY and message:  # why it was skipped, or what was done to keep it
                                 self.messages[str(index)] = message
                             self.status[index], self.num_frames[index] = status, total
                         bar.update(len(results))
@@ -624,6 +684,8 @@ class _Writer:
         summary.truncated = int(((self.status == DONE) & (self.num_frames > MAX_FRAMES)).sum())
         skipped = [self.messages[str(i)] for i in np.flatnonzero(self.status == MALFORMED)]
         summary.malformed = list(dict.fromkeys(self.scan.malformed + skipped))  # a bad video fails all its samples
+        kept_odd = [self.messages[str(i)] for i in np.flatnonzero(self.status == DONE) if str(i) in self.messages]
+        summary.odd_rows = self.scan.odd_rows + kept_odd
         summary.empty = [self.scan.candidates[i].name for i in np.flatnonzero(self.status == EMPTY)]
         for benchmark in self.benchmarks:
             summary.counts[benchmark] = {
