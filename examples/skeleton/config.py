@@ -50,7 +50,9 @@ class ModelConfig:
     tcn_width: int = _option(128, "temporal-convolution encoder base width (feature = 4x width)")
     embed_dim: int = _option(128, "output dim of the projection head")
     weight_init: str = _option(
-        "pytorch", "initial weights: released (xavier on the GRU and the head's last layer)", WEIGHT_INITS
+        "pytorch",
+        "released: xavier on the 2-D encoder weights (GRU) and the head's last layer; pytorch: defaults",
+        WEIGHT_INITS,
     )
     clip_frames: int = _option(64, "frames of every clip the encoder sees (pretraining views, evaluation crops)")
     num_joints: int = _option(25, "joints V of the input, taken from the training data", flag=False)
