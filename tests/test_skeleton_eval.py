@@ -103,8 +103,8 @@ def test_epoch_sampler_shards_and_skips():
         EpochSampler(5, batch_size=4, seed=0, world_size=2)
 
 
-def _classifier(encoder, finetune, epochs=3):
-    cfg = ClassifierConfig(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,))
+def _classifier(encoder, finetune, epochs=3, **options):
+    cfg = ClassifierConfig(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,), **options)
     return ClassifierTraining(
         encoder,
         4,
@@ -139,6 +139,34 @@ def test_finetuning_trains_the_encoder():
     training = _classifier(encoder, finetune=True, epochs=1)
     training.fit(train, val)
     assert not torch.equal(encoder.input_norm.weight, before)
+
+
+class _Scaled(torch.nn.Module):
+    """An encoder whose features are another's times a constant."""
+
+    def __init__(self, encoder, scale):
+        super().__init__()
+        self.encoder, self.scale, self.feature_dim = encoder, scale, encoder.feature_dim
+
+    def forward(self, x):
+        return self.scale * self.encoder(x)
+
+
+def test_standardized_linear_probe_ignores_the_feature_scale():
+    """With feature_norm="batchnorm" the head sees standardized features: features 1000 times larger train the
+    probe as features 10 times larger do; without it they do not."""
+    train, val = load_dataset("synthetic", "train", synthetic=SMALL), load_dataset("synthetic", "val", synthetic=SMALL)
+    torch.manual_seed(0)
+    encoder = build_encoder("gru", hidden_size=16, num_layers=1)
+    results = {}
+    for norm in ("batchnorm", "none"):
+        for scale in (10.0, 1000.0):
+            training = _classifier(_Scaled(encoder, scale), finetune=False, feature_norm=norm)
+            assert isinstance(training.head[0], torch.nn.BatchNorm1d if norm == "batchnorm" else torch.nn.Identity)
+            results[norm, scale] = [row["train_loss"] for row in training.fit(train, val).history]
+    # equal up to BatchNorm's eps, which still counts for the few nearly constant features at scale 10
+    assert results["batchnorm", 10.0] == pytest.approx(results["batchnorm", 1000.0], rel=0.02)
+    assert results["none", 1000.0][0] > 10 * results["none", 10.0][0]  # raw features: the logits blow up
 
 
 TINY = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=1, max_frames=16, min_frames=8)

@@ -186,7 +186,9 @@ class ClassifierTraining:
     """Train ``Linear(F, classes)`` on an encoder: frozen in eval mode (linear probe) or fine-tuned.
 
     SPEC section 4: SGD with momentum, step schedule, training crops of 50-100 % of the valid frames,
-    evaluation on the centre 95 % crop; the head starts from N(0, 0.01). The best top-1 is taken over every
+    evaluation on the centre 95 % crop; the head starts from N(0, 0.01). With ``cfg.feature_norm="batchnorm"``
+    the features pass a BatchNorm without affine parameters first (as MAE's linear probe; not in the released
+    protocol). The best top-1 is taken over every
     ``cfg.eval_every``-th epoch and the last, as the released scripts (every 5th) test. For the linear probe,
     validation features do not change and are computed once, so every epoch is scored for the history at no
     cost; fine-tuning scores only the counted epochs, each of which costs a pass of the encoder.
@@ -221,9 +223,12 @@ class ClassifierTraining:
         clip_frames: int = 64,
     ) -> None:
         self.encoder = encoder.to(device)
-        self.head = nn.Linear(int(encoder.feature_dim), num_classes).to(device)
-        nn.init.normal_(self.head.weight, std=0.01)
-        nn.init.zeros_(self.head.bias)
+        linear = nn.Linear(int(encoder.feature_dim), num_classes)
+        nn.init.normal_(linear.weight, std=0.01)
+        nn.init.zeros_(linear.bias)
+        # Standardized features put every dimension on one scale, so one learning rate suits all of them.
+        norm = nn.BatchNorm1d(linear.in_features, affine=False) if cfg.feature_norm == "batchnorm" else nn.Identity()
+        self.head = nn.Sequential(norm, linear).to(device)
         self.cfg = cfg
         self.finetune = finetune
         self.device = device
@@ -247,8 +252,10 @@ class ClassifierTraining:
     @torch.no_grad()
     def _val_top1(self, val_set: Dataset, cached: Optional[tuple[Tensor, Tensor]]) -> float:
         features, labels = cached or self._val_features(val_set)
+        self.head.eval()
         with self.precision.autocast():
             predicted = self.head(features).argmax(dim=1)
+        self.head.train()
         return float((predicted == labels).float().mean())
 
     def _val_features(self, val_set: Dataset) -> tuple[Tensor, Tensor]:
