@@ -1,4 +1,4 @@
-"""MoCo vs MoCo + HaLP on real skeletons (NW-UCLA cross-view), several seeds: the README's study table.
+"""MoCo vs MoCo + HaLP on real skeletons (NW-UCLA cross-view), several seeds: the README's NW-UCLA tables.
 
 Runs ``examples/skeleton_moco.py`` (pretrain -> kNN -> linear) once per variant and seed with the ``cpu``
 preset, plus the ``supervised`` upper bound, each in its own process and run folder, then prints a markdown
@@ -6,9 +6,17 @@ table of mean ± std (over seeds) of kNN and linear top-1, wall time, the HaLP d
 and the two baselines every run measures (1-NN on the raw joints, kNN at random init). Finished runs (those
 with a ``metrics.json`` holding the result) are reused, so an interrupted study continues where it stopped.
 
+Suites of variants:
+
+- ``halp`` (default): MoCo alone, MoCo + HaLP sampled, MoCo + HaLP expected, and the supervised bound;
+- ``ablation``: from the ``cpu`` preset as it was before it learned on real data to the current one, one change
+  at a time (why the old preset failed on NW-UCLA);
+- ``regime``: where HaLP might help: its objective, lambda, prototypes, start, and twice the training.
+
     python examples/skeleton_moco.py prepare --dataset nwucla --raw ../shared/data/nw-ucla/all_sqe --out data/nwucla
     python benchmarks/nwucla_study.py --data-root data                       # 3 seeds x 3 variants + supervised
-    python benchmarks/nwucla_study.py --data-root data --variant "HaLP, lambda 0.4=--lam 0.4" --no-default-variants
+    python benchmarks/nwucla_study.py --data-root data --suite ablation --seeds 0 --no-supervised
+    python benchmarks/nwucla_study.py --data-root data --suite none --variant "HaLP, lambda 0.4=--lam 0.4"
 
 Every variant's flags go to the pipeline after ``--preset cpu``, so any preset value can be varied.
 """
@@ -28,10 +36,43 @@ from typing import Any, Optional
 ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "examples" / "skeleton_moco.py"
 
-DEFAULT_VARIANTS: dict[str, list[str]] = {
-    "MoCo": ["--halp-weight", "0"],
-    "MoCo + HaLP (sampled)": [],
-    "MoCo + HaLP (expected)": ["--estimator", "expected"],
+# The cpu preset before it learned on real data: a 2 x 128 GRU, 12 epochs of batch 64, crops of at least 64
+# frames, shear or joint corruption, T = 0.07, step schedules, a raw-feature linear probe.
+OLD_PRESET = (
+    "--encoder gru --hidden-size 128 --num-layers 2 --clip-frames 64 --epochs 12 --halp-start-epoch 5 "
+    "--lr-milestones 10 --lr 0.05 --lr-schedule step --batch-size 64 --temperature 0.07 --knn-every 4 "
+    "--augment-crop-min-ratio 0.1 --augment-crop-min-frames 64 --augment-corrupt-prob 0.5 --augment-rotate-degrees 0 "
+    "--linear-epochs 20 --linear-lr-schedule step --linear-lr-milestones 12 17 --linear-feature-norm none"
+).split()
+LONGER = "--epochs 100 --halp-start-epoch 50 --lr-milestones 80 --knn-every 20".split()
+NEW_AUGMENT = (
+    "--augment-crop-min-ratio 0.5 --augment-crop-min-frames 1 --augment-corrupt-prob 0 --augment-rotate-degrees 17"
+)
+
+SUITES: dict[str, dict[str, list[str]]] = {
+    "none": {},
+    "halp": {
+        "MoCo": ["--halp-weight", "0"],
+        "MoCo + HaLP (sampled)": [],
+        "MoCo + HaLP (expected)": ["--estimator", "expected"],
+    },
+    "ablation": {
+        "old cpu preset": OLD_PRESET,
+        "+ 100 epochs": [*OLD_PRESET, *LONGER],
+        "+ relative crops, rotation, no corruption": [*OLD_PRESET, *LONGER, *NEW_AUGMENT.split()],
+        "+ batch 128, cosine lr 0.1, T 0.1, 50 frames, standardized probe (= cpu preset, GRU)": (
+            "--encoder gru --hidden-size 128 --num-layers 2".split()
+        ),
+        "+ temporal-conv encoder (= cpu preset)": [],
+    },
+    "regime": {
+        "MoCo + HaLP, align objective": ["--objective", "align"],
+        "MoCo + HaLP, lambda 0.4": ["--lam", "0.4"],
+        "MoCo + HaLP, 10 prototypes": ["--num-prototypes", "10"],
+        "MoCo + HaLP from epoch 20": ["--halp-start-epoch", "20"],
+        "MoCo, 200 epochs": "--halp-weight 0 --epochs 200".split(),
+        "MoCo + HaLP, 200 epochs (HaLP from 100)": "--epochs 200 --halp-start-epoch 100".split(),
+    },
 }
 
 
@@ -116,15 +157,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data-root", required=True, help="folder holding nwucla/xview (the output of prepare)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "nwucla-study")
+    parser.add_argument("--suite", choices=SUITES, default="halp", help="the set of variants (see above)")
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=FLAGS",
                         help="an extra variant: pipeline flags after --preset cpu (repeatable)")  # fmt: skip
-    parser.add_argument("--no-default-variants", action="store_true", help="run only the --variant ones")
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised upper bound")
     parser.add_argument("--flags", default="", help="flags added to every run, e.g. '--threads 2'")
     args = parser.parse_args(argv)
 
-    variants = {} if args.no_default_variants else dict(DEFAULT_VARIANTS)
-    variants.update(dict(args.variant))
+    variants = {**SUITES[args.suite], **dict(args.variant)}
     common = ["--dataset", "nwucla", "--data-root", args.data_root, "--preset", "cpu", *shlex.split(args.flags)]
     results: dict[str, list[dict[str, Any]]] = {}
     for name, flags in variants.items():
