@@ -227,3 +227,21 @@ def test_best_over_every_epoch_and_a_last_epoch_off_the_schedule(monkeypatch):
     assert scored == [5, 10, 12] and (result.best_top1, result.best_epoch) == (0.5, 5)
     result, scored = _scripted_fit(monkeypatch, True, SCORES, eval_every=5, max_steps=7)  # stops after epoch 7
     assert scored == [5, 7] and len(result.history) == 7 and result.last_top1 == 0.5
+
+
+def test_classifier_training_clips_use_the_pretraining_views_on_request():
+    x = torch.randn(6, 3, 30, 20, 1, generator=torch.Generator().manual_seed(0))
+    num_frames = torch.tensor([30, 20, 10, 5, 1, 30])
+    views = {"crop_min_ratio": 0.5, "crop_min_frames": 1, "shear": 1.0, "corrupt_prob": 0.0, "rotate_degrees": 17.0}
+    encoder = build_encoder("tcn", num_joints=20, num_bodies=1, tcn_width=4)
+    kwargs = dict(finetune=True, device=torch.device("cpu"), precision=Precision("none", torch.device("cpu")), seed=3)
+    augmented = ClassifierTraining(encoder, 4, ClassifierConfig(), clip_frames=8, view_augment=views, **kwargs)
+    expected = evaluation.pretrain_view(
+        x, num_frames, out_frames=8, generator=torch.Generator().manual_seed(3), **views
+    )
+    assert torch.equal(augmented._training_clip(x, num_frames), expected)
+    plain = ClassifierTraining(encoder, 4, ClassifierConfig(), clip_frames=8, **kwargs)
+    cropped = evaluation.temporal_crop_resize(
+        x, num_frames, evaluation.TRAIN_CROP_RATIOS, 8, 8, generator=torch.Generator().manual_seed(3)
+    )
+    assert torch.equal(plain._training_clip(x, num_frames), cropped)

@@ -181,10 +181,11 @@ class Evaluation:
     ) -> ClassifierResult:
         """Train a linear head on the encoder (frozen, or fine-tuned with it) with ``cfg`` (default: the run's
         ``finetune`` or ``linear`` section)."""
+        protocol = cfg or (self.cfg.finetune if finetune else self.cfg.linear)
         training = ClassifierTraining(
             self.encoder,
             self.train_set.num_classes,
-            cfg or (self.cfg.finetune if finetune else self.cfg.linear),
+            protocol,
             finetune=finetune,
             device=self.device,
             precision=Precision(self.cfg.amp, self.device),
@@ -192,8 +193,14 @@ class Evaluation:
             num_workers=self.cfg.num_workers,
             max_steps=self.cfg.max_steps,
             clip_frames=self.cfg.model.clip_frames,
+            view_augment=view_augment(self.cfg, protocol),
         )
         return training.fit(self.train_set, self.val_set, description)
+
+
+def view_augment(cfg: RunConfig, protocol: ClassifierConfig) -> Optional[dict[str, Any]]:
+    """The pretraining views' settings when ``protocol`` trains on them (``augment="pretrain"``), else None."""
+    return vars(cfg.augment) if protocol.augment == "pretrain" else None
 
 
 def _evaluation_setup(
@@ -283,6 +290,7 @@ def semi_command(args: argparse.Namespace) -> int:
         num_workers=cfg.num_workers,
         max_steps=cfg.max_steps,
         clip_frames=cfg.model.clip_frames,
+        view_augment=view_augment(cfg, cfg.finetune),
     )
     write_csv(
         [{"repeat": i + 1, **row} for i, r in enumerate(results) for row in r.history], evaluation.out / "semi_log.csv"

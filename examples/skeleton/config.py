@@ -29,6 +29,7 @@ from skeleton.training.loop import LR_SCHEDULES
 
 PRESETS = ("paper", "cpu")
 FEATURE_NORMS = ("none", "batchnorm")
+AUGMENTS = ("crop", "pretrain")
 AMP_MODES = ("none", "bf16", "fp16")
 SUBSETS = ("released", "per-class")
 """Labelled subsets of the semi-supervised protocol (:func:`skeleton.training.evaluation.labelled_subset`)."""
@@ -113,6 +114,7 @@ class ClassifierConfig:
     lr_schedule: str = _option("step", "step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
     eval_every: int = _option(1, "best top-1 over every this many epochs and the last (the released script: 5)")
     feature_norm: str = _option("none", "standardize the features before the linear layer", FEATURE_NORMS)
+    augment: str = _option("crop", "training clips: the protocol's temporal crop, or the pretraining views", AUGMENTS)
 
 
 @dataclass
@@ -230,7 +232,11 @@ def preset_config(preset: str, dataset: str) -> RunConfig:
     # Standardized features: the probe converges in 30 epochs (NW-UCLA linear 0.84 vs 0.80 on raw features).
     cfg.linear = dataclasses.replace(cfg.linear, epochs=30, lr=0.1, lr_schedule="cosine", feature_norm="batchnorm")
     cfg.finetune = dataclasses.replace(cfg.finetune, epochs=30, lr=0.05, lr_schedule="cosine")
-    cfg.supervised = dataclasses.replace(cfg.supervised, epochs=60, lr=0.1, lr_schedule="cosine")
+    # Trained from scratch on ~1,000 sequences, the encoder overfits the temporal crops alone (NW-UCLA 0.73); the
+    # pretraining views and weight decay make it the upper bound it should be (0.87).
+    cfg.supervised = dataclasses.replace(
+        cfg.supervised, epochs=60, lr=0.05, weight_decay=5e-4, lr_schedule="cosine", augment="pretrain"
+    )
     cfg.semi = SemiConfig(ratio=0.1, repeats=2)
     return cfg
 

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from skeleton.config import SUBSETS, ClassifierConfig, KNNConfig
-from skeleton.data.augment import center_crop_resize, temporal_crop_resize
+from skeleton.data.augment import center_crop_resize, pretrain_view, temporal_crop_resize
 from skeleton.training.loop import EpochSampler, Precision, ProgressBar, format_row, lr_at, set_lr
 
 # SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
@@ -205,6 +205,8 @@ class ClassifierTraining:
         max_steps: stop after this many steps in total (smoke tests).
         progress: show progress bars.
         clip_frames: frames of the training and evaluation clips.
+        view_augment: keyword arguments of :func:`~skeleton.data.augment.pretrain_view` (crop, shear,
+            corruption, rotation) to augment the training clips with, instead of the protocol's temporal crop alone.
     """
 
     def __init__(
@@ -221,6 +223,7 @@ class ClassifierTraining:
         max_steps: Optional[int] = None,
         progress: bool = True,
         clip_frames: int = 64,
+        view_augment: Optional[dict[str, Any]] = None,
     ) -> None:
         self.encoder = encoder.to(device)
         linear = nn.Linear(int(encoder.feature_dim), num_classes)
@@ -238,10 +241,20 @@ class ClassifierTraining:
         self.max_steps = max_steps
         self.progress = progress
         self.clip_frames = clip_frames
+        self.view_augment = view_augment
         self.encoder.requires_grad_(finetune)
         parameters = list(self.head.parameters()) + (list(self.encoder.parameters()) if finetune else [])
         self.optimizer = torch.optim.SGD(parameters, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def _training_clip(self, x: Tensor, num_frames: Tensor) -> Tensor:
+        if self.view_augment is not None:
+            return pretrain_view(
+                x, num_frames, out_frames=self.clip_frames, generator=self.generator, **self.view_augment
+            )
+        return temporal_crop_resize(
+            x, num_frames, TRAIN_CROP_RATIOS, self.clip_frames, self.clip_frames, generator=self.generator
+        )
 
     def _features(self, clip: Tensor) -> Tensor:
         if self.finetune:
@@ -299,9 +312,7 @@ class ClassifierTraining:
             for x, num_frames, label in bar:
                 x, num_frames = x.to(self.device, non_blocking=True), num_frames.to(self.device)
                 label = label.to(self.device)
-                clip = temporal_crop_resize(
-                    x, num_frames, TRAIN_CROP_RATIOS, self.clip_frames, self.clip_frames, generator=self.generator
-                )
+                clip = self._training_clip(x, num_frames)
                 with self.precision.autocast():
                     logits = self.head(self._features(clip)).float()
                 loss = F.cross_entropy(logits, label)
