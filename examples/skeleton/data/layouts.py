@@ -114,28 +114,8 @@ KINECT_V1_BONE_PAIRS_1BASED: tuple[tuple[int, int], ...] = (
 
 KINECT_V1 = SkeletonLayout(
     name="kinect_v1",
-    joint_names=(
-        "hip_center",
-        "spine",
-        "shoulder_center",
-        "head",
-        "left_shoulder",
-        "left_elbow",
-        "left_wrist",
-        "left_hand",
-        "right_shoulder",
-        "right_elbow",
-        "right_wrist",
-        "right_hand",
-        "left_hip",
-        "left_knee",
-        "left_ankle",
-        "left_foot",
-        "right_hip",
-        "right_knee",
-        "right_ankle",
-        "right_foot",
-    ),  # fmt: skip
+    # Joints 5-20 (1-based) are Kinect v2's: the shoulders, arms, hips and legs.
+    joint_names=("hip_center", "spine", "shoulder_center", "head", *KINECT_V2.joint_names[4:20]),
     parents=_parents_from_pairs(KINECT_V1_BONE_PAIRS_1BASED),
     graph_center=2,  # shoulder centre
 )

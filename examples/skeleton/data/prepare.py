@@ -39,6 +39,7 @@ import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from einops import rearrange
@@ -220,6 +221,8 @@ class _Job:
     keep_odd_rows: bool = False  # PKU: cut segments at the video's end, keep empty ones (--pku-odd-rows released)
 
 
+SampleId = TypeVar("SampleId", NtuSampleId, NwuclaSampleId)
+
 _JOB_SLOTS = {"ntu": PREPARED_SLOTS["ntu60"], "pku": PREPARED_SLOTS["pku2"], "nwucla": PREPARED_SLOTS["nwucla"]}
 """(joints, bodies) of the samples cut from each kind of file."""
 
@@ -375,22 +378,8 @@ def _find_files(raw: Path, suffix: str, scan: _Scan) -> list[Path]:
 
 def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
     scan = _Scan()
-    files = _find_files(raw, ".skeleton", scan)
-    seen: dict[str, Path] = {}
-    for path in files:
-        try:
-            sample = NtuSampleId.parse(path.name)
-        except ValueError as error:
-            scan.malformed.append(f"{path}: {error}")
-            continue
-        if not _in_scope(dataset, sample):
-            scan.outside += 1
-            continue
-        if sample.name in seen:
-            scan.malformed.append(f"{path}: duplicate of {seen[sample.name]}, skipped")
-            continue
-        seen[sample.name] = path
-        scan.files_in_scope += 1
+    for path, sample in _unique_samples(_find_files(raw, ".skeleton", scan), NtuSampleId.parse, scan,
+                                        lambda sample: _in_scope(dataset, sample)):  # fmt: skip
         if sample.name in ignore:
             scan.ignored += 1
             continue
@@ -470,23 +459,37 @@ def _scan_pku(raw: Path, frames: str, keep_odd_rows: bool) -> _Scan:
 
 def _scan_nwucla(raw: Path) -> _Scan:
     scan = _Scan()
-    files = _find_files(raw, ".json", scan)
+    for path, sample in _unique_samples(_find_files(raw, ".json", scan), NwuclaSampleId.parse, scan):
+        candidate = _Candidate(sample.name, sample.label, (sample.view in NWUCLA_TRAIN_VIEWS,), None, str(path))
+        scan.jobs.append(_Job("nwucla", str(path), ((len(scan.candidates), candidate),)))
+        scan.candidates.append(candidate)
+    return scan
+
+
+def _unique_samples(
+    files: list[Path],
+    parse: Callable[[str], SampleId],
+    scan: _Scan,
+    in_scope: Callable[[SampleId], bool] = lambda sample: True,
+) -> Iterator[tuple[Path, SampleId]]:
+    """The files whose names parse to a sample id in scope, each sample once; the others are counted in ``scan``
+    (a name that does not parse or a second file of a sample as malformed, a sample out of scope as outside)."""
     seen: dict[str, Path] = {}
     for path in files:
         try:
-            sample = NwuclaSampleId.parse(path.name)
+            sample = parse(path.name)
         except ValueError as error:
             scan.malformed.append(f"{path}: {error}")
+            continue
+        if not in_scope(sample):
+            scan.outside += 1
             continue
         if sample.name in seen:
             scan.malformed.append(f"{path}: duplicate of {seen[sample.name]}, skipped")
             continue
         seen[sample.name] = path
         scan.files_in_scope += 1
-        candidate = _Candidate(sample.name, sample.label, (sample.view in NWUCLA_TRAIN_VIEWS,), None, str(path))
-        scan.jobs.append(_Job("nwucla", str(path), ((len(scan.candidates), candidate),)))
-        scan.candidates.append(candidate)
-    return scan
+        yield path, sample
 
 
 def _cut_segment(video: np.ndarray, candidate: _Candidate, keep_odd_rows: bool) -> tuple[np.ndarray | None, str]:
