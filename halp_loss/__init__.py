@@ -14,9 +14,9 @@ Public API:
 from halp_loss.bank import PrototypeBank
 from halp_loss.expected import ExitTimes, exit_times, expected_halp_term
 from halp_loss.geometry import Hallucination, hallucinate_positives
+from halp_loss.key_queue import KeyQueue
 from halp_loss.kmeans import KMeansResult, spherical_kmeans
 from halp_loss.loss import HaLPInfoNCE
-from halp_loss.key_queue import KeyQueue
 
 __version__ = "0.1.0"
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
+import sys
 from typing import Optional, Union
 
 import torch
@@ -128,3 +130,16 @@ def check_lam(lam: Lam, batch: int, num_positives: int, meaning: str = "(batch, 
 def compute_dtype(*tensors: Optional[Tensor]) -> torch.dtype:
     """float64 if any input is float64, else float32: half-precision inputs are upcast. ``None`` is skipped."""
     return torch.float64 if any(t is not None and t.dtype == torch.float64 for t in tensors) else torch.float32
+
+
+_INTERNAL = (os.path.dirname(os.path.abspath(__file__)), os.path.dirname(os.path.abspath(torch.__file__)))
+
+
+def caller_stacklevel() -> int:
+    """The ``stacklevel`` for ``warnings.warn`` in the calling function that points at the first frame outside this
+    package and torch: the user's line, however many frames the call went through (``nn.Module.__call__``,
+    ``torch.compiler.disable``)."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
+        frame, level = frame.f_back, level + 1
+    return level

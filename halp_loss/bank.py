@@ -8,15 +8,18 @@ from typing import Any, Optional
 import torch
 from torch import Tensor, nn
 
-from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
+from halp_loss._checks import caller_stacklevel, check_matrix, check_positive_int, compute_dtype
 from halp_loss.distributed import broadcast_, gather_rows, world_size
-from halp_loss.geometry import unit_rows
+from halp_loss.geometry import WalkTables, unit_rows, walk_tables
 from halp_loss.kmeans import fit_unit_points
 
 __all__ = ["PrototypeBank"]
 
 COUNTERS = ("num_seen", "num_calls", "num_fits", "calls_since_fit")
 """The schedule's counters, checkpointed in the extra state."""
+
+MAX_UNCOUNTED = 64
+"""Appended batches kept for the skipped-key count before it is taken anyway (bounds the memory they hold)."""
 
 
 def stored_keys_usable(window: Tensor) -> Tensor:
@@ -118,6 +121,11 @@ class PrototypeBank(nn.Module):
         self.num_calls = 0
         self.num_fits = 0
         self.calls_since_fit = 0
+        # Appended rows not yet written into the window (with their first slot), rows whose keys without a direction
+        # are not counted yet, and the walk tables of the prototypes.
+        self._unwritten: list[tuple[int, Tensor]] = []
+        self._uncounted: list[Tensor] = []
+        self._tables: Optional[WalkTables] = None
 
     @property
     def ready(self) -> bool:
@@ -133,6 +141,7 @@ class PrototypeBank(nn.Module):
     def num_skipped(self) -> int:
         """Keys stored as zero rows and left out of the fits because they were not finite or were zero (reads the
         count back from the device)."""
+        self._count_skipped()
         return int(self.skipped)
 
     def recent_keys(self) -> Tensor:
@@ -160,32 +169,86 @@ class PrototypeBank(nn.Module):
         check_matrix(keys, "keys", self.dim)
         if not self.training:
             return False
+        rows = keys.detach().to(self.keys.dtype if self.dim else compute_dtype(keys))
+        if normalized:
+            # Unit by the caller's word: a row without a direction (NaN, or zero) becomes a row of zeros.
+            rows = torch.where(rows.abs().amax(dim=1, keepdim=True) > 0, rows, 0.0)
+        return self.append_unit_rows(rows if normalized else unit_rows(rows))
+
+    @torch.no_grad()
+    def append_unit_rows(self, rows: Tensor) -> bool:
+        """:meth:`update` for rows that are unit already where the key had a direction and entirely zero or NaN
+        where it had none, as :func:`halp_loss.geometry.unit_rows` returns them (no validation).
+
+        One write into the window, zeros in place of NaN; the keys without a direction are counted later, at the
+        next fit or read of ``num_skipped``, so that a step spends no kernels on the count.
+
+        Returns:
+            True if the prototypes were refitted by this call.
+        """
+        if not self.training:
+            return False
         if self.gather_distributed:
-            keys = gather_rows(keys)
-        if self.dim is None:
-            dtype = compute_dtype(keys)
-            self.keys = torch.zeros(self.window, keys.shape[1], device=keys.device, dtype=dtype)
-            self.prototypes = torch.zeros(self.num_prototypes, keys.shape[1], device=keys.device, dtype=dtype)
-            self.skipped = self.skipped.to(keys.device)
-        arrived = keys.shape[0]
-        keys = self._usable_rows(keys, normalized)[-self.window :]
-        first_slot = self.num_seen + arrived - keys.shape[0]
-        slots = (torch.arange(keys.shape[0], device=keys.device) + first_slot) % self.window
-        self.keys[slots] = keys
+            rows = gather_rows(rows)
+        if not self._buffers["keys"].shape[1]:
+            dtype = compute_dtype(rows)
+            self.keys = torch.zeros(self.window, rows.shape[1], device=rows.device, dtype=dtype)
+            self.prototypes = torch.zeros(self.num_prototypes, rows.shape[1], device=rows.device, dtype=dtype)
+            self.skipped = self.skipped.to(rows.device)
+        arrived = rows.shape[0]
+        if arrived > self.window:
+            rows = rows[-self.window :]
+        # Written when the window is next read (a fit, recent_keys, state_dict, the buffer itself): of the keys
+        # arriving between two fits only the last `window` are ever read, so most batches are never written.
+        self._unwritten.append(((self.num_seen + arrived - rows.shape[0]) % self.window, rows))
+        while sum(batch.shape[0] for _, batch in self._unwritten[1:]) >= self.window:
+            self._unwritten.pop(0)
+        self._uncounted.append(rows)
+        if len(self._uncounted) >= MAX_UNCOUNTED:
+            self._count_skipped()
         self.num_seen += arrived
         self.num_calls += 1
         self.calls_since_fit += 1
         due = self.calls_since_fit >= self.every or not self.ready
         return self.num_seen >= self.warmup and due and self._fit()
 
-    def _usable_rows(self, keys: Tensor, normalized: bool) -> Tensor:
-        """Unit rows of ``keys`` in the bank's dtype, with zero rows where a key has no direction (non-finite,
-        which ``unit_rows`` turns into NaN, or zero), counted on the device without a host read."""
-        rows = keys.detach().to(self.keys)
-        rows = rows if normalized else unit_rows(rows)
-        usable = rows.abs().amax(dim=1, keepdim=True) > 0
-        self.skipped += (~usable).sum()
-        return torch.where(usable, rows, 0.0)
+    def _write_pending(self) -> None:
+        """Write the appended rows still due into the window, oldest first, zeros in place of NaN (keys without
+        a direction)."""
+        window = self._buffers["keys"]
+        for start, rows in self._unwritten:
+            rows = rows.to(window)
+            head = min(rows.shape[0], self.window - start)
+            for begin, part in ((start, rows[:head]), (0, rows[head:])):
+                if part.shape[0]:
+                    torch.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0, out=window[begin : begin + part.shape[0]])
+        self._unwritten.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        # The window buffer is written lazily (append_unit_rows): reading it writes what is pending first.
+        if name == "keys" and self.__dict__.get("_unwritten"):
+            self._write_pending()
+        return super().__getattr__(name)
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        self._write_pending()
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
+    def _count_skipped(self) -> None:
+        """Add the keys without a direction among the rows appended since the last count to ``skipped``."""
+        if self._uncounted:
+            rows = torch.cat(self._uncounted)
+            self._uncounted.clear()
+            self.skipped += (~(rows.abs().amax(dim=1) > 0)).sum()
+
+    def walk_tables(self, dtype: torch.dtype) -> WalkTables:
+        """The walk tables of the prototypes in ``dtype`` (:func:`halp_loss.geometry.walk_tables`), computed once per
+        fit: what the walks need from the prototypes alone (their cosines and the boundary ratios) costs no kernel
+        between refits."""
+        cached = self._tables
+        if cached is None or cached.prototypes.dtype != dtype or cached.prototypes.device != self.prototypes.device:
+            cached = self._tables = walk_tables(self.prototypes.to(dtype))
+        return cached
 
     @torch.no_grad()
     def refit(self) -> None:
@@ -203,6 +266,7 @@ class PrototypeBank(nn.Module):
 
     def _fit(self) -> bool:
         """Fit on the window's usable keys if there are at least ``num_prototypes``; return whether it did."""
+        self._count_skipped()
         window = self.recent_keys()
         usable = stored_keys_usable(window)
         # The one host read of a refit (the fit's input size depends on it).
@@ -220,6 +284,7 @@ class PrototypeBank(nn.Module):
             broadcast_(self.prototypes)
         self.num_fits += 1
         self.calls_since_fit = 0
+        self._tables = None
         return True
 
     def _warn_once(self, left_out: int, usable: int) -> None:
@@ -236,10 +301,11 @@ class PrototypeBank(nn.Module):
             "and are left out of the fit; "
             f"{consequence}. Shown once; PrototypeBank.num_skipped counts such keys.",
             RuntimeWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
 
     def get_extra_state(self) -> dict[str, int]:
+        self._count_skipped()
         return {**{name: getattr(self, name) for name in COUNTERS}, "num_skipped": self.num_skipped}
 
     def set_extra_state(self, state: Any) -> None:
@@ -251,8 +317,11 @@ class PrototypeBank(nn.Module):
             setattr(self, name, state[name])
         # Checkpoints written before skipped keys were counted have no count.
         self.skipped.fill_(state.get("num_skipped", 0))
+        self._uncounted.clear()
+        self._tables = None
 
     def _load_from_state_dict(self, state_dict: dict, prefix: str, *args: Any, **kwargs: Any) -> None:
+        self._unwritten.clear()
         saved = {name: state_dict.get(prefix + name) for name in ("keys", "prototypes")}
         if saved["keys"] is not None and saved["prototypes"] is not None:
             self._check_saved_shapes(saved["keys"].shape, saved["prototypes"].shape)

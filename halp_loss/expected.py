@@ -24,19 +24,29 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from halp_loss._checks import Lam, check_positive_int
-from halp_loss.functional import HaLPTerm, aggregate_kept, positive_loss, run_checked_term
+from halp_loss.functional import (
+    HaLPTerm,
+    TermParts,
+    combine_positions,
+    positive_similarities,
+    run_checked_term,
+)
 from halp_loss.geometry import (
-    CandidateWalks,
-    candidate_walks,
+    Walks,
+    WalkTables,
+    candidate_mask,
+    candidate_order,
     checked_unit_inputs,
-    resolve_candidates,
-    slerp_coefficients,
+    walk_angles,
+    walk_fraction,
+    walk_tables,
 )
 
-__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term", "expected_term"]
+__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term", "expected_parts"]
 
 DEFAULT_NUM_NODES = 16
 """Gauss-Legendre nodes per kept interval for ``objective="infonce"``: ~1e-6 relative error at T = 0.07."""
@@ -91,22 +101,14 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
         (torch.Size([8, 19]), True)
     """
     k, protos, num_candidates = checked_unit_inputs(anchor, prototypes, num_candidates)
-    walks = candidate_walks(k @ protos.T, protos @ protos.T, num_candidates)
-    return ExitTimes(walks.nearest, walks.target, walks.t_exit, walks.t_max, walks.exit_prototype)
-
-
-def kept_interval(walks: CandidateWalks, lam: Lam) -> tuple[Tensor, Tensor, Tensor]:
-    """``probability, low, length``: the probability that a positive of each walk is kept, and the kept
-    interval ``[low, low + length]`` of ``t``, whose law given kept is uniform on it.
-    """
-    low = (1.0 - lam) * walks.t_max
-    span = walks.t_max - low
-    length = (walks.t_exit - low).clamp_min(0.0)
-    # lam = 0, or a walk of length zero, is a point mass at t_max: kept unless a third prototype cuts the walk
-    # before it (t_exit <= t_max always).
-    at_max = (walks.t_exit >= walks.t_max).to(span)
-    probability = torch.where(span > 0, length / span.clamp_min(torch.finfo(span.dtype).tiny), at_max)
-    return probability, low, length
+    tables = walk_tables(protos)
+    walks = walk_angles(k, tables)
+    target = candidate_order(walks, tables, num_candidates)
+    t_max = walk_fraction(walks.angle, walks.end.gather(1, target), target)
+    # exit <= end; the minimum keeps it so through the rounding of the fractions.
+    t_exit = walk_fraction(walks.angle, walks.exit.gather(1, target), target).minimum(t_max)
+    exit_prototype = torch.where(t_exit < t_max, walks.ratios.argmax(dim=2).gather(1, target), target)
+    return ExitTimes(walks.nearest, target, t_exit, t_max, exit_prototype)
 
 
 @functools.lru_cache(maxsize=16)
@@ -179,7 +181,7 @@ def expected_halp_term(
     """
     check_positive_int(num_nodes, "num_nodes")
     return run_checked_term(
-        expected_term,
+        expected_parts,
         query,
         anchor,
         prototypes,
@@ -194,39 +196,60 @@ def expected_halp_term(
     )
 
 
-def expected_term(
+def expected_parts(
     query: Tensor,
     anchor: Tensor,
-    protos: Tensor,
+    walks: Walks,
+    tables: WalkTables,
     *,
     lam: Lam,
-    num_candidates: Optional[int],
+    num_candidates: int,
     objective: str,
     temperature: float,
     negatives_lse: Optional[Tensor],
     num_nodes: int,
-) -> HaLPTerm:
-    """:func:`expected_halp_term` without validation or casts: ``query``, ``anchor`` (R, D) and ``protos`` (P, D)
-    unit-norm rows in one float dtype, ``anchor`` and ``protos`` detached."""
-    num_candidates = resolve_candidates(num_candidates, protos.shape[0])
+    scale: float = 1.0,
+) -> TermParts:
+    """:func:`expected_halp_term` as :class:`TermParts`, without validation, casts or autograd: ``query`` and
+    ``anchor`` (R, D) unit rows of the prototypes' dtype, ``walks`` those of ``anchor`` toward ``tables``.
+
+    Angles ``x`` are uniform on ``[(1 - lam) end, end]``; the kept ones on ``[(1 - lam) end, exit]``, of length
+    ``L``, with probability ``L / (lam end)``. A positive is ``e^{ix}`` in the plane of its walk, and the mean of
+    ``e^{ix}`` over an interval of length ``L`` around ``m`` is ``sinc(L / 2) e^{im}``.
+    """
+    tiny = torch.finfo(walks.end.dtype).tiny
+    # Adding tiny to both ends of the ratio L / (lam end) makes a point mass (lam = 0, or a walk of length zero) a
+    # ratio of 1 when the walk is not cut before its end (exit = end exactly) and 0 when it is; the floor of a
+    # walk that is not a candidate (the anchor's own prototype) is infinite.
+    if num_candidates == tables.order.shape[1]:
+        floor = tables.floor[walks.nearest]
+    else:
+        floor = torch.where(candidate_mask(walks, tables, num_candidates), tiny, math.inf)
     if isinstance(lam, Tensor):
-        lam = lam.to(device=query.device, dtype=query.dtype)
-    with torch.no_grad():
-        walks = candidate_walks(anchor @ protos.T, protos @ protos.T, num_candidates)
-        probability, low, length = kept_interval(walks, lam)
-        middle = low + length / 2
-    query_anchor = (query * anchor).sum(dim=1, keepdim=True)
-    query_target = (query @ protos.T).gather(1, walks.target)
-    # The slerp is unit-norm analytically, so unlike the sampled estimator no division by the computed norm:
-    # the linear fallback of slerp_coefficients (sin w = 0) only occurs on walks of length zero, at t = 0.
+        length = walks.exit - (1.0 - lam) * walks.end
+        spread = lam * walks.end + floor
+    else:
+        length = torch.add(walks.exit, walks.end, alpha=lam - 1.0)
+        spread = torch.add(floor, walks.end, alpha=lam)
+    probability = (length + tiny).clamp_min_(0.0).div_(spread)
+    middle = torch.sub(walks.exit, length, alpha=0.5)
+    kept = probability.sum()
+    denominator = kept.clamp_min(tiny)
+    value = lse_grad = None
     if objective == "align":
-        alpha, beta, _ = slerp_coefficients(middle, walks.cos_w, walks.w, walks.degenerate)
-        shrink = torch.sinc(length * walks.w / (2 * math.pi))
-        per_walk = -shrink * (alpha * query_anchor + beta * query_target) / temperature
+        positions = torch.polar(probability * torch.sinc(length * (0.5 / math.pi)), middle)
     else:
         nodes, weights = unit_gauss_legendre(num_nodes, query.dtype, query.device)
-        t = low[..., None] + length[..., None] * nodes
-        alpha, beta, _ = slerp_coefficients(t, walks.cos_w[..., None], walks.w[..., None], walks.degenerate[..., None])
-        similarity = alpha * query_anchor[..., None] + beta * query_target[..., None]
-        per_walk = positive_loss(similarity, negatives_lse, objective, temperature) @ weights
-    return aggregate_kept(per_walk, probability, middle)
+        # Gauss-Legendre nodes over each kept interval [exit - L, exit].
+        x = walks.exit[..., None] - length[..., None] * (1.0 - nodes)
+        along, across = positive_similarities(query, anchor, walks, tables)
+        similarity = torch.cos(x) * along[..., None] + torch.sin(x) * across[..., None]
+        gap = negatives_lse[..., None] - similarity / temperature
+        # As in sampled_parts: log(1 + e^gap) per positive, derivative sigmoid(gap) in lse and -sigmoid(gap) / T in s.
+        value = (probability * (F.softplus(gap) @ weights)).sum() * scale / denominator
+        node_weight = probability[..., None] * weights * torch.sigmoid(gap)
+        positions = torch.polar(node_weight, x).sum(dim=-1)
+        lse_grad = node_weight.sum(dim=(1, 2)) * scale / denominator
+    query_grad = combine_positions(positions, walks, tables, anchor, -scale / temperature) / denominator
+    count = walks.end.shape[0] * num_candidates
+    return TermParts(value, query_grad, lse_grad, kept, count, denominator, probability, middle, walks.angle, None)

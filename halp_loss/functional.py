@@ -1,12 +1,16 @@
-"""Functional contrastive losses and the fused HaLP term.
+"""Functional contrastive losses and the HaLP term in closed form.
 
 The InfoNCE terms are written as ``logaddexp(pos, lse_neg) - pos`` with ``lse_neg`` the log-sum-exp of the
 negative logits of each row: the same value as cross-entropy over ``[pos, negatives]`` without building the
 concatenated logits, and ``lse_neg`` is then reused by the HaLP term's ``"infonce"`` objective.
 
+The HaLP term is evaluated together with its gradient, without autograd (:class:`TermParts`): its positives carry
+no gradient, so its derivative in the query is a weighted sum of positives, which sums per walk give without
+building them. :class:`ClosedFormLoss` attaches that gradient to the value.
+
 The public functions accept any floating dtype and compute in float32 (float64 when an input is float64) with
 autocast disabled; they validate their inputs and raise ``ValueError`` naming the argument. The pieces
-(``moco_logits``, ``simclr_logits``, ``info_nce_from_logits``, ``sampled_term``) do not validate: they are what
+(``moco_logits``, ``simclr_logits``, ``info_nce_from_logits``, ``sampled_parts``) do not validate: they are what
 :class:`halp_loss.HaLPInfoNCE` composes after its own checks.
 """
 
@@ -15,6 +19,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from halp_loss._checks import (
@@ -31,7 +36,18 @@ from halp_loss._checks import (
     compute_dtype,
 )
 from halp_loss.distributed import gather_rows_with_grad, rank, world_size
-from halp_loss.geometry import detached_unit_rows, draw_geodesics, resolve_candidates, unit_rows
+from halp_loss.geometry import (
+    Walks,
+    WalkTables,
+    candidate_order,
+    detached_unit_rows,
+    draw_positions,
+    resolve_candidates,
+    unit_rows,
+    walk_angles,
+    walk_fraction,
+    walk_tables,
+)
 
 __all__ = [
     "ContrastiveLogits",
@@ -43,10 +59,13 @@ __all__ = [
     "info_nce",
     "nt_xent",
     "sampled_halp_term",
-    "sampled_term",
+    "sampled_parts",
 ]
 
 OBJECTIVES = ("align", "infonce")
+
+COMPLEX = {torch.float32: torch.complex64, torch.float64: torch.complex128}
+"""The complex dtype of each compute dtype (``dtype.to_complex()``, which torch.compile cannot trace)."""
 
 
 class ContrastiveLogits(NamedTuple):
@@ -184,38 +203,100 @@ def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_dist
         return info_nce_from_logits(simclr_logits(view1.to(dtype), view2.to(dtype), temperature, gather_distributed))
 
 
-def aggregate_kept(per_positive: Tensor, keep: Tensor, t: Tensor) -> HaLPTerm:
-    """Mean of ``per_positive`` over the kept positives, with the kept fraction and the kept mean t.
+class TermParts(NamedTuple):
+    """A HaLP term evaluated with its gradient, without autograd (what the fused losses and the public terms share).
 
-    ``keep`` is a bool mask, or the probabilities of being kept (then ``per_positive`` and ``t`` are the
-    means given kept): the term is ``sum keep * per_positive / sum keep`` either way, 0 when nothing is kept.
+    Attributes:
+        value: scalar, ``scale`` times the term: the mean of the positives' losses over the kept ones (0 when none
+            is kept); ``None`` for ``"align"``, where the term is linear in the query and equals
+            ``(query * query_grad).sum()``, which a caller can fold into its own reduction.
+        query_grad: (R, D) the derivative of the term with respect to the query rows, at fixed ``negatives_lse``.
+        lse_grad: (R,) its derivative with respect to ``negatives_lse`` (``"infonce"``), or ``None`` (``"align"``).
+        kept: scalar, the number of kept positives (their expected number for the expected estimator).
+        count: the number of positives (or walks) ``kept`` is out of.
+        denominator: scalar, ``kept`` clamped away from 0.
+        weights: the kept weight of every positive (or walk), for :meth:`mean_t`.
+        angles: the angle along its walk of every positive (or of each walk's kept mean), for :meth:`mean_t`.
+        lengths: (R, P) the walks' lengths ``w``; ``target`` (R, M) picks each positive's walk, or is ``None``
+            when ``angles`` has one entry per walk.
     """
-    weight = keep.to(per_positive.dtype)
-    count = weight.sum()
-    # Clamped only to avoid 0 / 0: a total below 1 is legitimate for probabilities.
-    denominator = count.clamp_min(torch.finfo(weight.dtype).tiny)
-    return HaLPTerm(
-        (weight * per_positive).sum() / denominator,
-        count.detach() / keep.numel(),
-        (weight * t).sum().detach() / denominator.detach(),
-    )
+
+    value: Optional[Tensor]
+    query_grad: Tensor
+    lse_grad: Optional[Tensor]
+    kept: Tensor
+    count: int
+    denominator: Tensor
+    weights: Tensor
+    angles: Tensor
+    lengths: Tensor
+    target: Optional[Tensor]
+
+    def total(self, query: Tensor) -> Tensor:
+        """The term's value (times ``scale``) for these ``query`` rows."""
+        return (query * self.query_grad).sum() if self.value is None else self.value
+
+    def mean_t(self) -> Tensor:
+        """The mean geodesic fraction ``t = angle / w`` of the kept positives (0 when none is kept), computed only
+        when something reads it."""
+        return (self.weights * walk_fraction(self.lengths, self.angles, self.target)).sum() / self.denominator
 
 
-def positive_loss(similarity: Tensor, negatives_lse: Optional[Tensor], objective: str, temperature: float) -> Tensor:
-    """Loss of each hallucinated positive from its cosine with the query: ``-s / T`` for ``"align"``, or
-    ``-log(e^{s/T} / (e^{s/T} + sum_j e^{q.n_j/T}))`` for ``"infonce"``.
+class ClosedFormLoss(torch.autograd.Function):
+    """A loss whose gradients were computed together with its value: forward returns ``values.sum()``, backward
+    the given gradients scaled by the incoming one (first order only).
 
-    Args:
-        similarity: (R, ...) query-positive cosines.
-        negatives_lse: (R,) the rows' negatives log-sum-exp (required for ``"infonce"``, unchecked here).
-        objective: ``"align"`` or ``"infonce"``.
-        temperature: T.
+    The HaLP term is linear in the query for ``"align"``, and for every objective its gradient costs a few more
+    products of tensors the value already needs, so computing both at once, under ``no_grad``, dispatches far fewer
+    kernels than recording the graph for autograd, and keeps no (R, K) logits alive until backward. The sum is the
+    last reduction of the value, taken here so that the output is a new tensor without an extra copy.
     """
-    logit = similarity / temperature
-    if objective == "align":
-        return -logit
-    lse = negatives_lse.reshape(negatives_lse.shape + (1,) * (logit.ndim - 1))
-    return torch.logaddexp(logit, lse) - logit
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        query: Tensor,
+        negatives_lse: Optional[Tensor],
+        query_grad: Tensor,
+        lse_grad: Optional[Tensor],
+        values: Tensor,
+    ) -> Tensor:
+        ctx.save_for_backward(query_grad, lse_grad)
+        return values.sum()
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad: Tensor) -> tuple[Optional[Tensor], ...]:
+        query_grad, lse_grad = ctx.saved_tensors
+        return query_grad * grad, None if lse_grad is None else lse_grad * grad, None, None, None
+
+
+def term_loss(query: Tensor, negatives_lse: Optional[Tensor], parts: TermParts) -> Tensor:
+    """The term's value as a scalar whose gradient flows into ``query`` (and ``negatives_lse`` for ``"infonce"``)."""
+    with torch.no_grad():
+        values = query * parts.query_grad if parts.value is None else parts.value
+    return ClosedFormLoss.apply(query, negatives_lse, parts.query_grad, parts.lse_grad, values)
+
+
+def combine_positions(positions: Tensor, walks: Walks, tables: WalkTables, anchor: Tensor, scale: float) -> Tensor:
+    """(R, D) ``scale`` times the sum of the positives ``positions`` stands for, without building them.
+
+    ``positions`` (R, P) complex holds, for each anchor and target, the weighted sum of ``e^{ix}`` over positives at
+    angles ``x`` along the walk: ``C + iS``. As ``h(x) = cos x k + sin x u_s`` with ``u_s = (p_s - cos w k) / sin w``,
+    the sum of the positives is ``sum_s (C - S cos w / sin w) k + (S / sin w) p_s``: a scaled anchor plus one
+    (R, P) x (P, D) product.
+    """
+    along, across = torch.view_as_real(positions).unbind(-1)
+    toward = across / walks.sin
+    own = torch.addcmul(along, toward, walks.cos, value=-1.0).sum(dim=1, keepdim=True)
+    return torch.addmm(own * anchor, toward, tables.prototypes, beta=scale, alpha=scale)
+
+
+def positive_similarities(query: Tensor, anchor: Tensor, walks: Walks, tables: WalkTables) -> tuple[Tensor, Tensor]:
+    """``q . k`` (R, 1) and ``q . u_s`` (R, P): the query's cosine to the positive at angle ``x`` toward ``p_s`` is
+    ``cos x q . k + sin x q . u_s``."""
+    along = (query * anchor).sum(dim=1, keepdim=True)
+    return along, (query @ tables.transposed - walks.cos * along) / walks.sin
 
 
 def check_term_tensors(query: Tensor, anchor: Tensor, prototypes: Tensor, negatives_lse: Optional[Tensor]) -> None:
@@ -251,7 +332,7 @@ def check_negatives_lse(negatives_lse: Tensor, query: Tensor) -> None:
 
 
 def run_checked_term(
-    term: Callable[..., HaLPTerm],
+    term: Callable[..., TermParts],
     query: Tensor,
     anchor: Tensor,
     prototypes: Tensor,
@@ -265,9 +346,11 @@ def run_checked_term(
     negatives_lse: Optional[Tensor],
     **options: Any,
 ) -> HaLPTerm:
-    """Validate the arguments shared by the public HaLP terms, cast the tensors to one float dtype and evaluate the
-    unchecked ``term`` with autocast disabled. ``lam`` must broadcast to (R, ``lam_columns``), which
-    ``lam_meaning`` describes; ``options`` are the estimator's own arguments, which the caller has checked.
+    """Validate the arguments shared by the public HaLP terms, cast the tensors to one float dtype, evaluate the
+    unchecked ``term`` (which returns :class:`TermParts`) with autocast disabled and return its :class:`HaLPTerm`,
+    whose loss carries the gradient into ``query`` (and ``negatives_lse``). ``lam`` must broadcast to
+    (R, ``lam_columns``), which ``lam_meaning`` describes; ``options`` are the estimator's own arguments, which the
+    caller has checked.
 
     Raises:
         ValueError: naming the argument, see :func:`sampled_halp_term`.
@@ -282,17 +365,24 @@ def run_checked_term(
     check_lam(lam, query.shape[0], lam_columns, lam_meaning)
     dtype = compute_dtype(query, anchor)
     with no_autocast(query.device):
-        return term(
-            query.to(dtype),
-            unit_rows(anchor.detach().to(dtype)),
-            unit_rows(prototypes.detach().to(dtype)),
-            lam=lam,
-            num_candidates=num_candidates,
-            objective=objective,
-            temperature=temperature,
-            negatives_lse=None if negatives_lse is None else negatives_lse.to(dtype),
-            **options,
-        )
+        query = query.to(dtype)
+        lse = None if negatives_lse is None else negatives_lse.to(dtype)
+        with torch.no_grad():
+            anchor = unit_rows(anchor.to(dtype))
+            tables = walk_tables(unit_rows(prototypes.to(dtype)))
+            parts = term(
+                query,
+                anchor,
+                walk_angles(anchor, tables),
+                tables,
+                lam=lam,
+                num_candidates=num_candidates,
+                objective=objective,
+                temperature=temperature,
+                negatives_lse=None if lse is None else lse[:, None],
+                **options,
+            )
+        return HaLPTerm(term_loss(query, lse, parts), parts.kept / parts.count, parts.mean_t())
 
 
 def sampled_halp_term(
@@ -337,7 +427,7 @@ def sampled_halp_term(
     """
     check_positive_int(num_positives, "num_positives")
     return run_checked_term(
-        sampled_term,
+        sampled_parts,
         query,
         anchor,
         prototypes,
@@ -353,26 +443,45 @@ def sampled_halp_term(
     )
 
 
-def sampled_term(
+def sampled_parts(
     query: Tensor,
     anchor: Tensor,
-    protos: Tensor,
+    walks: Walks,
+    tables: WalkTables,
     *,
     lam: Lam,
     num_positives: int,
-    num_candidates: Optional[int],
+    num_candidates: int,
     objective: str,
     temperature: float,
     negatives_lse: Optional[Tensor],
     generator: Optional[torch.Generator],
-) -> HaLPTerm:
-    """:func:`sampled_halp_term` without validation or casts: ``query``, ``anchor`` (R, D) and ``protos`` (P, D)
-    unit-norm rows in one float dtype, ``anchor`` and ``protos`` detached."""
-    num_candidates = resolve_candidates(num_candidates, protos.shape[0])
-    with torch.no_grad():
-        draws = draw_geodesics(anchor @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
-    query_anchor = (query * anchor).sum(dim=1, keepdim=True)
-    query_target = (query @ protos.T).gather(1, draws.target)
-    similarity = (draws.alpha * query_anchor + draws.beta * query_target) / draws.norm
-    per_positive = positive_loss(similarity, negatives_lse, objective, temperature)
-    return aggregate_kept(per_positive, draws.keep, draws.t)
+    scale: float = 1.0,
+) -> TermParts:
+    """:func:`sampled_halp_term` as :class:`TermParts`, without validation, casts or autograd: ``query`` and
+    ``anchor`` (R, D) unit rows of the prototypes' dtype, ``walks`` those of ``anchor`` toward ``tables``.
+
+    Each positive is ``e^{ix}`` in the plane of its walk: the kept ones, weighted by the derivative of their loss,
+    are summed per walk with one scatter, and :func:`combine_positions` turns the sums into the query's gradient.
+    """
+    target, x, keep = draw_positions(
+        walks, candidate_order(walks, tables, num_candidates), lam, num_positives, generator
+    )
+    weight = keep.to(x.dtype)
+    kept = weight.sum()
+    # A count: when nothing is kept the sums are 0 and so is the term.
+    denominator = kept.clamp_min(1.0)
+    value = lse_grad = None
+    if objective == "infonce":
+        along, across = positive_similarities(query, anchor, walks, tables)
+        similarity = torch.cos(x) * along + torch.sin(x) * across.gather(1, target)
+        # Each positive's loss is log(1 + e^gap), gap = lse - s / T: its derivative is sigmoid(gap) in lse and
+        # -sigmoid(gap) / T in s.
+        gap = negatives_lse - similarity / temperature
+        value = (weight * F.softplus(gap)).sum() * scale / denominator
+        weight = weight * torch.sigmoid(gap)
+        lse_grad = weight.sum(dim=1) * scale / denominator
+    # align: the loss -s / T of each positive has derivative -1 / T in s, so the weights are keep itself.
+    positions = torch.zeros_like(walks.cos, dtype=COMPLEX[x.dtype]).scatter_add_(1, target, torch.polar(weight, x))
+    query_grad = combine_positions(positions, walks, tables, anchor, -scale / temperature) / denominator
+    return TermParts(value, query_grad, lse_grad, kept, x.numel(), denominator, keep, x, walks.angle, target)

@@ -1,16 +1,27 @@
 """Positive hallucination on the unit sphere (HaLP, CVPR 2023), in closed form.
 
-A positive ``h`` lies on the great circle from the anchor ``k`` toward a target prototype ``p_s``:
+A positive ``h`` lies on the great circle from the anchor ``k`` toward a target prototype ``p_s``. In the plane of
+``k`` and ``p_s``, with ``u_s = (p_s - cos w k) / sin w`` the unit tangent at ``k`` toward ``p_s`` and
+``w = arccos(k . p_s)``, the point at angle ``x = t w`` along the walk is
 
-    h(t) = [sin((1 - t) w) k + sin(t w) p_s] / sin w,    w = arccos(k . p_s),
+    h(x) = cos x k + sin x u_s    (the slerp  [sin(w - x) k + sin x p_s] / sin w),
 
-so ``h = alpha k + beta p_s``. Everything the method needs -- the boundary ``t_max``, the rank filter, the
-similarity of a query to ``h`` -- is a combination of the dot products ``k . P`` and ``P . P^T``. This module
-works on those dot products alone; the (B, M, D) positives are only built when a caller asks for them.
+the complex number ``e^{ix}`` in the basis ``(k, u_s)``. Everything the method needs -- where the walk reaches the
+boundary of the anchor's cell, where a third prototype's cell cuts it, the similarity of a query to ``h`` -- is a
+combination of the dot products ``k . P`` and ``P . P^T``. This module works on those dot products alone; the
+(B, M, D) positives are only built when a caller asks for them.
+
+For each anchor and target every boundary is the root of a sinusoid ``a sin(w - x) + c sin x`` with ``a >= 0``
+(``a = k . (p0 - p_j)``, ``c = p_s . (p0 - p_j)``, ``p0`` the anchor's nearest prototype), which is
+``x = atan2(sin w, cos w + rho)`` with ``rho = -c / a``: decreasing in ``rho``, so the first boundary a walk meets
+is the one of largest ``rho``. The ``rho`` of the target's own boundary is ``(1 - p_s . p0) / a``, that of a third
+prototype ``-(c + tie) / a``; their numerators depend on the prototypes only and are tabulated once per set of
+prototypes (:class:`WalkTables`), so a call costs one (B, P, P) division and a max.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import NamedTuple, Optional
 
@@ -29,15 +40,21 @@ from halp_loss._checks import (
 )
 
 __all__ = [
-    "CandidateWalks",
-    "GeodesicDraws",
     "Hallucination",
-    "candidate_walks",
+    "WalkTables",
+    "Walks",
+    "candidate_mask",
     "detached_unit_rows",
-    "draw_geodesics",
+    "draw_positions",
     "hallucinate_positives",
+    "normalize_rows",
     "unit_rows",
+    "walk_angles",
+    "walk_tables",
 ]
+
+NORMALIZE_EPS = 1e-12
+"""``F.normalize``'s eps: rows of zeros stay zero."""
 
 
 def unit_rows(x: Tensor) -> Tensor:
@@ -48,7 +65,22 @@ def unit_rows(x: Tensor) -> Tensor:
     overflows float32) or of 1e-30s (whose squared norm underflows) is normalized as accurately. The scale
     carries no gradient, which is exact since the result does not depend on it.
     """
-    return F.normalize(x * row_scales(x), dim=-1)
+    return normalize_rows(x)[0]
+
+
+def normalize_rows(x: Tensor, *, inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`unit_rows` and its pieces: ``(unit, scale, norm)`` with ``unit = x * scale / norm``, ``scale`` the
+    (..., 1) powers of two and ``norm`` the clamped norms of the scaled rows, so that the gradient of ``unit``
+    is ``(g - unit (unit . g)) * scale / norm`` (what the fused losses compute without autograd).
+
+    ``inplace`` overwrites ``x`` with ``unit`` (no autograd): a caller normalizing a buffer of its own, such as a
+    concatenation that holds a queue, saves allocating two copies of it.
+    """
+    scale = row_scales(x)
+    scaled = x.mul_(scale) if inplace else x * scale
+    # F.normalize's norm, clamp and division: the same bits for rows it handles.
+    norm = torch.linalg.vector_norm(scaled, dim=-1, keepdim=True).clamp_min(NORMALIZE_EPS)
+    return scaled.div_(norm) if inplace else scaled / norm, scale, norm
 
 
 def detached_unit_rows(x: Tensor) -> Tensor:
@@ -60,37 +92,188 @@ def detached_unit_rows(x: Tensor) -> Tensor:
     """
     scaled = x.detach() * row_scales(x)
     norm = scaled.square().sum(dim=-1, keepdim=True).sqrt_()
-    # F.normalize's eps: zero rows stay zero.
-    return scaled.div_(norm.clamp_min_(1e-12))
+    return scaled.div_(norm.clamp_min_(NORMALIZE_EPS))
 
 
+@torch.no_grad()
 def row_scales(x: Tensor) -> Tensor:
-    """(..., 1) powers of two that bring each row's largest magnitude into [0.5, 1), detached.
+    """(..., 1) powers of two that bring each row's largest magnitude into [0.5, 1), without autograd.
 
     Subnormal rows would need a factor beyond the dtype's range: scaling them by its largest power of two already
-    lifts them far from underflow.
+    lifts them far from underflow (and the exponent is clamped on both sides, so no scale is itself subnormal).
     """
-    x = x.detach()
-    # max |x| from the row's max and min, which needs no |x| temporary.
-    largest = torch.frexp(torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))).exponent
+    # |x| then max: linalg.vector_norm(x, inf) is one kernel but, on a CPU, 8 x slower over a large queue.
+    largest = x.abs().amax(dim=-1, keepdim=True)
     limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
-    return torch.exp2(-largest.clamp(-limit, limit).to(x.dtype))
+    # 0.5 ** exponent: one kernel, exact, in x's dtype (exp2 of the integer exponent would be float32).
+    return torch.pow(_half(x.dtype, x.device), torch.frexp(largest).exponent.clamp(-limit, limit))
 
 
-class GeodesicDraws(NamedTuple):
-    """Random positives described by their coefficients: ``h = (alpha * k + beta * P[target]) / norm``.
+@functools.lru_cache(maxsize=16)
+def _half(dtype: torch.dtype, device: torch.device) -> Tensor:
+    """0.5 as a 0-d tensor, cached per dtype and device so that :func:`row_scales` copies nothing per call."""
+    # A normal tensor even when first asked for under inference mode.
+    with torch.inference_mode(False):
+        return torch.tensor(0.5, dtype=dtype, device=device)
 
-    All fields are (B, M) except ``nearest`` (B,).
+
+TIE_EPS = 8
+"""Cosines closer than this many machine epsilons are ties (float32 dot products of unit vectors are off by
+at most about 1.5 epsilons, measured up to D = 1024)."""
+
+
+class WalkTables(NamedTuple):
+    """What the walks need from a set of P unit prototypes, computed once per set (per bank refit).
+
+    Attributes:
+        prototypes: (P, D) the prototypes.
+        transposed: (D, P) the prototypes as columns, contiguous, for ``anchor @ transposed``.
+        ratios: (P, P, P) numerators of the boundary ratios ``rho``: at ``[n, s, j]`` for an anchor nearest to
+            ``p_n`` walking toward ``p_s``, ``-(c + tie)`` with ``c = p_s . (p_n - p_j)`` for a third prototype
+            ``p_j``, and ``1 - p_s . p_n`` (no tie: the target's boundary is the walk's end) at ``j = s``.
+        floor: (P, P) at ``[n, s]``: the smallest positive normal number where ``s != n``, infinity where
+            ``s == n``: added to the step range of each walk, it turns point masses (a range of length 0) into
+            ratios 1 and gives the walk toward the anchor's own prototype probability 0.
+        order: (P, P - 1) long, at ``[n]``: the targets ``s != n`` in index order.
+    """
+
+    prototypes: Tensor
+    transposed: Tensor
+    ratios: Tensor
+    floor: Tensor
+    order: Tensor
+
+
+@torch.no_grad()
+def walk_tables(prototypes: Tensor) -> WalkTables:
+    """:class:`WalkTables` of (P, D) unit prototypes, ``P >= 2`` (no validation, no autograd)."""
+    num = prototypes.shape[0]
+    tiny = torch.finfo(prototypes.dtype).tiny
+    gram = prototypes @ prototypes.T
+    # c[n, s, j] = p_s . p_n - p_s . p_j, indexed [n, s, j].
+    c = gram.T[:, :, None] - gram[None, :, :]
+    ratios = -(c + TIE_EPS * torch.finfo(prototypes.dtype).eps)
+    # A zero numerator over a zero a (the anchor on that boundary) would be 0 / 0: -tiny makes it -inf, no cut.
+    ratios = torch.where(ratios == 0, -tiny, ratios)
+    # The target's own boundary (j = s), untied: b = 1 - p_s . p_n >= 0, plus tiny so that b = a = 0 (a duplicate
+    # of the nearest prototype) gives +inf, a walk of length zero, rather than 0 / 0.
+    boundary = (1.0 - gram).clamp_min(0.0) + tiny
+    ratios.diagonal(dim1=1, dim2=2).copy_(boundary)
+    index = torch.arange(num, device=prototypes.device)
+    # Row n of order: 0 .. P - 1 without n (arithmetic rather than a mask, which would read back from a GPU).
+    others = index[: num - 1].expand(num, num - 1)
+    order = others + (others >= index[:, None]).long()
+    return WalkTables(
+        prototypes, prototypes.T.contiguous(), ratios, torch.full_like(gram, tiny).fill_diagonal_(math.inf), order
+    )
+
+
+class Walks(NamedTuple):
+    """Geometry of the walks from each anchor toward every prototype, all (B, P) but ``nearest`` (B,).
+
+    The walk toward the anchor's own prototype (column ``nearest``) is not a walk; its entries are finite and
+    ignored. Angles are along the great circle from the anchor; fractions of the walk are ``angle / angle(w)``.
+
+    Attributes:
+        nearest: (B,) long, the anchor's nearest prototype ``p0``.
+        cos: ``cos w``, the anchor-target cosines, clamped to [-1, 1].
+        sin: ``sin w``, at least the smallest normal number.
+        angle: ``w``, the length of each walk.
+        end: angle at which the walk reaches the boundary between ``p0``'s and the target's cells (``t_max w``).
+        exit: angle up to which the walk stays in ``p0``'s cell, ``<= end``: the first boundary it meets.
+        ratios: (B, P, P) the boundary ratios ``rho`` at ``[b, s, j]``; the largest gives the exit.
     """
 
     nearest: Tensor
-    target: Tensor
-    t: Tensor
-    t_max: Tensor
-    alpha: Tensor
-    beta: Tensor
-    norm: Tensor
-    keep: Tensor
+    cos: Tensor
+    sin: Tensor
+    angle: Tensor
+    end: Tensor
+    exit: Tensor
+    ratios: Tensor
+
+
+def walk_angles(anchor: Tensor, tables: WalkTables) -> Walks:
+    """:class:`Walks` of unit ``anchor`` rows (B, D) toward every prototype of ``tables`` (no validation, no
+    autograd).
+
+    The rank filter keeps a positive while its nearest prototype is still ``p0``: while ``h(x) . (p0 - p_j) >= 0``
+    for every ``j``. Cosines are rounded, so a third prototype ``p_j`` only cuts a walk where it is closer than
+    ``p0`` by more than ``TIE_EPS`` epsilons of the target's cosines ``c`` can explain; copies of ``p0`` (``a = c =
+    0``) or of the target never cut, and the margin in h-space stays right toward nearly antipodal targets.
+    """
+    cos = (anchor @ tables.transposed).clamp_(-1.0, 1.0)
+    largest, nearest = cos.max(dim=1)
+    # a = k . (p0 - p_j) >= 0, exactly (largest is the row's maximum).
+    a = largest[:, None] - cos
+    angle = torch.acos(cos)
+    # sin w > 0 keeps every division by it finite; it is 0 only for walks of length 0, whose positives are k.
+    sin = torch.sin(angle).clamp_min_(torch.finfo(cos.dtype).tiny)
+    ratios = tables.ratios[nearest] / a[:, None, :]
+    # A target antipodal to the anchor has no unique geodesic: the walk has length zero (atan2(sin, inf) = 0).
+    shifted = cos.masked_fill(cos <= -1.0, math.inf)
+    # The end is the target's own boundary (the diagonal); the exit the first boundary of any prototype.
+    end = torch.atan2(sin, shifted + ratios.diagonal(dim1=1, dim2=2))
+    exit = torch.atan2(sin, shifted + ratios.amax(dim=2))
+    return Walks(nearest, cos, sin, angle, end, exit, ratios)
+
+
+def walk_fraction(lengths: Tensor, angle: Tensor, target: Optional[Tensor] = None) -> Tensor:
+    """Angles along walks as fractions ``t`` of the walks' ``lengths`` (B, P), in [0, 1]; ``target`` (B, M) picks
+    the walk of each entry of ``angle`` (default: ``angle`` is (B, P), one entry per walk)."""
+    length = lengths if target is None else lengths.gather(1, target)
+    return (angle / length.clamp_min(torch.finfo(angle.dtype).tiny)).clamp(0.0, 1.0)
+
+
+def candidate_mask(walks: Walks, tables: WalkTables, num_candidates: int) -> Tensor:
+    """(B, P) bool, True at each anchor's candidate targets (all other prototypes, or the ``num_candidates`` most
+    similar ones)."""
+    order = candidate_order(walks, tables, num_candidates)
+    return torch.zeros_like(walks.cos, dtype=torch.bool).scatter_(1, order, True)
+
+
+def candidate_order(walks: Walks, tables: WalkTables, num_candidates: int) -> Tensor:
+    """(B, C) each anchor's candidate targets: all other prototypes in index order, or the ``num_candidates`` most
+    similar in decreasing similarity."""
+    if num_candidates == tables.order.shape[1]:
+        return tables.order[walks.nearest]
+    others = walks.cos.scatter(1, walks.nearest[:, None], -math.inf)
+    return others.topk(num_candidates, dim=1).indices
+
+
+def draw_positions(
+    walks: Walks, candidates: Tensor, lam: Lam, num_positives: int, generator: Optional[torch.Generator] = None
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Draw ``num_positives`` positives per anchor (no validation, no autograd): ``target, x, keep``, all (B, M).
+
+    Each positive walks toward a target drawn uniformly among the anchor's (B, C) ``candidates`` and stops at the
+    angle ``x = (1 - lam u) end``, ``u ~ U(0, 1)``: at ``t = (1 - u lam) t_max`` of its walk. It is kept by the
+    rank filter when ``x <= exit``. Two draws from ``generator``, the candidates' indices then the steps, as the
+    released code makes them.
+    """
+    pick, u = random_draws(candidates, num_positives, generator, walks.end.dtype)
+    target = candidates.gather(1, pick)
+    end = walks.end.gather(1, target)
+    if isinstance(lam, Tensor):
+        x = end * (1.0 - lam.to(end) * u)
+    else:
+        x = torch.addcmul(end, end, u, value=-lam)
+    return target, x, x <= walks.exit.gather(1, target)
+
+
+@torch.compiler.disable
+def random_draws(
+    candidates: Tensor, num_positives: int, generator: Optional[torch.Generator], dtype: torch.dtype
+) -> tuple[Tensor, Tensor]:
+    """(B, M) indices into the (B, C) ``candidates`` and (B, M) uniform steps in [0, 1) of ``dtype``, drawn in that
+    order from ``generator`` (the default generator of the candidates' device if ``None``).
+
+    Run eagerly even inside torch.compile: compiled random ops neither take a generator nor follow its stream, and
+    the draws must be the ones :func:`hallucinate_positives` makes.
+    """
+    rows, columns = candidates.shape
+    pick = torch.randint(columns, (rows, num_positives), generator=generator, device=candidates.device)
+    return pick, torch.rand(pick.shape, generator=generator, device=candidates.device, dtype=dtype)
 
 
 class Hallucination(NamedTuple):
@@ -112,195 +295,6 @@ class Hallucination(NamedTuple):
     nearest: Tensor
     t: Tensor
     t_max: Tensor
-
-
-def boundary_fraction(a: Tensor, b: Tensor, cos_w: Tensor, w: Tensor) -> Tensor:
-    """Fraction ``t`` of the geodesic at which ``h(t) . p0 = h(t) . p_s``, in [0, 1].
-
-    The condition ``a sin((1 - t) w) = b sin(t w)`` with ``a = k . (p0 - p_s) >= 0`` and ``b = 1 - p_s . p0``
-    has its root ``t w = atan2(a sin w, b + a cos w)`` in [0, w]. The released code's
-    ``arctan(sin w / (b / a + cos w))`` picks the wrong branch when ``b / a + cos w < 0``.
-    """
-    theta = torch.atan2(a * torch.sin(w), b + a * cos_w)
-    tiny = torch.finfo(w.dtype).tiny
-    return (theta / w.clamp_min(tiny)).clamp(0.0, 1.0)
-
-
-def slerp_coefficients(t: Tensor, cos_w: Tensor, w: Tensor, degenerate: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """``alpha, beta, norm`` with ``h = (alpha k + beta p) / norm`` unit-norm, ``h(t)`` the slerp from k to p.
-
-    Where ``sin w`` vanishes (k = p, or k = -p where the walk has length 0) the linear weights are used, which
-    is the slerp's limit as ``w -> 0`` and gives ``h = k`` at ``t = 0``.
-    """
-    sin_w = torch.where(degenerate, torch.ones_like(w), torch.sin(w))
-    alpha = torch.where(degenerate, 1.0 - t, torch.sin((1.0 - t) * w) / sin_w)
-    beta = torch.where(degenerate, t, torch.sin(t * w) / sin_w)
-    norm_sq = alpha * alpha + beta * beta + 2.0 * alpha * beta * cos_w
-    return alpha, beta, norm_sq.clamp_min(torch.finfo(w.dtype).tiny).sqrt()
-
-
-def walk_geometry(
-    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """``cos_w, w, t_max, degenerate`` of the walks from each anchor toward ``target`` (all (B, M)).
-
-    Args:
-        sim_anchor: (B, P) anchor-prototype cosines.
-        sim_protos: (P, P) prototype-prototype cosines.
-        nearest: (B,) nearest prototype of each anchor.
-        target: (B, M) target prototypes.
-    """
-    cos_w = sim_anchor.gather(1, target).clamp(-1.0, 1.0)
-    w = torch.acos(cos_w)
-    degenerate = torch.sin(w) <= 8 * torch.finfo(w.dtype).eps
-    a = (sim_anchor.gather(1, nearest[:, None]) - cos_w).clamp_min(0.0)
-    b = (1.0 - sim_protos[target, nearest[:, None]]).clamp_min(0.0)
-    t_max = boundary_fraction(a, b, cos_w, w)
-    # An antipodal target has no unique geodesic: stay at the anchor.
-    t_max = torch.where(degenerate & (cos_w < 0), torch.zeros_like(t_max), t_max)
-    return cos_w, w, t_max, degenerate
-
-
-def candidate_targets(sim_anchor: Tensor, nearest: Tensor, num_candidates: int) -> Tensor:
-    """(B, C) the ``num_candidates`` prototypes most similar to each anchor, its nearest excluded.
-
-    With ``C = P - 1`` these are all the other prototypes in index order; otherwise they are sorted by
-    decreasing similarity.
-    """
-    batch, num_protos = sim_anchor.shape
-    if num_candidates == num_protos - 1:
-        # All other prototypes: skip the nearest by shifting the indices at and above it.
-        others = torch.arange(num_protos - 1, device=sim_anchor.device).expand(batch, -1)
-        return others + (others >= nearest[:, None]).long()
-    others = sim_anchor.scatter(1, nearest[:, None], float("-inf"))
-    return others.topk(num_candidates, dim=1).indices
-
-
-class CandidateWalks(NamedTuple):
-    """Geometry of the walks from each anchor toward each of its candidate targets; all (B, C) but ``nearest``."""
-
-    nearest: Tensor
-    target: Tensor
-    cos_w: Tensor
-    w: Tensor
-    t_max: Tensor
-    degenerate: Tensor
-    t_exit: Tensor
-    exit_prototype: Tensor
-
-
-def walk_exits(
-    sim_anchor: Tensor, sim_protos: Tensor, nearest: Tensor, target: Tensor, cos_w: Tensor, w: Tensor, t_max: Tensor
-) -> tuple[Tensor, Tensor]:
-    """``t_exit, exit_prototype`` (both (B, C)) of the walks toward ``target``, from dot products alone.
-
-    The walk stays in the cell of ``p0`` (the nearest prototype) while ``h(t) . (p0 - p_j) >= 0`` for every third
-    prototype ``p_j``. Scaled by ``sin w`` this is ``a_j sin((1 - t) w) + c_j sin(t w)`` with
-    ``a_j = k . (p0 - p_j) >= 0`` and ``c_j = p_s . (p0 - p_j)``: a sinusoid in ``t w`` over an arc of length
-    ``w <= pi``, which changes sign at most once, exactly when ``c_j < 0``, at
-    ``t w = atan2(a_j sin w, a_j cos w - c_j)``. So the rank filter keeps exactly ``t <= t_exit``, the first such
-    crossing (or ``t_max``): a filter on ``t`` per (anchor, target) pair instead of an argmax per positive.
-
-    Args:
-        sim_anchor: (B, P) anchor-prototype cosines.
-        sim_protos: (P, P) prototype-prototype cosines.
-        nearest: (B,) nearest prototype of each anchor.
-        target: (B, C) target prototypes.
-        cos_w: (B, C) cosines between the anchors and their targets (clamped to [-1, 1]).
-        w: (B, C) their angles.
-        t_max: (B, C) boundary fractions of the walks (:func:`walk_geometry`).
-    """
-    a = (sim_anchor.gather(1, nearest[:, None]) - sim_anchor).clamp_min(0.0)[:, None, :]
-    c = sim_protos[target, nearest[:, None]][..., None] - sim_protos[target]
-    theta = torch.atan2(a * torch.sin(w)[..., None], a * cos_w[..., None] - c)
-    t_cross = (theta / w.clamp_min(torch.finfo(w.dtype).tiny)[..., None]).clamp(0.0, 1.0)
-    cuts = third_party_cuts(a, c, w, t_max)
-    # p0 and the target are not third parties (the target's crossing is t_max itself).
-    index = torch.arange(sim_protos.shape[0], device=target.device)
-    cuts &= (index != target[..., None]) & (index != nearest[:, None, None])
-    t_exit, first = torch.where(cuts, t_cross, t_max[..., None]).min(dim=2)
-    return t_exit, torch.where(t_exit < t_max, first, target)
-
-
-TIE_EPS = 8
-"""Cosines closer than this many machine epsilons are ties (float32 dot products of unit vectors are off by
-at most about 1.5 epsilons, measured up to D = 1024)."""
-
-
-def third_party_cuts(a: Tensor, c: Tensor, w: Tensor, t_max: Tensor) -> Tensor:
-    """(B, C, P) bool: whether prototype ``j`` cuts the walk before its end by more than a float tie.
-
-    Cosines are rounded, and ties are kept (the boundary belongs to the cell), so ``p_j`` cuts the walk only if
-    at the walk's end ``h`` is closer to ``p_j`` than to ``p0`` by more than cosines off by ``tie`` each can
-    explain: ``(a_j + tie) sin((1 - t_max) w) + (c_j + tie) sin(t_max w) < 0`` (the margin in h-space, scaled by
-    ``sin w``). The sinusoid changes sign at most once, so this holds exactly when the walk crosses into
-    ``p_j``'s cell before ``t_max`` with a margin beyond the rounding. Testing the sign of ``c_j`` against a fixed
-    tolerance instead misses clear crossings toward nearly antipodal targets, where ``1 / sin w`` amplifies the
-    cosine differences; and with the margin a copy of ``p0`` (``a_j, c_j ~ 0``) or of the target (crossing at
-    ``t_max``) never cuts.
-
-    Args:
-        a: (B, 1, P) ``k . (p0 - p_j)``, clamped at 0.
-        c: (B, C, P) ``p_s . (p0 - p_j)``.
-        w: (B, C) angles from the anchors to their targets.
-        t_max: (B, C) boundary fractions of the walks.
-    """
-    tie = TIE_EPS * torch.finfo(w.dtype).eps
-    end = (w * t_max)[..., None]
-    before, after = torch.sin(w[..., None] - end), torch.sin(end)
-    # The tie terms are moved to the (B, C, 1) side: three passes over the (B, C, P) tensor instead of five.
-    return torch.addcmul(c * after, a, before) < -tie * (before + after)
-
-
-def candidate_walks(sim_anchor: Tensor, sim_protos: Tensor, num_candidates: int) -> CandidateWalks:
-    """:class:`CandidateWalks` of each anchor toward each of its candidate targets, from the (B, P)
-    anchor-prototype and (P, P) prototype-prototype cosines (no validation, no autograd)."""
-    nearest = sim_anchor.argmax(dim=1)
-    target = candidate_targets(sim_anchor, nearest, num_candidates)
-    cos_w, w, t_max, degenerate = walk_geometry(sim_anchor, sim_protos, nearest, target)
-    t_exit, exit_prototype = walk_exits(sim_anchor, sim_protos, nearest, target, cos_w, w, t_max)
-    return CandidateWalks(nearest, target, cos_w, w, t_max, degenerate, t_exit, exit_prototype)
-
-
-def draw_geodesics(
-    sim_anchor: Tensor,
-    sim_protos: Tensor,
-    lam: Lam,
-    num_positives: int,
-    num_candidates: int,
-    generator: Optional[torch.Generator] = None,
-) -> GeodesicDraws:
-    """Draw ``num_positives`` positives per anchor from dot products alone (no validation, no autograd).
-
-    Args:
-        sim_anchor: (B, P) cosines between unit-norm anchors and unit-norm prototypes.
-        sim_protos: (P, P) cosines between the prototypes.
-        lam: float or tensor broadcastable to (B, M) in [0, 1]; ``u ~ U(0, lam)``, ``t = (1 - u) t_max``.
-        num_positives: M.
-        num_candidates: targets are drawn among this many most similar prototypes besides the nearest.
-        generator: torch generator on the tensors' device, for reproducible draws.
-
-    Returns:
-        GeodesicDraws with (B, M) coefficients such that ``h = (alpha k + beta P[target]) / norm``.
-    """
-    # Draws are made per positive, but the geometry depends only on the (anchor, target) pair: compute it once
-    # per candidate target and gather, so no (B, M, P) tensor is needed for the rank filter.
-    walks = candidate_walks(sim_anchor, sim_protos, num_candidates)
-    pick = torch.randint(
-        num_candidates, (sim_anchor.shape[0], num_positives), generator=generator, device=sim_anchor.device
-    )
-    target, cos_w, w, t_max, degenerate, t_exit = (
-        field.gather(1, pick)
-        for field in (walks.target, walks.cos_w, walks.w, walks.t_max, walks.degenerate, walks.t_exit)
-    )
-    u = torch.rand(target.shape, generator=generator, device=w.device, dtype=w.dtype)
-    if isinstance(lam, Tensor):
-        lam = lam.to(device=w.device, dtype=w.dtype)
-    t = (1.0 - u * lam) * t_max
-    alpha, beta, norm = slerp_coefficients(t, cos_w, w, degenerate)
-    # The rank filter keeps exactly the steps up to the walk's exit from the anchor's cell.
-    keep = t <= t_exit
-    return GeodesicDraws(walks.nearest, target, t, t_max, alpha, beta, norm, keep)
 
 
 def resolve_candidates(num_candidates: Optional[int], num_prototypes: int) -> int:
@@ -383,10 +377,21 @@ def hallucinate_positives(
     k, protos, num_candidates = checked_unit_inputs(anchor, prototypes, num_candidates)
     check_positive_int(num_positives, "num_positives")
     check_lam(lam, anchor.shape[0], num_positives)
-    draws = draw_geodesics(k @ protos.T, protos @ protos.T, lam, num_positives, num_candidates, generator)
-    # Normalized by its computed norm rather than the analytic one: toward a nearly antipodal target, where
-    # alpha and beta grow like 1 / sin w, the two disagree by up to 9 % in float32. Both stay far below 1 / eps,
-    # so the squared norm cannot overflow and the plain normalization suffices.
-    walked = draws.alpha[..., None] * k[:, None, :] + draws.beta[..., None] * protos[draws.target]
-    positives = F.normalize(walked, dim=-1)
-    return Hallucination(positives, draws.keep, draws.target, draws.nearest, draws.t, draws.t_max)
+    if k.shape[0] == 0:
+        empty = k.new_zeros(0, num_positives)
+        index = empty.long()
+        return Hallucination(k.new_zeros(0, num_positives, k.shape[1]), empty.bool(), index, index[:, 0], empty, empty)
+    tables = walk_tables(protos)
+    walks = walk_angles(k, tables)
+    target, x, keep = draw_positions(
+        walks, candidate_order(walks, tables, num_candidates), lam, num_positives, generator
+    )
+    cos, sin = walks.cos.gather(1, target)[..., None], walks.sin.gather(1, target)[..., None]
+    # h = cos x k + sin x u_s, u_s = (p_s - cos w k) / sin w. Normalized by its computed norm: toward a nearly
+    # antipodal target u_s is known only to about eps / sin w. Its coefficients stay far below 1 / eps, so nothing
+    # can overflow and the plain normalization suffices.
+    tangent = (protos[target] - cos * k[:, None, :]) / sin
+    walked = torch.cos(x)[..., None] * k[:, None, :] + torch.sin(x)[..., None] * tangent
+    t_max = walk_fraction(walks.angle, walks.end.gather(1, target), target)
+    t = walk_fraction(walks.angle, x, target)
+    return Hallucination(F.normalize(walked, dim=-1), keep, target, walks.nearest, t, t_max)

@@ -150,7 +150,8 @@ class KeyQueue(nn.Module):
                 f"query is on {query.device} but the criterion's key queue is on {self.keys.device}; "
                 "move the criterion with .to(device)"
             )
-        return self.keys[: self.num_filled]
+        # The buffer itself once full: a view would cost a dispatch per step.
+        return self.keys if self.num_filled == self.size else self.keys[: self.num_filled]
 
     @torch.no_grad()
     def enqueue(self, keys: Tensor, *, normalized: bool = False, reader: Optional[Tensor] = None) -> None:
@@ -178,6 +179,39 @@ class KeyQueue(nn.Module):
         if reader is not None and reader.requires_grad:
             self._backward = _BackwardSeen()
             reader.register_hook(self._backward)
+
+    @torch.no_grad()
+    def write_unit_rows(self, rows: Tensor) -> None:
+        """Append rows now, in place, without normalizing: for a caller whose rows are unit where the key had a
+        direction and entirely zero or NaN where it had none (as :func:`halp_loss.geometry.unit_rows` returns them),
+        and which keeps no tensor computed from the rows it read (as :class:`halp_loss.HaLPInfoNCE`, which computes
+        the query's gradient in the forward pass). In eval mode do nothing.
+
+        Args:
+            rows: (B, D) rows of the queue's width; NaN is stored as zero. Gathered from all ranks first with
+                ``gather_distributed``.
+        """
+        if not self.training:
+            return
+        self._flush()
+        if self.gather_distributed:
+            rows = gather_rows(rows)
+        if self._written == 0:
+            self._allocate(rows.shape[1], rows.device, compute_dtype(rows))
+        arrived = rows.shape[0]
+        rows = rows.to(self.keys.dtype)
+        if arrived > self.size:
+            rows = rows[-self.size :]
+        start = (self._written + arrived - rows.shape[0]) % self.size
+        head = min(rows.shape[0], self.size - start)
+        self._write(rows if head == rows.shape[0] else rows[:head], start)
+        if head < rows.shape[0]:
+            self._write(rows[head:], 0)
+        self._written += arrived
+
+    def _write(self, rows: Tensor, start: int) -> None:
+        """Write rows into the buffer from row ``start``, zeros in place of NaN (keys without a direction)."""
+        torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0, out=self.keys[start : start + rows.shape[0]])
 
     def recent(self) -> Tensor:
         """A copy of the keys in the queue, oldest first (``num_filled`` rows)."""

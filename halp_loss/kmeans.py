@@ -8,9 +8,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import Tensor
 
-from halp_loss.geometry import unit_rows
-
 from halp_loss._checks import check_matrix, check_positive_int, check_values, compute_dtype
+from halp_loss.geometry import unit_rows
 
 __all__ = ["KMeansResult", "spherical_kmeans"]
 
@@ -62,7 +61,7 @@ def _update(x: Tensor, assignments: Tensor, centroids: Tensor) -> Tensor:
     empty = counts == 0
     # Reseed empty clusters with the points farthest from their centroids, one distinct point per cluster.
     fit = (x * centroids[assignments]).sum(dim=1)
-    worst = fit.argsort()[: num_clusters]
+    worst = fit.argsort()[:num_clusters]
     rank = empty.long().cumsum(0) - 1
     reseed = x[worst[rank.clamp(0, worst.shape[0] - 1)]]
     means = unit_rows(torch.where(empty[:, None], reseed, sums))

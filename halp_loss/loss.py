@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import warnings
-from typing import Optional
+from typing import Any, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from halp_loss._checks import (
+    caller_stacklevel,
     check_device,
     check_lam,
     check_matrix,
@@ -20,18 +22,18 @@ from halp_loss._checks import (
     compute_dtype,
 )
 from halp_loss.bank import PrototypeBank
-from halp_loss.expected import DEFAULT_NUM_NODES, expected_term
+from halp_loss.expected import DEFAULT_NUM_NODES, expected_parts
 from halp_loss.functional import (
     OBJECTIVES,
-    ContrastiveLogits,
-    HaLPTerm,
+    ClosedFormLoss,
+    TermParts,
     info_nce_from_logits,
-    moco_logits,
     no_autocast,
-    sampled_term,
+    sampled_parts,
     simclr_logits,
+    term_loss,
 )
-from halp_loss.geometry import resolve_candidates, unit_rows
+from halp_loss.geometry import WalkTables, normalize_rows, resolve_candidates, unit_rows, walk_angles, walk_tables
 from halp_loss.key_queue import KeyQueue, MemoryBankSize, parse_memory_bank_size
 
 __all__ = ["ESTIMATORS", "HaLPInfoNCE"]
@@ -201,22 +203,34 @@ class HaLPInfoNCE(nn.Module):
         )
         # memory_bank_size=0 declares in-batch negatives: a detached key is then intended, not a lost queue.
         self._warn_moco_port = memory_bank_size is None
-        self._last: dict[str, Tensor] = {}
-        self._active = False
+        self._last: dict[str, Any] = {}
+        self._negatives_t: Optional[tuple[Tensor, Tensor]] = None
 
     @property
     def last(self) -> dict[str, float]:
         """Terms of the last call as floats: ``loss``, ``infonce``, ``halp``, ``kept_fraction``, ``mean_t``.
 
-        Stored as detached tensors and converted when read, so training does not wait on the device unless
-        something reads them.
+        Kept as the tensors they come from and reduced when read, so that training neither waits on the device nor
+        spends kernels on these diagnostics unless something reads them.
         """
-        return {name: float(value) for name, value in self._last.items()}
+        if not self._last:
+            return {}
+        infonce, halp = float(self._last["infonce"].mean()), self._last["halp"]
+        if halp is None:
+            return {"loss": infonce, "infonce": infonce, "halp": 0.0, "kept_fraction": 0.0, "mean_t": 0.0}
+        weighted = float(halp.total(self._last["query"]))
+        return {
+            "loss": infonce + weighted,
+            "infonce": infonce,
+            "halp": weighted / self._last["weight"],
+            "kept_fraction": float(halp.kept) / halp.count,
+            "mean_t": float(halp.mean_t()),
+        }
 
     @property
     def active(self) -> bool:
         """Whether the last call included the HaLP term (``last`` then reports 0 for its entries otherwise)."""
-        return self._active
+        return self._last.get("halp") is not None
 
     def forward(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor] = None, *, prototypes: Optional[Tensor] = None
@@ -241,69 +255,166 @@ class HaLPInfoNCE(nn.Module):
                 ``num_candidates + 1`` or 2.
         """
         self._check_inputs(query, key, negatives, prototypes)
+        weight = self.halp_weight
+        negatives, negatives_t, tables = self._prepare(query, key, negatives, prototypes, weight)
+        dtype = compute_dtype(query, key, negatives)
+        with no_autocast(query.device):
+            if negatives is None:
+                loss, infonce, halp, queries, anchors = self._simclr(query.to(dtype), key.to(dtype), tables, weight)
+            else:
+                loss, infonce, halp, queries, anchors = self._moco(
+                    query, key, negatives, negatives_t, tables, weight, dtype
+                )
+        self._record(infonce, halp, queries, anchors, weight, feed_bank=prototypes is None)
+        return loss
+
+    @torch.compiler.disable
+    def _prepare(
+        self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor], weight: float
+    ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[WalkTables]]:
+        """The call's negatives (the queue's, or as given), the transpose of the queue's and the walk tables
+        (``None`` when the HaLP term is off).
+
+        Run eagerly under torch.compile, as :meth:`_record`: what depends on the queue's and the bank's counters
+        (how many rows the queue holds, whether the bank has fitted, the tables of its latest fit) then reaches
+        the compiled code as tensors, not as Python values it would specialize on and recompile for.
+        """
         if self.queue is not None:
             negatives = self.queue.negatives(query, compute_dtype(query, key))
         elif negatives is None:
             self._warn_if_moco_port(query, key)
-        dtype = compute_dtype(query, key, negatives)
-        with no_autocast(query.device):
-            if negatives is None:
-                logits = simclr_logits(query.to(dtype), key.to(dtype), self.temperature, self.gather_distributed)
-            else:
-                # The queue stores unit keys; explicit negatives are normalized, so their norms cannot skew the loss.
-                negatives = negatives.to(dtype)
-                logits = moco_logits(
-                    query.to(dtype), key.to(dtype), negatives, self.temperature, unit_negatives=self.queue is not None
-                )
-            infonce = info_nce_from_logits(logits)
-            use_bank = prototypes is None
-            halp: Optional[HaLPTerm] = None
-            if self.halp_weight > 0:
-                # The bank's prototypes and anchors are unit-norm already: only given prototypes are normalized.
-                # The bank's are copied, since a refit below overwrites them before backward reads them.
-                if not use_bank:
-                    halp = self._halp_term(logits, unit_rows(prototypes.detach().to(dtype)))
-                elif self.bank.ready:
-                    halp = self._halp_term(logits, self.bank.prototypes.to(dtype, copy=True))
-                if use_bank and self.training:
-                    self.bank.update(logits.anchor, normalized=True)
-            if self.queue is not None:
-                # After the loss, as MoCo enqueues: this call's keys are negatives from the next call on.
-                self.queue.enqueue(logits.anchor, normalized=True, reader=logits.query)
-        loss = infonce if halp is None else infonce + self.halp_weight * halp.loss
-        self._record(loss, infonce, halp)
-        return loss
+        # The queue's buffer, once full, is the same tensor every call: its transpose is kept (a view costs a dispatch).
+        negatives_t = None if self.queue is None else self._transposed(negatives)
+        tables = self._walk_tables(prototypes, compute_dtype(query, key, negatives)) if weight > 0 else None
+        return negatives, negatives_t, tables
 
-    def _halp_term(self, logits: ContrastiveLogits, protos: Tensor) -> HaLPTerm:
+    @torch.compiler.disable
+    def _record(
+        self,
+        infonce: Tensor,
+        halp: Optional[TermParts],
+        queries: Optional[Tensor],
+        anchors: Tensor,
+        weight: float,
+        *,
+        feed_bank: bool,
+    ) -> None:
+        """Keep the call's terms for :attr:`last`, feed the bank and enqueue the keys (eagerly, see :meth:`_prepare`)."""
+        self._last = {"infonce": infonce, "halp": halp, "query": queries, "weight": weight}
+        # After the loss, as MoCo enqueues: this call's keys are negatives from the next call on.
+        if weight > 0 and feed_bank:
+            self.bank.append_unit_rows(anchors)
+        if self.queue is not None:
+            self.queue.write_unit_rows(anchors)
+
+    def _transposed(self, negatives: Tensor) -> Tensor:
+        """``negatives.T``, kept from the last call while the negatives are the same tensor."""
+        cached = self._negatives_t
+        if cached is None or cached[0] is not negatives:
+            cached = self._negatives_t = (negatives, negatives.T)
+        return cached[1]
+
+    def _walk_tables(self, prototypes: Optional[Tensor], dtype: torch.dtype) -> Optional[WalkTables]:
+        """The walk tables of the given prototypes, else of the bank's (cached per refit), else ``None``."""
+        if prototypes is not None:
+            with torch.no_grad():
+                return walk_tables(unit_rows(prototypes.to(dtype)))
+        return self.bank.walk_tables(dtype) if self.bank.ready else None
+
+    def _halp_parts(
+        self, query: Tensor, anchor: Tensor, tables: WalkTables, negatives_lse: Tensor, weight: float
+    ) -> TermParts:
+        """The HaLP term of unit ``query`` rows anchored on unit ``anchor`` rows, times ``weight`` (no autograd);
+        ``negatives_lse`` is (R, 1)."""
+        walks = walk_angles(anchor, tables)
         common = dict(
             lam=self.lam,
-            num_candidates=self.num_candidates,
+            num_candidates=resolve_candidates(self.num_candidates, tables.prototypes.shape[0]),
             objective=self.objective,
             temperature=self.temperature,
-            negatives_lse=logits.negatives_lse,
+            negatives_lse=negatives_lse,
+            scale=weight,
         )
-        # The unchecked terms: the inputs passed _check_inputs, and their value checks would read from the device.
         if self.estimator == "expected":
-            return expected_term(logits.query, logits.anchor, protos, num_nodes=self.num_nodes, **common)
-        return sampled_term(
-            logits.query,
-            logits.anchor,
-            protos,
-            num_positives=self.num_positives,
-            generator=self.generator,
-            **common,
+            return expected_parts(query, anchor, walks, tables, num_nodes=self.num_nodes, **common)
+        return sampled_parts(
+            query, anchor, walks, tables, num_positives=self.num_positives, generator=self.generator, **common
         )
 
-    def _record(self, loss: Tensor, infonce: Tensor, halp: Optional[HaLPTerm]) -> None:
-        self._active = halp is not None
-        zero = torch.zeros((), device=loss.device)
-        self._last = {
-            "loss": loss.detach(),
-            "infonce": infonce.detach(),
-            "halp": zero if halp is None else halp.loss.detach(),
-            "kept_fraction": zero if halp is None else halp.kept_fraction,
-            "mean_t": zero if halp is None else halp.mean_t,
-        }
+    def _simclr(
+        self, view1: Tensor, view2: Tensor, tables: Optional[WalkTables], weight: float
+    ) -> tuple[Tensor, Tensor, Optional[TermParts], Optional[Tensor], Tensor]:
+        """NT-Xent through autograd (the views' gradients meet in the logits), plus the HaLP term in closed form.
+
+        Returns the loss, the InfoNCE value, the HaLP term's parts and the unit query rows (both ``None`` when the
+        term is off), and the unit anchors (both views, each anchoring the other).
+        """
+        logits = simclr_logits(view1, view2, self.temperature, self.gather_distributed)
+        infonce = info_nce_from_logits(logits)
+        if tables is None:
+            return infonce, infonce.detach(), None, None, logits.anchor
+        with torch.no_grad():
+            halp = self._halp_parts(logits.query, logits.anchor, tables, logits.negatives_lse[:, None], weight)
+        loss = infonce + term_loss(logits.query, logits.negatives_lse, halp)
+        return loss, infonce.detach(), halp, logits.query.detach(), logits.anchor
+
+    def _moco(
+        self,
+        query: Tensor,
+        key: Tensor,
+        negatives: Tensor,
+        negatives_t: Optional[Tensor],
+        tables: Optional[WalkTables],
+        weight: float,
+        dtype: torch.dtype,
+    ) -> tuple[Tensor, Tensor, Optional[TermParts], Tensor, Tensor]:
+        """MoCo's InfoNCE and the HaLP term, the query's gradient computed alongside the value: no autograd graph
+        (a few dozen kernels per step) and nothing of the negatives kept until backward.
+
+        Returns the loss, the rows' InfoNCE losses, the HaLP term's parts (``None`` when off), the unit queries and
+        the unit keys.
+        """
+        batch = query.shape[0]
+        with torch.no_grad():
+            # Queries, keys and explicit negatives are normalized together; the queue's keys are unit already.
+            unit_negatives = self.queue is not None
+            rows = [query, key] if unit_negatives else [query, key, negatives]
+            unit, scale, norm = normalize_rows(torch.cat([x.to(dtype) for x in rows]), inplace=True)
+            q, k, *rest = unit.split([batch, batch] + [x.shape[0] for x in rows[2:]])
+            if unit_negatives:
+                negatives, negatives_t = negatives.to(dtype), negatives_t.to(dtype)
+            else:
+                negatives, negatives_t = rest[0], rest[0].T
+            # d unit / d query = (I - q q^T) scale / norm, row by row.
+            rescale = (scale / norm)[:batch]
+            scaled = q * (1.0 / self.temperature)
+            logits = scaled @ negatives_t
+            negatives_lse = torch.logsumexp(logits, dim=1, keepdim=True)
+            # Each row's loss is log(1 + e^gap) with gap = lse - q . k / T, so d loss / d gap = sigmoid(gap) and
+            # the mean over B rows has gradient sigmoid(gap) (E_softmax[n] - k) / (T B) in the unit query.
+            gap = negatives_lse - (scaled * k).sum(dim=1, keepdim=True)
+            infonce = F.softplus(gap)
+            toward_negatives = torch.softmax(logits, dim=1) @ negatives
+            coefficient = torch.sigmoid(gap)
+            halp = None if tables is None else self._halp_parts(q, k, tables, negatives_lse, weight)
+            if halp is None:
+                grad = (toward_negatives - k).mul_(coefficient * (1.0 / (self.temperature * batch)))
+                values = infonce * (1.0 / batch)
+            else:
+                grad = torch.addcmul(
+                    halp.query_grad, coefficient, toward_negatives - k, value=1.0 / (self.temperature * batch)
+                )
+                if halp.value is None:
+                    # "align": the term is linear in the query; one sum for both terms.
+                    values = torch.add(q * halp.query_grad, infonce, alpha=1.0 / (batch * q.shape[1]))
+                else:
+                    # "infonce": each positive's loss depends on the negatives' lse too.
+                    grad.addcmul_(halp.lse_grad[:, None], toward_negatives, value=1.0 / self.temperature)
+                    values = torch.add(infonce, halp.value).mul_(1.0 / batch)
+            # Through the normalization of the query.
+            grad = torch.addcmul(grad, q, (q * grad).sum(dim=1, keepdim=True), value=-1.0).mul_(rescale)
+        loss = ClosedFormLoss.apply(query, None, grad, None, values)
+        return loss, infonce, halp, q, k
 
     def _warn_if_moco_port(self, query: Tensor, key: Tensor) -> None:
         """Warn once if a SimCLR-mode training call has a query with gradient and a key without: a MoCo loop whose
@@ -320,7 +431,7 @@ class HaLPInfoNCE(nn.Module):
                 "negatives=queue.T. If in-batch negatives with a detached key are intended, build the criterion "
                 "with memory_bank_size=0 to say so. Shown once.",
                 UserWarning,
-                stacklevel=5,  # the caller of criterion(...): past forward, Module._call_impl and __call__
+                stacklevel=caller_stacklevel(),
             )
 
     def _check_inputs(
