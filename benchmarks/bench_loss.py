@@ -3,15 +3,22 @@ then the two HaLP estimators (sampled with M positives vs the exact expectation)
 
 Run: ``python benchmarks/bench_loss.py [--device cuda] [--threads N]``. Sizes are the released NTU settings:
 B = 64, K = 16384, D = 128, M = 100, P = 20. Prints markdown tables; ratios compare timings of one run.
+
+Beside each loss's time: the aten ops one forward + backward dispatches (views included, counted by a
+``TorchDispatchMode``) at a step between two bank refits. On a GPU each op is a kernel launch (or a view), and at
+these sizes launches, not arithmetic, bound the step. Unlike times, the counts are exact and do not depend on the
+machine's load (``tests/test_performance.py`` holds them to a bound).
 """
 
 from __future__ import annotations
 
 import argparse
 import platform
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.benchmark import Timer
 
 from halp_loss import HaLPInfoNCE, hallucinate_positives, spherical_kmeans
@@ -52,41 +59,77 @@ def materializing_positives(
     return torch.stack(positives), torch.stack(keeps)
 
 
+class DispatchCounter(TorchDispatchMode):
+    """Counts every aten op dispatched while active, views included."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Optional[dict] = None) -> Any:
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def count_ops(step: Callable[[], torch.Tensor]) -> int:
+    """Aten ops dispatched by ``step()`` and the backward pass of the loss it returns."""
+    with DispatchCounter() as counter:
+        step().backward()
+    return counter.count
+
+
+def ops_between_refits(criterion: HaLPInfoNCE, q: torch.Tensor, k: torch.Tensor, *negatives: torch.Tensor) -> int:
+    """Aten ops of one forward + backward of ``criterion(q, k, *negatives)`` at a step between two bank refits (HaLP
+    active once the bank is ready), on a fresh leaf query as in training. One step runs first: the first step after
+    a fit computes the prototypes' walk tables, which the following steps reuse."""
+    fits = criterion.bank.num_fits
+    criterion(q.detach().clone().requires_grad_(), k, *negatives).backward()
+    query = q.detach().clone().requires_grad_()
+    ops = count_ops(lambda: criterion(query, k, *negatives))
+    if criterion.bank.num_fits != fits:
+        raise RuntimeError("the counted steps refitted the bank")
+    return ops
+
+
 def measure(stmt: str, env: dict, label: str, min_run_time: float) -> float:
     timer = Timer(stmt=stmt, globals=env, label=label, num_threads=torch.get_num_threads())
     return timer.blocked_autorange(min_run_time=min_run_time).median
 
 
-def run(device: str, min_run_time: float) -> list[tuple[str, float, str]]:
+def ready_criterion(
+    device: str, queue: torch.Tensor, *, explicit: bool, halp_weight: float, estimator: str
+) -> HaLPInfoNCE:
+    """A criterion with a fitted bank (HaLP active) and, without ``explicit`` negatives, a full built-in queue."""
+    criterion = HaLPInfoNCE(
+        halp_weight=halp_weight, estimator=estimator, memory_bank_size=None if explicit else (K, D)
+    ).to(device)
+    if halp_weight > 0:
+        for _ in range(4):  # the 256 keys of the window: the bank fits
+            criterion.bank.update(F.normalize(torch.randn(B, D, device=device), dim=1))
+        assert criterion.bank.ready
+    if not explicit:
+        criterion.queue.enqueue(queue.T)
+    return criterion
+
+
+def run(device: str, min_run_time: float) -> list[tuple[str, float, str, str]]:
+    """Rows ``(what, seconds per call, ratio, aten ops per call)``."""
     torch.manual_seed(0)
     queue = F.normalize(torch.randn(D, K, device=device), dim=0)
+    negatives = queue.T
     q = torch.randn(B, D, device=device, requires_grad=True)
     k = torch.randn(B, D, device=device)
     keys = F.normalize(torch.randn(256, D, device=device), dim=1)
     protos = spherical_kmeans(keys, P).centroids
-    criterion, queued = HaLPInfoNCE().to(device), HaLPInfoNCE(memory_bank_size=(K, D)).to(device)
-    without_halp, queued_without_halp = (
-        HaLPInfoNCE(halp_weight=0.0, memory_bank_size=size).to(device) for size in (None, K)
-    )
-    for loss in (criterion, queued):  # materialize the bank; fill the built-in queue
-        loss(q, k, None if loss.queue is not None else queue.T)
-        for _ in range(4):
-            loss.bank.update(F.normalize(torch.randn(B, D, device=device), dim=1))
-        assert loss.bank.ready
-    for loss in (queued, queued_without_halp):
-        loss.queue.enqueue(queue.T)
     sync = "torch.cuda.synchronize()" if device.startswith("cuda") else "pass"
     env = dict(
         q=q,
         k=k,
         queue=queue,
-        criterion=criterion,
-        without_halp=without_halp,
+        negatives=negatives,
         plain=plain_info_nce,
         keys=keys,
         protos=protos,
-        queued=queued,
-        queued_without_halp=queued_without_halp,
         hallucinate=hallucinate_positives,
         materializing=materializing_positives,
         kmeans=spherical_kmeans,
@@ -95,38 +138,34 @@ def run(device: str, min_run_time: float) -> list[tuple[str, float, str]]:
     )
     loop = "for _ in range(STEPS):\n    {}.backward()\n" + sync
     baseline = measure(loop.format("plain(q, k, queue)"), env, "plain InfoNCE", min_run_time) / STEPS
-    ours_queue = measure(loop.format("queued_without_halp(q, k)"), env, "InfoNCE term, queue", min_run_time) / STEPS
-    ours = measure(loop.format("without_halp(q, k, queue.T)"), env, "InfoNCE term", min_run_time) / STEPS
-    halp_queue = measure(loop.format("queued(q, k)"), env, "HaLPInfoNCE, queue", min_run_time) / STEPS
-    halp = measure(loop.format("criterion(q, k, queue.T)"), env, "HaLPInfoNCE", min_run_time) / STEPS
+    query = q.detach().clone().requires_grad_()
+    plain_ops = count_ops(lambda: plain_info_nce(query, k, queue))
+    rows = [("plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)", baseline, "1.00", str(plain_ops))]
+    variants = [
+        (0.0, "sampled", "HaLPInfoNCE(halp_weight=0) fwd+bwd (our InfoNCE)"),
+        (2.0, "sampled", "HaLPInfoNCE fwd+bwd, sampled, bank refit every 10 calls"),
+        (2.0, "expected", 'HaLPInfoNCE(estimator="expected") fwd+bwd, bank refit every 10 calls'),
+    ]
+    for weight, estimator, what in variants:
+        for explicit in (False, True):
+            criterion = ready_criterion(device, queue, explicit=explicit, halp_weight=weight, estimator=estimator)
+            ops = ops_between_refits(criterion, q, k, *([negatives] if explicit else []))
+            call = "criterion(q, k, negatives)" if explicit else "criterion(q, k)"
+            where = "negatives=queue.T (normalized inside)" if explicit else "memory_bank_size=K (built-in queue)"
+            seconds = measure(loop.format(call), dict(env, criterion=criterion), what, min_run_time) / STEPS
+            rows.append((f"{what}, {where}", seconds, f"{seconds / baseline:.2f} x InfoNCE", str(ops)))
     closed = measure(f"hallucinate(keys[:64], protos); {sync}", env, "closed form", min_run_time)
     naive = measure(f"materializing(keys[:64], protos, 0.8); {sync}", env, "materializing", min_run_time)
     fit = measure(f"kmeans(keys, 20); {sync}", env, "k-means", min_run_time)
-    return [
-        ("plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)", baseline, "1.00"),
-        (
-            "HaLPInfoNCE(halp_weight=0, memory_bank_size=K) fwd+bwd (our InfoNCE, built-in queue)",
-            ours_queue,
-            f"{ours_queue / baseline:.2f} x InfoNCE",
-        ),
-        (
-            "HaLPInfoNCE(halp_weight=0) fwd+bwd, negatives=queue.T (normalized inside)",
-            ours,
-            f"{ours / baseline:.2f} x InfoNCE",
-        ),
-        (
-            "HaLPInfoNCE(memory_bank_size=K) fwd+bwd, bank refit every 10 calls",
-            halp_queue,
-            f"{halp_queue / baseline:.2f} x InfoNCE",
-        ),
-        ("HaLPInfoNCE fwd+bwd, negatives=queue.T, bank refit every 10 calls", halp, f"{halp / baseline:.2f} x InfoNCE"),
-        ("materializing generator + filter (loop over batch)", naive, f"{naive / baseline:.2f} x InfoNCE"),
+    return rows + [
+        ("materializing generator + filter (loop over batch)", naive, f"{naive / baseline:.2f} x InfoNCE", ""),
         (
             "hallucinate_positives (closed form, B x M x D output)",
             closed,
             f"{naive / closed:.1f} x faster than materializing",
+            "",
         ),
-        ("spherical_kmeans 256 x 128 -> 20", fit, ""),
+        ("spherical_kmeans 256 x 128 -> 20", fit, "", ""),
     ]
 
 
@@ -197,9 +236,9 @@ def main() -> None:
     )
     print(f"device: {args.device} ({name}), threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"B={B} K={K} D={D} M={M} P={P}\n")
-    print("| what | time per call | ratio |\n|---|---|---|")
-    for what, seconds, ratio in run(args.device, args.min_run_time):
-        print(f"| {what} | {seconds * 1e3:.3f} ms | {ratio} |")
+    print("| what | time per call | ratio | aten ops per call |\n|---|---|---|---|")
+    for what, seconds, ratio, ops in run(args.device, args.min_run_time):
+        print(f"| {what} | {seconds * 1e3:.3f} ms | {ratio} | {ops} |")
 
     print(f"\nHaLP estimators: HaLPInfoNCE fwd+bwd, given prototypes; dL/dq over {DRAWS} draws of the sampled one")
     print("\n| objective | estimator | time per call | std of dL/dq | / RMS of HaLP's dL/dq | mean vs expected |")

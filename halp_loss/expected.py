@@ -231,7 +231,8 @@ def expected_parts(
     else:
         length = torch.add(walks.exit, walks.end, alpha=lam - 1.0)
         spread = torch.add(floor, walks.end, alpha=lam)
-    probability = (length + tiny).clamp_min_(0.0).div_(spread)
+    # Clamped after the division: L and lam end are rounded apart, and the ratio must stay a probability.
+    probability = (length + tiny).div_(spread).clamp_(0.0, 1.0)
     middle = torch.sub(walks.exit, length, alpha=0.5)
     kept = probability.sum()
     denominator = kept.clamp_min(tiny)

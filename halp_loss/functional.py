@@ -40,8 +40,10 @@ from halp_loss.geometry import (
     Walks,
     WalkTables,
     candidate_order,
+    constant,
     detached_unit_rows,
     draw_positions,
+    normalize_rows,
     resolve_candidates,
     unit_rows,
     walk_angles,
@@ -57,6 +59,7 @@ __all__ = [
     "simclr_logits",
     "info_nce_from_logits",
     "info_nce",
+    "moco_loss",
     "nt_xent",
     "sampled_halp_term",
     "sampled_parts",
@@ -176,8 +179,7 @@ def info_nce(query: Tensor, key: Tensor, negatives: Tensor, temperature: float =
     temperature = check_temperature(temperature)
     dtype = compute_dtype(query, key, negatives)
     with no_autocast(query.device):
-        logits = moco_logits(query.to(dtype), key.to(dtype), negatives.to(dtype), temperature)
-        return info_nce_from_logits(logits)
+        return moco_loss(query, key, negatives, temperature, dtype).loss
 
 
 def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_distributed: bool = False) -> Tensor:
@@ -276,6 +278,87 @@ def term_loss(query: Tensor, negatives_lse: Optional[Tensor], parts: TermParts) 
     with torch.no_grad():
         values = query * parts.query_grad if parts.value is None else parts.value
     return ClosedFormLoss.apply(query, negatives_lse, parts.query_grad, parts.lse_grad, values)
+
+
+class MocoLoss(NamedTuple):
+    """:func:`moco_loss`'s result.
+
+    Attributes:
+        loss: the scalar loss, whose gradient flows into the query.
+        rows: (B, 1) each row's InfoNCE loss.
+        halp: the HaLP term's parts (its value and gradient already in ``loss``), or ``None``.
+        query: (B, D) the unit queries.
+        key: (B, D) the unit keys.
+    """
+
+    loss: Tensor
+    rows: Tensor
+    halp: Optional[TermParts]
+    query: Tensor
+    key: Tensor
+
+
+def moco_loss(
+    query: Tensor,
+    key: Tensor,
+    negatives: Tensor,
+    temperature: float,
+    dtype: torch.dtype,
+    *,
+    negatives_t: Optional[Tensor] = None,
+    halp: Optional[Callable[[Tensor, Tensor, Tensor], TermParts]] = None,
+) -> MocoLoss:
+    """MoCo's InfoNCE, plus a HaLP term, with the query's gradient computed alongside the value (no validation).
+
+    No autograd graph is recorded: the gradient of the mean over B rows of ``log(1 + e^gap)``, ``gap = lse - q . k /
+    T``, is ``sigmoid(gap) (E_softmax[n] - k) / (T B)`` in the unit query, and :class:`ClosedFormLoss` attaches it.
+    A step then costs a few dozen kernels and keeps nothing of the negatives until backward.
+
+    Args:
+        query: (B, D) queries, cast to ``dtype`` and normalized inside.
+        key: (B, D) keys, likewise (no gradient).
+        negatives: (K, D) negatives as rows, normalized inside unless ``negatives_t`` is given.
+        temperature: T.
+        dtype: the compute dtype.
+        negatives_t: ``negatives.T`` when the negatives are unit rows already (a built-in queue's buffer).
+        halp: computes the HaLP term's parts from the unit queries, unit keys and the rows' (B, 1) negatives'
+            log-sum-exp; its value and gradient are added.
+    """
+    batch = query.shape[0]
+    with torch.no_grad():
+        # Queries, keys and (explicit) negatives are normalized together: one pass of kernels for all.
+        rows = [query, key] if negatives_t is not None else [query, key, negatives]
+        unit, scale, norm = normalize_rows(torch.cat([x.to(dtype) for x in rows]), inplace=True)
+        q, k, *rest = unit.split([batch, batch] + [x.shape[0] for x in rows[2:]])
+        if negatives_t is not None:
+            negatives, negatives_t = negatives.to(dtype), negatives_t.to(dtype)
+        else:
+            negatives, negatives_t = rest[0], rest[0].T
+        # d unit / d query = (I - q q^T) scale / norm, row by row.
+        rescale = (scale / norm)[:batch]
+        # q . n / T; with beta = 0 addmm ignores its first argument.
+        logits = torch.addmm(constant(0.0, dtype, q.device), q, negatives_t, beta=0.0, alpha=1.0 / temperature)
+        negatives_lse = torch.logsumexp(logits, dim=1, keepdim=True)
+        gap = torch.sub(negatives_lse, (q * k).sum(dim=1, keepdim=True), alpha=1.0 / temperature)
+        infonce = F.softplus(gap)
+        toward_negatives = torch.softmax(logits, dim=1) @ negatives
+        coefficient = torch.sigmoid(gap)
+        parts = None if halp is None else halp(q, k, negatives_lse)
+        if parts is None:
+            grad = (toward_negatives - k).mul_(coefficient * (1.0 / (temperature * batch)))
+            values = infonce * (1.0 / batch)
+        else:
+            grad = torch.addcmul(parts.query_grad, coefficient, toward_negatives - k, value=1.0 / (temperature * batch))
+            if parts.value is None:
+                # "align": the term is linear in the query; one sum for both terms.
+                values = torch.add(q * parts.query_grad, infonce, alpha=1.0 / (batch * q.shape[1]))
+            else:
+                # "infonce": each positive's loss depends on the negatives' lse too.
+                grad.addcmul_(parts.lse_grad[:, None], toward_negatives, value=1.0 / temperature)
+                values = torch.add(infonce, parts.value).mul_(1.0 / batch)
+        # Through the normalization of the query.
+        grad = torch.addcmul(grad, q, (q * grad).sum(dim=1, keepdim=True), value=-1.0).mul_(rescale)
+    return MocoLoss(ClosedFormLoss.apply(query, None, grad, None, values), infonce, parts, q, k)
 
 
 def combine_positions(positions: Tensor, walks: Walks, tables: WalkTables, anchor: Tensor, scale: float) -> Tensor:

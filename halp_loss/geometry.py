@@ -106,15 +106,15 @@ def row_scales(x: Tensor) -> Tensor:
     largest = x.abs().amax(dim=-1, keepdim=True)
     limit = math.frexp(torch.finfo(x.dtype).max)[1] - 2
     # 0.5 ** exponent: one kernel, exact, in x's dtype (exp2 of the integer exponent would be float32).
-    return torch.pow(_half(x.dtype, x.device), torch.frexp(largest).exponent.clamp(-limit, limit))
+    return torch.pow(constant(0.5, x.dtype, x.device), torch.frexp(largest).exponent.clamp(-limit, limit))
 
 
-@functools.lru_cache(maxsize=16)
-def _half(dtype: torch.dtype, device: torch.device) -> Tensor:
-    """0.5 as a 0-d tensor, cached per dtype and device so that :func:`row_scales` copies nothing per call."""
+@functools.lru_cache(maxsize=32)
+def constant(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` as a 0-d tensor, cached per dtype and device, so that a step does not copy it from the host."""
     # A normal tensor even when first asked for under inference mode.
     with torch.inference_mode(False):
-        return torch.tensor(0.5, dtype=dtype, device=device)
+        return torch.tensor(value, dtype=dtype, device=device)
 
 
 TIE_EPS = 8

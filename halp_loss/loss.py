@@ -6,7 +6,6 @@ import warnings
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from halp_loss._checks import (
@@ -25,15 +24,21 @@ from halp_loss.bank import PrototypeBank
 from halp_loss.expected import DEFAULT_NUM_NODES, expected_parts
 from halp_loss.functional import (
     OBJECTIVES,
-    ClosedFormLoss,
     TermParts,
     info_nce_from_logits,
+    moco_loss,
     no_autocast,
     sampled_parts,
     simclr_logits,
     term_loss,
 )
-from halp_loss.geometry import WalkTables, normalize_rows, resolve_candidates, unit_rows, walk_angles, walk_tables
+from halp_loss.geometry import (
+    WalkTables,
+    resolve_candidates,
+    unit_rows,
+    walk_angles,
+    walk_tables,
+)
 from halp_loss.key_queue import KeyQueue, MemoryBankSize, parse_memory_bank_size
 
 __all__ = ["ESTIMATORS", "HaLPInfoNCE"]
@@ -368,53 +373,20 @@ class HaLPInfoNCE(nn.Module):
         weight: float,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Optional[TermParts], Tensor, Tensor]:
-        """MoCo's InfoNCE and the HaLP term, the query's gradient computed alongside the value: no autograd graph
-        (a few dozen kernels per step) and nothing of the negatives kept until backward.
+        """MoCo's InfoNCE and the HaLP term (:func:`halp_loss.functional.moco_loss`); the queue's keys are unit rows
+        already (``negatives_t`` given), explicit negatives are normalized.
 
         Returns the loss, the rows' InfoNCE losses, the HaLP term's parts (``None`` when off), the unit queries and
         the unit keys.
         """
-        batch = query.shape[0]
-        with torch.no_grad():
-            # Queries, keys and explicit negatives are normalized together; the queue's keys are unit already.
-            unit_negatives = self.queue is not None
-            rows = [query, key] if unit_negatives else [query, key, negatives]
-            unit, scale, norm = normalize_rows(torch.cat([x.to(dtype) for x in rows]), inplace=True)
-            q, k, *rest = unit.split([batch, batch] + [x.shape[0] for x in rows[2:]])
-            if unit_negatives:
-                negatives, negatives_t = negatives.to(dtype), negatives_t.to(dtype)
-            else:
-                negatives, negatives_t = rest[0], rest[0].T
-            # d unit / d query = (I - q q^T) scale / norm, row by row.
-            rescale = (scale / norm)[:batch]
-            scaled = q * (1.0 / self.temperature)
-            logits = scaled @ negatives_t
-            negatives_lse = torch.logsumexp(logits, dim=1, keepdim=True)
-            # Each row's loss is log(1 + e^gap) with gap = lse - q . k / T, so d loss / d gap = sigmoid(gap) and
-            # the mean over B rows has gradient sigmoid(gap) (E_softmax[n] - k) / (T B) in the unit query.
-            gap = negatives_lse - (scaled * k).sum(dim=1, keepdim=True)
-            infonce = F.softplus(gap)
-            toward_negatives = torch.softmax(logits, dim=1) @ negatives
-            coefficient = torch.sigmoid(gap)
-            halp = None if tables is None else self._halp_parts(q, k, tables, negatives_lse, weight)
-            if halp is None:
-                grad = (toward_negatives - k).mul_(coefficient * (1.0 / (self.temperature * batch)))
-                values = infonce * (1.0 / batch)
-            else:
-                grad = torch.addcmul(
-                    halp.query_grad, coefficient, toward_negatives - k, value=1.0 / (self.temperature * batch)
-                )
-                if halp.value is None:
-                    # "align": the term is linear in the query; one sum for both terms.
-                    values = torch.add(q * halp.query_grad, infonce, alpha=1.0 / (batch * q.shape[1]))
-                else:
-                    # "infonce": each positive's loss depends on the negatives' lse too.
-                    grad.addcmul_(halp.lse_grad[:, None], toward_negatives, value=1.0 / self.temperature)
-                    values = torch.add(infonce, halp.value).mul_(1.0 / batch)
-            # Through the normalization of the query.
-            grad = torch.addcmul(grad, q, (q * grad).sum(dim=1, keepdim=True), value=-1.0).mul_(rescale)
-        loss = ClosedFormLoss.apply(query, None, grad, None, values)
-        return loss, infonce, halp, q, k
+        halp = None
+        if tables is not None:
+
+            def halp(q: Tensor, k: Tensor, negatives_lse: Tensor) -> TermParts:
+                return self._halp_parts(q, k, tables, negatives_lse, weight)
+
+        out = moco_loss(query, key, negatives, self.temperature, dtype, negatives_t=negatives_t, halp=halp)
+        return out.loss, out.rows, out.halp, out.query, out.key
 
     def _warn_if_moco_port(self, query: Tensor, key: Tensor) -> None:
         """Warn once if a SimCLR-mode training call has a query with gradient and a key without: a MoCo loop whose
