@@ -41,6 +41,7 @@ from halp_loss.geometry import (
     candidate_mask,
     candidate_order,
     checked_unit_inputs,
+    device_cache,
     walk_angles,
     walk_fraction,
     walk_tables,
@@ -111,15 +112,16 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
     return ExitTimes(walks.nearest, target, t_exit, t_max, exit_prototype)
 
 
-@functools.lru_cache(maxsize=16)
 def unit_gauss_legendre(num_nodes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Gauss-Legendre nodes on [0, 1] and weights summing to 1, cached per device so that a training step does
-    not copy them from the host."""
-    nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
-    # Normal tensors even when first called under inference mode: the weights are saved for backward later.
-    with torch.inference_mode(False):
+    """Gauss-Legendre nodes on [0, 1] and weights summing to 1, built once per dtype and device so that a training
+    step does not copy them from the host."""
+
+    def build() -> tuple[Tensor, Tensor]:
+        nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
         as_tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
         return as_tensor((nodes + 1.0) / 2.0), as_tensor(weights / 2.0)
+
+    return device_cache(("gauss_legendre", num_nodes, dtype, device), build)
 
 
 def expected_halp_term(

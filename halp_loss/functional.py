@@ -44,6 +44,7 @@ from halp_loss.geometry import (
     detached_unit_rows,
     draw_positions,
     normalize_rows,
+    random_draws,
     resolve_candidates,
     unit_rows,
     walk_angles,
@@ -540,16 +541,18 @@ def sampled_parts(
     negatives_lse: Optional[Tensor],
     generator: Optional[torch.Generator],
     scale: float = 1.0,
+    draws: Optional[tuple[Tensor, Tensor]] = None,
 ) -> TermParts:
     """:func:`sampled_halp_term` as :class:`TermParts`, without validation, casts or autograd: ``query`` and
     ``anchor`` (R, D) unit rows of the prototypes' dtype, ``walks`` those of ``anchor`` toward ``tables``.
 
     Each positive is ``e^{ix}`` in the plane of its walk: the kept ones, weighted by the derivative of their loss,
     are summed per walk with one scatter, and :func:`combine_positions` turns the sums into the query's gradient.
+    ``draws`` are the :func:`halp_loss.geometry.random_draws` to use, drawn here from ``generator`` if ``None``.
     """
-    target, x, keep = draw_positions(
-        walks, candidate_order(walks, tables, num_candidates), lam, num_positives, generator
-    )
+    if draws is None:
+        draws = random_draws(anchor.shape[0], num_candidates, num_positives, generator, anchor.device, anchor.dtype)
+    target, x, keep = draw_positions(walks, candidate_order(walks, tables, num_candidates), lam, draws)
     weight = keep.to(x.dtype)
     kept = weight.sum()
     # A count: when nothing is kept the sums are 0 and so is the term.

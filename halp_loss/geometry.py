@@ -21,9 +21,8 @@ prototypes (:class:`WalkTables`), so a call costs one (B, P, P) division and a m
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -48,10 +47,13 @@ __all__ = [
     "draw_positions",
     "hallucinate_positives",
     "normalize_rows",
+    "random_draws",
     "unit_rows",
     "walk_angles",
     "walk_tables",
 ]
+
+T = TypeVar("T")
 
 NORMALIZE_EPS = 1e-12
 """``F.normalize``'s eps: rows of zeros stay zero."""
@@ -109,12 +111,22 @@ def row_scales(x: Tensor) -> Tensor:
     return torch.pow(constant(0.5, x.dtype, x.device), torch.frexp(largest).exponent.clamp(-limit, limit))
 
 
-@functools.lru_cache(maxsize=32)
+_CACHE: dict[tuple, Any] = {}
+
+
+def device_cache(key: tuple, build: Callable[[], T]) -> T:
+    """``build()`` once per ``key`` (which names the dtype and device), kept for the process: constants a step would
+    otherwise copy from the host. Built outside inference mode, so the tensors can be saved for backward later; a
+    plain dict rather than ``functools.lru_cache``, which torch.compile warns it cannot trace."""
+    if key not in _CACHE:
+        with torch.inference_mode(False):
+            _CACHE[key] = build()
+    return _CACHE[key]
+
+
 def constant(value: float, dtype: torch.dtype, device: torch.device) -> Tensor:
-    """``value`` as a 0-d tensor, cached per dtype and device, so that a step does not copy it from the host."""
-    # A normal tensor even when first asked for under inference mode.
-    with torch.inference_mode(False):
-        return torch.tensor(value, dtype=dtype, device=device)
+    """``value`` as a 0-d tensor of ``dtype`` on ``device``, built once."""
+    return device_cache(("constant", value, dtype, device), lambda: torch.tensor(value, dtype=dtype, device=device))
 
 
 TIE_EPS = 8
@@ -242,16 +254,15 @@ def candidate_order(walks: Walks, tables: WalkTables, num_candidates: int) -> Te
 
 
 def draw_positions(
-    walks: Walks, candidates: Tensor, lam: Lam, num_positives: int, generator: Optional[torch.Generator] = None
+    walks: Walks, candidates: Tensor, lam: Lam, draws: tuple[Tensor, Tensor]
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Draw ``num_positives`` positives per anchor (no validation, no autograd): ``target, x, keep``, all (B, M).
+    """Place the drawn positives (no validation, no autograd): ``target, x, keep``, all (B, M).
 
-    Each positive walks toward a target drawn uniformly among the anchor's (B, C) ``candidates`` and stops at the
-    angle ``x = (1 - lam u) end``, ``u ~ U(0, 1)``: at ``t = (1 - u lam) t_max`` of its walk. It is kept by the
-    rank filter when ``x <= exit``. Two draws from ``generator``, the candidates' indices then the steps, as the
-    released code makes them.
+    Each positive walks toward the target ``draws`` picks among the anchor's (B, C) ``candidates`` and stops at the
+    angle ``x = (1 - lam u) end`` with ``u`` its uniform draw: at ``t = (1 - u lam) t_max`` of its walk. It is kept
+    by the rank filter when ``x <= exit``.
     """
-    pick, u = random_draws(candidates, num_positives, generator, walks.end.dtype)
+    pick, u = draws
     target = candidates.gather(1, pick)
     end = walks.end.gather(1, target)
     if isinstance(lam, Tensor):
@@ -263,17 +274,22 @@ def draw_positions(
 
 @torch.compiler.disable
 def random_draws(
-    candidates: Tensor, num_positives: int, generator: Optional[torch.Generator], dtype: torch.dtype
+    rows: int,
+    num_candidates: int,
+    num_positives: int,
+    generator: Optional[torch.Generator],
+    device: torch.device,
+    dtype: torch.dtype,
 ) -> tuple[Tensor, Tensor]:
-    """(B, M) indices into the (B, C) ``candidates`` and (B, M) uniform steps in [0, 1) of ``dtype``, drawn in that
-    order from ``generator`` (the default generator of the candidates' device if ``None``).
+    """The random draws of ``num_positives`` positives for each of ``rows`` anchors: (rows, M) indices among
+    ``num_candidates`` targets, then (rows, M) uniform steps in [0, 1) of ``dtype``, from ``generator`` (the
+    default generator of ``device`` if ``None``), in the order the released code draws them.
 
     Run eagerly even inside torch.compile: compiled random ops neither take a generator nor follow its stream, and
     the draws must be the ones :func:`hallucinate_positives` makes.
     """
-    rows, columns = candidates.shape
-    pick = torch.randint(columns, (rows, num_positives), generator=generator, device=candidates.device)
-    return pick, torch.rand(pick.shape, generator=generator, device=candidates.device, dtype=dtype)
+    pick = torch.randint(num_candidates, (rows, num_positives), generator=generator, device=device)
+    return pick, torch.rand(pick.shape, generator=generator, device=device, dtype=dtype)
 
 
 class Hallucination(NamedTuple):
@@ -383,9 +399,8 @@ def hallucinate_positives(
         return Hallucination(k.new_zeros(0, num_positives, k.shape[1]), empty.bool(), index, index[:, 0], empty, empty)
     tables = walk_tables(protos)
     walks = walk_angles(k, tables)
-    target, x, keep = draw_positions(
-        walks, candidate_order(walks, tables, num_candidates), lam, num_positives, generator
-    )
+    draws = random_draws(k.shape[0], num_candidates, num_positives, generator, k.device, k.dtype)
+    target, x, keep = draw_positions(walks, candidate_order(walks, tables, num_candidates), lam, draws)
     cos, sin = walks.cos.gather(1, target)[..., None], walks.sin.gather(1, target)[..., None]
     # h = cos x k + sin x u_s, u_s = (p_s - cos w k) / sin w. Normalized by its computed norm: toward a nearly
     # antipodal target u_s is known only to about eps / sin w. Its coefficients stay far below 1 / eps, so nothing

@@ -34,6 +34,7 @@ from halp_loss.functional import (
 )
 from halp_loss.geometry import (
     WalkTables,
+    random_draws,
     resolve_candidates,
     unit_rows,
     walk_angles,
@@ -261,14 +262,16 @@ class HaLPInfoNCE(nn.Module):
         """
         self._check_inputs(query, key, negatives, prototypes)
         weight = self.halp_weight
-        negatives, negatives_t, tables = self._prepare(query, key, negatives, prototypes, weight)
+        negatives, negatives_t, tables, draws = self._prepare(query, key, negatives, prototypes, weight)
         dtype = compute_dtype(query, key, negatives)
         with no_autocast(query.device):
             if negatives is None:
-                loss, infonce, halp, queries, anchors = self._simclr(query.to(dtype), key.to(dtype), tables, weight)
+                loss, infonce, halp, queries, anchors = self._simclr(
+                    query.to(dtype), key.to(dtype), tables, draws, weight
+                )
             else:
                 loss, infonce, halp, queries, anchors = self._moco(
-                    query, key, negatives, negatives_t, tables, weight, dtype
+                    query, key, negatives, negatives_t, tables, draws, weight, dtype
                 )
         self._record(infonce, halp, queries, anchors, weight, feed_bank=prototypes is None)
         return loss
@@ -276,13 +279,14 @@ class HaLPInfoNCE(nn.Module):
     @torch.compiler.disable
     def _prepare(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor], weight: float
-    ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[WalkTables]]:
-        """The call's negatives (the queue's, or as given), the transpose of the queue's and the walk tables
-        (``None`` when the HaLP term is off).
+    ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[WalkTables], Optional[tuple[Tensor, Tensor]]]:
+        """The call's negatives (the queue's, or as given), the transpose of the queue's, the walk tables and the
+        sampled estimator's random draws (the last two ``None`` when the HaLP term is off).
 
         Run eagerly under torch.compile, as :meth:`_record`: what depends on the queue's and the bank's counters
         (how many rows the queue holds, whether the bank has fitted, the tables of its latest fit) then reaches
-        the compiled code as tensors, not as Python values it would specialize on and recompile for.
+        the compiled code as tensors, not as Python values it would specialize on and recompile for; and the draws
+        follow the generator's stream, which compiled random ops would not.
         """
         if self.queue is not None:
             negatives = self.queue.negatives(query, compute_dtype(query, key))
@@ -290,8 +294,14 @@ class HaLPInfoNCE(nn.Module):
             self._warn_if_moco_port(query, key)
         # The queue's buffer, once full, is the same tensor every call: its transpose is kept (a view costs a dispatch).
         negatives_t = None if self.queue is None else self._transposed(negatives)
-        tables = self._walk_tables(prototypes, compute_dtype(query, key, negatives)) if weight > 0 else None
-        return negatives, negatives_t, tables
+        dtype = compute_dtype(query, key, negatives)
+        tables = self._walk_tables(prototypes, dtype) if weight > 0 else None
+        draws = None
+        if tables is not None and self.estimator == "sampled":
+            rows = query.shape[0] * (1 if negatives is not None else 2)  # SimCLR: both views are queries
+            candidates = resolve_candidates(self.num_candidates, tables.prototypes.shape[0])
+            draws = random_draws(rows, candidates, self.num_positives, self.generator, query.device, dtype)
+        return negatives, negatives_t, tables, draws
 
     @torch.compiler.disable
     def _record(
@@ -327,7 +337,13 @@ class HaLPInfoNCE(nn.Module):
         return self.bank.walk_tables(dtype) if self.bank.ready else None
 
     def _halp_parts(
-        self, query: Tensor, anchor: Tensor, tables: WalkTables, negatives_lse: Tensor, weight: float
+        self,
+        query: Tensor,
+        anchor: Tensor,
+        tables: WalkTables,
+        draws: Optional[tuple[Tensor, Tensor]],
+        negatives_lse: Tensor,
+        weight: float,
     ) -> TermParts:
         """The HaLP term of unit ``query`` rows anchored on unit ``anchor`` rows, times ``weight`` (no autograd);
         ``negatives_lse`` is (R, 1)."""
@@ -343,11 +359,23 @@ class HaLPInfoNCE(nn.Module):
         if self.estimator == "expected":
             return expected_parts(query, anchor, walks, tables, num_nodes=self.num_nodes, **common)
         return sampled_parts(
-            query, anchor, walks, tables, num_positives=self.num_positives, generator=self.generator, **common
+            query,
+            anchor,
+            walks,
+            tables,
+            num_positives=self.num_positives,
+            generator=self.generator,
+            draws=draws,
+            **common,
         )
 
     def _simclr(
-        self, view1: Tensor, view2: Tensor, tables: Optional[WalkTables], weight: float
+        self,
+        view1: Tensor,
+        view2: Tensor,
+        tables: Optional[WalkTables],
+        draws: Optional[tuple[Tensor, Tensor]],
+        weight: float,
     ) -> tuple[Tensor, Tensor, Optional[TermParts], Optional[Tensor], Tensor]:
         """NT-Xent through autograd (the views' gradients meet in the logits), plus the HaLP term in closed form.
 
@@ -359,7 +387,7 @@ class HaLPInfoNCE(nn.Module):
         if tables is None:
             return infonce, infonce.detach(), None, None, logits.anchor
         with torch.no_grad():
-            halp = self._halp_parts(logits.query, logits.anchor, tables, logits.negatives_lse[:, None], weight)
+            halp = self._halp_parts(logits.query, logits.anchor, tables, draws, logits.negatives_lse[:, None], weight)
         loss = infonce + term_loss(logits.query, logits.negatives_lse, halp)
         return loss, infonce.detach(), halp, logits.query.detach(), logits.anchor
 
@@ -370,6 +398,7 @@ class HaLPInfoNCE(nn.Module):
         negatives: Tensor,
         negatives_t: Optional[Tensor],
         tables: Optional[WalkTables],
+        draws: Optional[tuple[Tensor, Tensor]],
         weight: float,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Optional[TermParts], Tensor, Tensor]:
@@ -383,7 +412,7 @@ class HaLPInfoNCE(nn.Module):
         if tables is not None:
 
             def halp(q: Tensor, k: Tensor, negatives_lse: Tensor) -> TermParts:
-                return self._halp_parts(q, k, tables, negatives_lse, weight)
+                return self._halp_parts(q, k, tables, draws, negatives_lse, weight)
 
         out = moco_loss(query, key, negatives, self.temperature, dtype, negatives_t=negatives_t, halp=halp)
         return out.loss, out.rows, out.halp, out.query, out.key
