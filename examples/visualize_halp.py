@@ -133,8 +133,13 @@ def draw_cells(ax: Axes3D, prototypes: np.ndarray) -> None:
     for index in range(len(prototypes)):
         boundary = visible_cell(prototypes, index)
         if boundary is not None:
-            cell = Poly3DCollection([boundary], facecolor=CELL_COLORS[index % len(CELL_COLORS)],
-                                    edgecolor="#525252", linewidth=1.3, zorder=0)
+            cell = Poly3DCollection(
+                [boundary],
+                facecolor=CELL_COLORS[index % len(CELL_COLORS)],
+                edgecolor="#525252",
+                linewidth=1.3,
+                zorder=0,
+            )
             ax.add_collection3d(cell)
     draw_points(ax, prototypes, marker="*", s=260, color="black", edgecolor="white", linewidth=0.8, zorder=5)
 
@@ -161,8 +166,9 @@ def label(ax: Axes3D, point: np.ndarray, text: str, shift: tuple[float, float] =
 
 def panel_walk(ax: Axes3D, prototypes: torch.Tensor, anchor: torch.Tensor, target: int, lam: float) -> None:
     """One anchor, one target: the geodesic, ``t_max`` and the interval the positives are drawn from."""
-    out = hallucinate_positives(anchor[None], prototypes, lam=lam, num_positives=400,
-                                generator=torch.Generator().manual_seed(0))
+    out = hallucinate_positives(
+        anchor[None], prototypes, lam=lam, num_positives=400, generator=torch.Generator().manual_seed(0)
+    )
     chosen = out.target[0] == target
     t_max = float(out.t_max[0, chosen][0])
     protos, k = prototypes.numpy(), anchor.numpy()
@@ -170,8 +176,14 @@ def panel_walk(ax: Axes3D, prototypes: torch.Tensor, anchor: torch.Tensor, targe
     draw_cells(ax, protos)
     draw_curve(ax, slerp(k, ps, np.linspace(0, 1, 200)), color="#252525", lw=1.4, ls=(0, (3, 3)), zorder=2)
     draw_curve(ax, slerp(k, ps, np.linspace(0, t_max, 200)), color="#252525", lw=2.2, zorder=3)
-    draw_curve(ax, slerp(k, ps, np.linspace((1 - lam) * t_max, t_max, 100)), color="#238b45", lw=6,
-               solid_capstyle="round", zorder=3)
+    draw_curve(
+        ax,
+        slerp(k, ps, np.linspace((1 - lam) * t_max, t_max, 100)),
+        color="#238b45",
+        lw=6,
+        solid_capstyle="round",
+        zorder=3,
+    )
     positives = out.positives[0, chosen].numpy()
     keep = out.keep[0, chosen].numpy()
     draw_points(ax, positives[keep], s=22, color="#00441b", zorder=6)
@@ -191,8 +203,9 @@ def panel_positives(ax: Axes3D, prototypes: torch.Tensor, anchors: torch.Tensor,
     for i, k in enumerate(anchors.numpy()):
         for s in sorted(set(out.target[i].tolist())):
             t_max = float(out.t_max[i][out.target[i] == s][0])
-            draw_curve(ax, slerp(k, protos[s], np.linspace(0, t_max, 60)), color=ANCHOR_COLORS[i], lw=0.8,
-                       alpha=0.7, zorder=2)
+            draw_curve(
+                ax, slerp(k, protos[s], np.linspace(0, t_max, 60)), color=ANCHOR_COLORS[i], lw=0.8, alpha=0.7, zorder=2
+            )
         positives, keep = out.positives[i].numpy(), out.keep[i].numpy()
         draw_points(ax, positives[keep], s=16, color=ANCHOR_COLORS[i], alpha=0.9, zorder=4)
         draw_points(ax, positives[~keep], marker="x", s=34, color=FILTERED_COLOR, linewidth=1.5, zorder=5)
@@ -203,30 +216,63 @@ def render(out_path: Path, num_positives: int = 120, dpi: int = 110) -> None:
     """Render the four panels to ``out_path``."""
     prototypes, anchors = scene()
     fig = plt.figure(figsize=(12, 11.5))
-    panel_walk(setup_axes(fig, 1, r"(a) the walk from $k$ toward $p_s$ ($\lambda = 0.8$)"), prototypes, anchors[0],
-               target=4, lam=0.8)
+    panel_walk(
+        setup_axes(fig, 1, r"(a) the walk from $k$ toward $p_s$ ($\lambda = 0.8$)"),
+        prototypes,
+        anchors[0],
+        target=4,
+        lam=0.8,
+    )
     for position, lam in zip((2, 3, 4), (0.0, 0.4, 0.8)):
-        out = hallucinate_positives(anchors, prototypes, lam=lam, num_positives=num_positives,
-                                    generator=torch.Generator().manual_seed(1))
+        out = hallucinate_positives(
+            anchors, prototypes, lam=lam, num_positives=num_positives, generator=torch.Generator().manual_seed(1)
+        )
         hint = " (on the boundary)" if lam == 0 else " (default)" if lam == 0.8 else ""
         kept = float(out.keep.double().mean())
         ax = setup_axes(fig, position, f"({'abcd'[position - 1]}) $\\lambda = {lam:g}${hint}: {kept:.0%} kept")
         panel_positives(ax, prototypes, anchors, out)
     legend = [
         Line2D([], [], marker="*", ls="", color="black", markersize=14, label="prototype (cell centre)"),
-        Line2D([], [], marker="o", ls="", color=ANCHOR_COLORS[0], markeredgecolor="white", markersize=11,
-               label="anchor (detached key)"),
+        Line2D(
+            [],
+            [],
+            marker="o",
+            ls="",
+            color=ANCHOR_COLORS[0],
+            markeredgecolor="white",
+            markersize=11,
+            label="anchor (detached key)",
+        ),
         Line2D([], [], color="#252525", lw=2, label=r"geodesic walk up to $t_{\max}$"),
         Line2D([], [], color="#238b45", lw=6, label=r"$t \in [(1-\lambda)\,t_{\max},\ t_{\max}]$"),
-        Line2D([], [], marker="D", ls="", color="white", markeredgecolor="black", markersize=8,
-               label=r"cell boundary at $t_{\max}$"),
+        Line2D(
+            [],
+            [],
+            marker="D",
+            ls="",
+            color="white",
+            markeredgecolor="black",
+            markersize=8,
+            label=r"cell boundary at $t_{\max}$",
+        ),
         Line2D([], [], marker="o", ls="", color="#555555", markersize=6, label="kept positive"),
-        Line2D([], [], marker="x", ls="", color=FILTERED_COLOR, markersize=8, markeredgewidth=1.5,
-               label="filtered: nearer a third prototype"),
+        Line2D(
+            [],
+            [],
+            marker="x",
+            ls="",
+            color=FILTERED_COLOR,
+            markersize=8,
+            markeredgewidth=1.5,
+            label="filtered: nearer a third prototype",
+        ),
     ]
     fig.legend(handles=legend, loc="lower center", ncol=4, fontsize=11, frameon=False)
-    fig.suptitle("HaLP: positives hallucinated along geodesics toward other prototypes, inside the anchor's cell",
-                 fontsize=15, y=0.985)
+    fig.suptitle(
+        "HaLP: positives hallucinated along geodesics toward other prototypes, inside the anchor's cell",
+        fontsize=15,
+        y=0.985,
+    )
     fig.subplots_adjust(left=0.0, right=1.0, top=0.95, bottom=0.07, wspace=0.0, hspace=0.06)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_path, dpi=dpi)

@@ -19,3 +19,16 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def keep_denormals() -> Iterator[None]:
+    """The examples' entry points flush denormals to zero for the whole process; the tests after them check the
+    library in default float arithmetic."""
+    yield
+    torch.set_flush_denormal(False)
+
+
+def flushes_denormals() -> bool:
+    """Whether float32 arithmetic now flushes denormals (1e-39 is one) to zero."""
+    return bool((torch.tensor([1e-39]) * 2 == 0).item())

@@ -9,13 +9,12 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import pytest
-import torch
-from threadpoolctl import threadpool_limits
-
 import moco_minimal
+import pytest
 import simclr_digits
 import visualize_halp
+from conftest import flushes_denormals
+from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,6 +67,12 @@ def test_simclr_digits_tiny_writes_the_metrics_schema(tmp_path: Path) -> None:
     assert "last_epoch_terms" not in metrics["baseline"]
     assert metrics["raw_pixels"]["knn_top1"] > 0.95 and metrics["raw_pixels"]["linear_top1"] > 0.95
     assert metrics["config"]["seeds"] == [0, 1] and metrics["wall_time_s"] > 0
+    assert flushes_denormals()
+
+
+def test_simclr_digits_keeps_denormals_when_asked(tmp_path: Path) -> None:
+    simclr_digits.main(["--epochs", "1", "--seeds", "0", "--no-flush-denormal", "--out", str(tmp_path)])
+    assert not flushes_denormals()
 
 
 def test_visualize_halp_writes_a_small_png(tmp_path: Path) -> None:

@@ -15,8 +15,6 @@ from halp_loss.functional import moco_logits, sampled_halp_term, simclr_logits
 T = 0.07
 
 
-
-
 def problem(batch: int, dim: int, num_protos: int, seed: int, dtype: torch.dtype = torch.float64):
     """Queries near their anchors, and a negatives log-sum-exp comparable to the positive logits."""
     anchors, protos = sphere(batch, dim, seed, dtype), sphere(num_protos, dim, seed + 1, dtype)
@@ -81,9 +79,7 @@ def test_matches_dense_reference(num_protos: int, dim: int, lam: float, objectiv
 @pytest.mark.parametrize("objective", ["align", "infonce"])
 def test_matches_dense_reference_with_candidates(objective: str) -> None:
     query, anchors, protos, lse = problem(5, 4, 9, seed=3)
-    term = expected_halp_term(
-        query, anchors, protos, lam=0.8, objective=objective, negatives_lse=lse, num_candidates=3
-    )
+    term = expected_halp_term(query, anchors, protos, lam=0.8, objective=objective, negatives_lse=lse, num_candidates=3)
     loss, kept, mean_t = dense_reference(query, anchors, protos, lse, 0.8, objective, num_candidates=3)
     assert term.loss.item() == pytest.approx(loss, rel=5e-4)
     assert term.kept_fraction.item() == pytest.approx(kept, abs=5e-4)
@@ -97,13 +93,22 @@ def test_sampled_estimator_converges_to_it(objective: str) -> None:
     sizes, seeds = [16, 64, 256, 1024], 200
     rms, means, stds = [], [], []
     for m in sizes:
-        losses = torch.tensor([
-            sampled_halp_term(
-                query, anchors, protos, lam=0.8, num_positives=m, objective=objective, negatives_lse=lse,
-                generator=torch.Generator().manual_seed(seed),
-            ).loss.item()
-            for seed in range(seeds)
-        ], dtype=torch.float64)
+        losses = torch.tensor(
+            [
+                sampled_halp_term(
+                    query,
+                    anchors,
+                    protos,
+                    lam=0.8,
+                    num_positives=m,
+                    objective=objective,
+                    negatives_lse=lse,
+                    generator=torch.Generator().manual_seed(seed),
+                ).loss.item()
+                for seed in range(seeds)
+            ],
+            dtype=torch.float64,
+        )
         rms.append(((losses - exact) ** 2).mean().sqrt().item())
         means.append(losses.mean().item())
         stds.append(losses.std().item())
@@ -246,8 +251,14 @@ def test_per_anchor_lam_tensor() -> None:
     lam = torch.tensor([[0.0], [0.8], [0.8], [1.0], [0.3], [0.0]], dtype=torch.float64)
     mixed = expected_halp_term(query, anchors, protos, lam=lam, objective="infonce", negatives_lse=lse)
     rows = [
-        expected_halp_term(query[i : i + 1], anchors[i : i + 1], protos, lam=lam[i].item(), objective="infonce",
-                           negatives_lse=lse[i : i + 1])
+        expected_halp_term(
+            query[i : i + 1],
+            anchors[i : i + 1],
+            protos,
+            lam=lam[i].item(),
+            objective="infonce",
+            negatives_lse=lse[i : i + 1],
+        )
         for i in range(6)
     ]
     # The ratio of sums over the batch: per-row terms weighted by their expected kept counts.

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, gen, kept, slerp, sphere, unit
+from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, gen, kept, slerp, sphere
 
 from halp_loss import Hallucination, exit_times, hallucinate_positives
 

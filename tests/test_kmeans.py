@@ -9,10 +9,14 @@ import torch.nn.functional as F
 from halp_loss import KMeansResult, spherical_kmeans
 
 
-def clustered(num_clusters: int, per_cluster: int, dim: int, spread: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+def clustered(
+    num_clusters: int, per_cluster: int, dim: int, spread: float, seed: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centers = F.normalize(torch.randn(num_clusters, dim, generator=g), dim=1)
-    points = centers.repeat_interleave(per_cluster, 0) + spread * torch.randn(num_clusters * per_cluster, dim, generator=g)
+    points = centers.repeat_interleave(per_cluster, 0) + spread * torch.randn(
+        num_clusters * per_cluster, dim, generator=g
+    )
     return F.normalize(points, dim=1), centers
 
 

@@ -173,7 +173,9 @@ def test_released_init_is_xavier_on_every_gru_weight_and_the_last_head_layer(nam
             else:  # biases keep PyTorch's init under both
                 bound = default
             assert parameter.abs().max() <= bound, (weight_init, gru_name)
-            assert parameter.std().item() == pytest.approx(_uniform_std(bound), rel=0.1 if parameter.dim() == 1 else 0.02)
+            assert parameter.std().item() == pytest.approx(
+                _uniform_std(bound), rel=0.1 if parameter.dim() == 1 else 0.02
+            )
         first, last = net.head[0], net.head[-1]
         assert first.weight.abs().max() <= 1 / math.sqrt(features)  # the head's first layer: PyTorch's init
         bound = math.sqrt(6 / (features + embed)) if weight_init == "released" else 1 / math.sqrt(features)

@@ -21,6 +21,7 @@ import pytest
 import skeleton.data.prepare as prepare_module
 import skeleton_moco
 import torch
+from conftest import flushes_denormals
 from skeleton.bounds import SETTING_BOUNDS
 from skeleton.config import PRESETS, SECTIONS, preset_config
 from skeleton.data.datasets import load_dataset
@@ -544,3 +545,9 @@ def test_a_job_log_gets_one_line_per_epoch_and_a_resume_survives_a_corrupt_metri
     assert "metrics.json is unreadable" in text and (run / "metrics.json.corrupt").is_file()
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["pretrain_history"]) == 3 and 0.0 <= metrics["linear_top1"] <= 1.0
+
+
+@pytest.mark.parametrize("flag, flushed", [([], True), (["--no-flush-denormal"], False)])
+def test_pipeline_flushes_denormals_unless_asked(tmp_path: Path, flag: list[str], flushed: bool) -> None:
+    assert skeleton_moco.main(["knn", "--init-from", str(tmp_path / "missing.pt"), *flag]) == 2
+    assert flushes_denormals() is flushed
