@@ -233,9 +233,10 @@ def preset_config(preset: str, dataset: str) -> RunConfig:
     cfg.linear = dataclasses.replace(cfg.linear, epochs=30, lr=0.1, lr_schedule="cosine", feature_norm="batchnorm")
     cfg.finetune = dataclasses.replace(cfg.finetune, epochs=30, lr=0.05, lr_schedule="cosine")
     # Trained from scratch on ~1,000 sequences, the encoder overfits the temporal crops alone (NW-UCLA 0.73); the
-    # pretraining views and weight decay make it the upper bound it should be (0.87).
+    # pretraining views and weight decay make it the upper bound it should be, given the epochs to fit them (seed 0:
+    # 0.85 after 60 epochs, still at 0.83 train accuracy; 0.90 after 120; lr 0.1 fits worse, 0.82).
     cfg.supervised = dataclasses.replace(
-        cfg.supervised, epochs=60, lr=0.05, weight_decay=5e-4, lr_schedule="cosine", augment="pretrain"
+        cfg.supervised, epochs=120, lr=0.05, weight_decay=5e-4, lr_schedule="cosine", augment="pretrain"
     )
     cfg.semi = SemiConfig(ratio=0.1, repeats=2)
     return cfg
