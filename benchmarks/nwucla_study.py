@@ -2,8 +2,9 @@
 
 Runs ``examples/skeleton_moco.py`` (pretrain -> kNN -> linear) once per variant and seed with the ``cpu``
 preset, plus the ``supervised`` upper bound, each in its own process and run folder, then prints a markdown
-table of mean ± std (over seeds) of kNN and linear top-1, wall time, the HaLP diagnostics of the last epoch
-and the two baselines every run measures (1-NN on the raw joints, kNN at random init). Finished runs (those
+table of mean ± std (over seeds) of kNN and linear top-1, each variant's linear gain over MoCo alone paired by
+seed (the same seed gives the same init and data), wall time, the HaLP diagnostics of the last epoch and the two
+baselines every run measures (1-NN on the raw joints, kNN at random init). Finished runs (those
 with a ``metrics.json`` holding the result) are reused, so an interrupted study continues where it stopped.
 
 Suites of variants:
@@ -11,7 +12,8 @@ Suites of variants:
 - ``halp`` (default): MoCo alone, MoCo + HaLP sampled, MoCo + HaLP expected, and the supervised bound;
 - ``ablation``: from the ``cpu`` preset as it was before it learned on real data to the current one, one change
   at a time (why the old preset failed on NW-UCLA);
-- ``regime``: where HaLP might help: its objective, lambda, prototypes, start, and twice the training.
+- ``regime``: where HaLP might help: its objective, lambda, prototypes, start, and twice the training (with MoCo
+  alone as the reference: give it the ``halp`` suite's ``--out`` to reuse those runs).
 
     python examples/skeleton_moco.py prepare --dataset nwucla --raw ../shared/data/nw-ucla/all_sqe --out data/nwucla
     python benchmarks/nwucla_study.py --data-root data                       # 3 seeds x 3 variants + supervised
@@ -49,10 +51,13 @@ NEW_AUGMENT = (
     "--augment-crop-min-ratio 0.5 --augment-crop-min-frames 1 --augment-corrupt-prob 0 --augment-rotate-degrees 17"
 )
 
+REFERENCE = "MoCo"  # other variants' gains are paired with its runs of the same seed
+MOCO = ["--halp-weight", "0"]
+
 SUITES: dict[str, dict[str, list[str]]] = {
     "none": {},
     "halp": {
-        "MoCo": ["--halp-weight", "0"],
+        REFERENCE: MOCO,
         "MoCo + HaLP (sampled)": [],
         "MoCo + HaLP (expected)": ["--estimator", "expected"],
     },
@@ -66,6 +71,7 @@ SUITES: dict[str, dict[str, list[str]]] = {
         "+ temporal-conv encoder (= cpu preset)": [],
     },
     "regime": {
+        REFERENCE: MOCO,
         "MoCo + HaLP, align objective": ["--objective", "align"],
         "MoCo + HaLP, lambda 0.4": ["--lam", "0.4"],
         "MoCo + HaLP, 10 prototypes": ["--num-prototypes", "10"],
@@ -117,31 +123,44 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
-def summarize(results: dict[str, list[dict[str, Any]]]) -> str:
-    """The markdown table of the study."""
+def paired_gain(runs: dict[int, dict[str, Any]], reference: dict[int, dict[str, Any]], key: str) -> str:
+    """Mean and per-seed differences (points) from the reference's run of the same seed: same init, same data."""
+    seeds = sorted(set(runs) & set(reference))
+    if not seeds:
+        return "-"
+    gains = [100.0 * (runs[seed][key] - reference[seed][key]) for seed in seeds]
+    return f"{statistics.fmean(gains):+.1f} ({', '.join(f'{gain:+.1f}' for gain in gains)})"
+
+
+def summarize(results: dict[str, dict[int, dict[str, Any]]]) -> str:
+    """The markdown table of the study; ``results[variant][seed]`` is a run's metrics."""
     lines = [
-        "| variant | seeds | kNN top-1 (%) | linear top-1, best (%) | linear, last (%) | kept fraction | mean t | wall time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| variant | seeds | kNN top-1 (%) | linear top-1, best (%) | linear, last (%) "
+        f"| linear gain over {REFERENCE}, paired by seed (points) | kept fraction | mean t | wall time (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, runs in results.items():
+    reference = results.get(REFERENCE, {})
+    for name, by_seed in results.items():
+        runs = list(by_seed.values())
         if not runs:
             continue
         if "supervised_top1" in runs[0]:
             best = mean_std([r["supervised_top1"] for r in runs])
             last = mean_std([r["supervised_top1_last"] for r in runs])
             wall = mean_std([r["wall_time_s"] for r in runs], scale=1.0, digits=0)
-            lines.append(f"| {name} | {len(runs)} | - | {best} | {last} | - | - | {wall} |")
+            lines.append(f"| {name} | {len(runs)} | - | {best} | {last} | - | - | - | {wall} |")
             continue
         halp = [last_halp_epoch(r) for r in runs]
         kept = [h["kept_fraction"] for h in halp if h]
         mean_t = [h["mean_t"] for h in halp if h]
+        gain = paired_gain(by_seed, reference, "linear_top1") if name != REFERENCE else "-"
         lines.append(
             f"| {name} | {len(runs)} | {mean_std([r['knn_top1'] for r in runs])} "
             f"| {mean_std([r['linear_top1'] for r in runs])} | {mean_std([r['linear_top1_last'] for r in runs])} "
-            f"| {mean_std(kept, 1.0, 3) if kept else '-'} | {mean_std(mean_t, 1.0, 3) if mean_t else '-'} "
+            f"| {gain} | {mean_std(kept, 1.0, 3) if kept else '-'} | {mean_std(mean_t, 1.0, 3) if mean_t else '-'} "
             f"| {mean_std([r['wall_time_s'] for r in runs], scale=1.0, digits=0)} |"
         )
-    baselines = [r for runs in results.values() for r in runs if "raw_knn_top1" in r]
+    baselines = [r for by_seed in results.values() for r in by_seed.values() if "raw_knn_top1" in r]
     if baselines:
         lines.append("")
         lines.append(
@@ -166,24 +185,24 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     variants = {**SUITES[args.suite], **dict(args.variant)}
     common = ["--dataset", "nwucla", "--data-root", args.data_root, "--preset", "cpu", *shlex.split(args.flags)]
-    results: dict[str, list[dict[str, Any]]] = {}
+    results: dict[str, dict[int, dict[str, Any]]] = {}
     for name, flags in variants.items():
-        results[name] = []
+        results[name] = {}
         for seed in args.seeds:
             folder = args.out / f"{_slug(name)}-seed{seed}"
             print(f"{name}, seed {seed}: {folder}", flush=True)
             metrics = run_once([*common, "--seed", str(seed), *flags], folder, "linear_top1")
             if metrics is not None:
-                results[name].append(metrics)
+                results[name][seed] = metrics
     if not args.no_supervised:
         name = "supervised from scratch (upper bound)"
-        results[name] = []
+        results[name] = {}
         for seed in args.seeds:
             folder = args.out / f"supervised-seed{seed}"
             print(f"{name}, seed {seed}: {folder}", flush=True)
             metrics = run_once(["supervised", *common, "--seed", str(seed)], folder, "supervised_top1")
             if metrics is not None:
-                results[name].append(metrics)
+                results[name][seed] = metrics
     table = summarize(results)
     (args.out / "study.md").write_text(table + "\n")
     print(table)

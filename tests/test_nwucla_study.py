@@ -34,14 +34,16 @@ def test_parse_variant():
 def test_summary_statistics():
     table = study.summarize(
         {
-            "MoCo": [_run(0.80, 0.84), _run(0.82, 0.86)],
-            "HaLP": [_run(0.81, 0.85, kept=0.8), _run(0.83, 0.87, kept=0.9)],
-            "supervised": [{"supervised_top1": 0.9, "supervised_top1_last": 0.88, "wall_time_s": 50.0}],
+            "MoCo": {0: _run(0.80, 0.84), 1: _run(0.82, 0.86)},
+            "HaLP": {0: _run(0.81, 0.85, kept=0.8), 1: _run(0.83, 0.88, kept=0.9), 2: _run(0.9, 0.9)},
+            "supervised": {0: {"supervised_top1": 0.9, "supervised_top1_last": 0.88, "wall_time_s": 50.0}},
         }
     )
     rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines() if line.startswith("| ")}
     assert "81.0 ± 1.4" in rows["MoCo"] and "85.0 ± 1.4" in rows["MoCo"] and "| - | - |" in rows["MoCo"]
     assert "0.850 ± 0.071" in rows["HaLP"] and "0.250 ± 0.000" in rows["HaLP"]
+    # Gains are paired by seed, and only over the seeds both have: +1 and +2 points.
+    assert "| +1.5 (+1.0, +2.0) |" in rows["HaLP"] and "| - | - | - |" in rows["MoCo"]
     assert "90.0 ± 0.0" in rows["supervised"] and "88.0 ± 0.0" in rows["supervised"]
     assert "raw pre-normalized joints 75.0 %" in table and "60.0 ± 0.0 %" in table
 
