@@ -8,7 +8,7 @@ The two-line change from the baseline to HaLP is in :func:`make_criterion` and :
 Digits (1,797 8x8 images, bundled with scikit-learn, no download) is an easy dataset: raw pixels already reach
 about 0.98 kNN top-1, and both methods reach about 0.99 kNN and linear top-1, with differences within the spread
 over seeds. This script proves the plumbing and the drop-in change on real images; it is not a research claim
-about HaLP. The defaults (3 seeds x 2 methods x 60 epochs) took 103 s on two idle Xeon cores and 30 s on a GPU.
+about HaLP. The defaults (3 seeds x 2 methods x 60 epochs) took 139 s on two idle Xeon cores and 30 s on a GPU.
 
 Usage:
     python examples/simclr_digits.py                       # defaults: 3 seeds, both methods
