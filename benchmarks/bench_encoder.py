@@ -12,6 +12,7 @@ Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import itertools
 import sys
 import tempfile
 import time
@@ -67,7 +68,7 @@ def pretraining_throughput(preset: str, device: torch.device, amp: str, steps: i
     torch.set_num_threads(cfg.threads or threads)  # as skeleton_moco.py runs the preset
     with tempfile.TemporaryDirectory() as out:
         run = Pretraining(cfg, Path(out), device, progress=False)
-        batches = iter(run.loader)
+        batches = (batch for _ in itertools.count() for batch in run.loader)  # the steps may outlast an epoch
         x, num_frames, _ = next(batches)
         for _ in range(5):  # warm-up; also fills the prototype window (256 keys) so HaLP is active when timed
             run.train_step(run.model, x, num_frames)
