@@ -46,6 +46,9 @@ def test_summary_statistics():
     assert "| +1.5 (+1.0, +2.0) |" in rows["HaLP"] and "| - | - | - |" in rows["MoCo"]
     assert "90.0 ± 0.0" in rows["supervised"] and "88.0 ± 0.0" in rows["supervised"]
     assert "raw pre-normalized joints 75.0 %" in table and "60.0 ± 0.0 %" in table
+    # Without MoCo among the variants there is nothing to pair with: no gain column.
+    alone = study.summarize({"HaLP": {0: _run(0.81, 0.85, kept=0.8)}}).splitlines()
+    assert "paired" not in alone[0] and alone[0].count("|") == alone[1].count("|") == alone[2].count("|") == 9
 
 
 def test_finished_runs_are_reused(tmp_path, monkeypatch):
