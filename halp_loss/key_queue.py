@@ -39,6 +39,11 @@ def parse_memory_bank_size(size: MemoryBankSize) -> tuple[int, Optional[int]]:
     raise ValueError(f"{expected}, got {size!r}")
 
 
+def _write_rows(buffer: Tensor, rows: Tensor, start: int) -> None:
+    """Write rows into ``buffer`` from row ``start``, zeros in place of NaN (keys without a direction)."""
+    torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0, out=buffer[start : start + rows.shape[0]])
+
+
 class _BackwardSeen:
     """A gradient hook that records that backward has reached its tensor, i.e. has used the negatives read with it."""
 
@@ -198,20 +203,21 @@ class KeyQueue(nn.Module):
             rows = gather_rows(rows)
         if self._written == 0:
             self._allocate(rows.shape[1], rows.device, compute_dtype(rows))
+        self._write_ring(self.keys, rows.to(self.keys.dtype))
+
+    def _write_ring(self, buffer: Tensor, rows: Tensor) -> None:
+        """Append ``rows`` to the keys written so far in ``buffer`` (only the newest ``size`` if more arrived),
+        wrapping around its end."""
         arrived = rows.shape[0]
-        rows = rows.to(self.keys.dtype)
-        if arrived > self.size:
-            rows = rows[-self.size :]
+        rows = rows if arrived <= self.size else rows[-self.size :]
         start = (self._written + arrived - rows.shape[0]) % self.size
         head = min(rows.shape[0], self.size - start)
-        self._write(rows if head == rows.shape[0] else rows[:head], start)
-        if head < rows.shape[0]:
-            self._write(rows[head:], 0)
+        if head == rows.shape[0]:
+            _write_rows(buffer, rows, start)
+        else:
+            _write_rows(buffer, rows[:head], start)
+            _write_rows(buffer, rows[head:], 0)
         self._written += arrived
-
-    def _write(self, rows: Tensor, start: int) -> None:
-        """Write rows into the buffer from row ``start``, zeros in place of NaN (keys without a direction)."""
-        torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0, out=self.keys[start : start + rows.shape[0]])
 
     def recent(self) -> Tensor:
         """A copy of the keys in the queue, oldest first (``num_filled`` rows)."""
@@ -224,18 +230,14 @@ class KeyQueue(nn.Module):
         """Write the pending keys into the ring buffer, in place unless a graph may still read the current rows."""
         if self._pending is None:
             return
-        arrived, backward = self._pending_count, self._backward
+        backward = self._backward
         if self._written == 0:
             self._allocate(self._pending.shape[1], self._pending.device, compute_dtype(self._pending))
-        rows = self._pending[-self.size :].to(self.keys)
+        rows = self._pending.to(self.keys)
         self._pending, self._pending_count, self._backward = None, 0, None
         buffer = self.keys if backward is None or backward.seen else self.keys.clone()
-        start = (self._written + arrived - rows.shape[0]) % self.size
-        head = min(rows.shape[0], self.size - start)
-        buffer[start : start + head] = rows[:head]
-        buffer[: rows.shape[0] - head] = rows[head:]
+        self._write_ring(buffer, rows)
         self.keys = buffer
-        self._written += arrived
 
     def _allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         """Hold keys of this width, device and dtype; only while the queue is empty, so nothing is lost."""
