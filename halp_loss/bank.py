@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from halp_loss._checks import caller_stacklevel, check_matrix, check_positive_int, compute_dtype
+from halp_loss._ring import write_ring
 from halp_loss.distributed import broadcast_, gather_rows, world_size
 from halp_loss.geometry import WalkTables, unit_rows, walk_tables
 from halp_loss.kmeans import fit_unit_points
@@ -217,11 +218,7 @@ class PrototypeBank(nn.Module):
         a direction)."""
         window = self._buffers["keys"]
         for start, rows in self._unwritten:
-            rows = rows.to(window)
-            head = min(rows.shape[0], self.window - start)
-            for begin, part in ((start, rows[:head]), (0, rows[head:])):
-                if part.shape[0]:
-                    torch.nan_to_num(part, nan=0.0, posinf=0.0, neginf=0.0, out=window[begin : begin + part.shape[0]])
+            write_ring(window, rows.to(window), start)
         self._unwritten.clear()
 
     def __getattr__(self, name: str) -> Any:

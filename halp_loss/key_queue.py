@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
+from halp_loss._ring import write_ring
 from halp_loss.distributed import gather_rows
 from halp_loss.geometry import unit_rows
 
@@ -37,11 +38,6 @@ def parse_memory_bank_size(size: MemoryBankSize) -> tuple[int, Optional[int]]:
     if isinstance(size, (tuple, list)) and len(size) == 2 and all(map(is_int, size)) and size[0] >= 0 and size[1] >= 1:
         return int(size[0]), int(size[1])
     raise ValueError(f"{expected}, got {size!r}")
-
-
-def _write_rows(buffer: Tensor, rows: Tensor, start: int) -> None:
-    """Write rows into ``buffer`` from row ``start``, zeros in place of NaN (keys without a direction)."""
-    torch.nan_to_num(rows, nan=0.0, posinf=0.0, neginf=0.0, out=buffer[start : start + rows.shape[0]])
 
 
 class _BackwardSeen:
@@ -210,13 +206,7 @@ class KeyQueue(nn.Module):
         wrapping around its end."""
         arrived = rows.shape[0]
         rows = rows if arrived <= self.size else rows[-self.size :]
-        start = (self._written + arrived - rows.shape[0]) % self.size
-        head = min(rows.shape[0], self.size - start)
-        if head == rows.shape[0]:
-            _write_rows(buffer, rows, start)
-        else:
-            _write_rows(buffer, rows[:head], start)
-            _write_rows(buffer, rows[head:], 0)
+        write_ring(buffer, rows, (self._written + arrived - rows.shape[0]) % self.size)
         self._written += arrived
 
     def recent(self) -> Tensor:
