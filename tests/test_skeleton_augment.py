@@ -1,4 +1,4 @@
-"""Batched augmentations: shapes, per-sample semantics of SPEC section 3.3, statistics, reproducibility."""
+"""Batched augmentations: shapes, per-sample semantics of the released recipe, statistics, reproducibility, 2-D data."""
 
 import math
 
@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 from skeleton.data.augment import (
     LINEAR_RATIO_RANGE,
-    MODALITIES,
     center_crop_resize,
     center_crop_windows,
     corrupted_joints,
@@ -20,11 +19,7 @@ from skeleton.data.augment import (
     shear,
     shear_or_corrupt,
     temporal_crop_resize,
-    to_bone,
-    to_modality,
-    to_motion,
 )
-from skeleton.data.layouts import KINECT_V1_BONE_PAIRS_1BASED, KINECT_V2_BONE_PAIRS_1BASED
 
 
 def _batch(batch=6, frames=120, seed=0):
@@ -189,7 +184,7 @@ def test_pretrain_view_shapes_dtypes():
 
 
 def test_kinect_v1_single_body_views():
-    """20 joints x 1 body (NW-UCLA): corruption touches 12 of the 20 joints, bones follow the Kinect v1 tree."""
+    """20 joints x 1 body (NW-UCLA): corruption touches 12 of the 20 joints."""
     generator = torch.Generator().manual_seed(11)
     x = torch.randn((300, 3, 4, 20, 1), generator=generator)
     out = shear_or_corrupt(x, generator=generator)
@@ -198,11 +193,6 @@ def test_kinect_v1_single_body_views():
     assert {count for count in changed} <= {12, 20} and 0.4 < np.mean([c == 12 for c in changed]) < 0.6
     view = pretrain_view(x, torch.full((300,), 4), out_frames=8, crop_min_frames=1, generator=generator)
     assert view.shape == (300, 3, 8, 20, 1)
-    bone = to_bone(x)
-    for joint, parent in KINECT_V1_BONE_PAIRS_1BASED:
-        torch.testing.assert_close(bone[..., joint - 1, :], x[..., joint - 1, :] - x[..., parent - 1, :])
-    with pytest.raises(ValueError, match="no skeleton layout has 18 joints"):
-        to_bone(torch.zeros(1, 3, 2, 18, 1))
 
 
 def test_random_rotation_is_a_rotation_within_the_bound():
@@ -238,21 +228,61 @@ def test_pretrain_view_options():
     assert torch.equal(default, released) and default.shape == (64, 3, 64, 25, 2)
 
 
-def test_modalities():
-    x, _ = _batch(batch=2, frames=10)
-    motion = to_motion(x)
-    torch.testing.assert_close(motion[:, :, 3], x[:, :, 4] - x[:, :, 3])
-    assert torch.equal(motion[:, :, -1], torch.zeros_like(motion[:, :, -1]))
-    bone = to_bone(x)
-    for joint, parent in KINECT_V2_BONE_PAIRS_1BASED:
-        torch.testing.assert_close(bone[:, :, :, joint - 1], x[:, :, :, joint - 1] - x[:, :, :, parent - 1])
-    assert torch.equal(bone[:, :, :, 20], torch.zeros_like(bone[:, :, :, 20]))  # spine shoulder is its own parent
-    assert torch.equal(to_bone(x[0]), bone[0]) and torch.equal(to_motion(x[0]), motion[0])  # unbatched too
-    assert MODALITIES == {"joint", "motion", "bone"}
-    assert to_modality(x, "joint") is x
-    assert torch.equal(to_modality(x, "motion"), motion) and torch.equal(to_modality(x, "bone"), bone)
-    with pytest.raises(ValueError, match="modality"):
-        to_modality(x, "velocity")
+def _matrices(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """The per-sample C x C matrix mapping every joint of ``before`` to ``after`` (least squares), float64."""
+    flat_in, flat_out = before.reshape(*before.shape[:2], -1), after.reshape(*after.shape[:2], -1)
+    return flat_out @ torch.linalg.pinv(flat_in)
+
+
+def test_two_dimensional_rotation_stays_in_the_plane():
+    """2-D keypoints (COCO-17, 2 bodies): one in-plane angle per sample, U(-bound, bound); no z appears."""
+    x = torch.randn((800, 2, 3, 17, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(21))
+    out = random_rotation(x, 30.0, generator=torch.Generator().manual_seed(22))
+    assert out.shape == (800, 2, 3, 17, 2)
+    matrices = _matrices(x, out)
+    eye = torch.eye(2, dtype=torch.float64).expand(800, 2, 2)
+    torch.testing.assert_close(matrices @ matrices.transpose(1, 2), eye, atol=1e-8, rtol=0)
+    torch.testing.assert_close(torch.linalg.det(matrices), torch.ones(800, dtype=torch.float64))
+    angle = torch.rad2deg(torch.atan2(matrices[:, 1, 0], matrices[:, 0, 0]))
+    assert angle.abs().max() <= 30.0 + 1e-6 and angle.abs().mean() == pytest.approx(15.0, abs=1.2)
+    assert (angle > 0).float().mean() == pytest.approx(0.5, abs=0.06)
+    # Both bodies and all frames of a sample turn together: the matrix explains every joint exactly.
+    torch.testing.assert_close(torch.einsum("bij,bjtvm->bitvm", matrices, x), out, atol=1e-10, rtol=0)
+    with pytest.raises(ValueError, match="2 or 3 coordinates"):
+        random_rotation(torch.zeros(1, 4, 2, 17, 1), 10.0)
+
+
+def test_two_dimensional_shear_and_corruption_are_two_by_two():
+    """Shear: 2 x 2 with a unit diagonal; corruption: 10 of COCO's 17 joints zeroed or mixed by a 2 x 2 matrix."""
+    generator = torch.Generator().manual_seed(23)
+    x = torch.randn((200, 2, 4, 17, 2), dtype=torch.float64, generator=generator)
+    sheared = shear(x, magnitude=0.5, generator=generator)
+    matrices = _matrices(x, sheared)
+    torch.testing.assert_close(matrices.diagonal(dim1=1, dim2=2), torch.ones(200, 2, dtype=torch.float64))
+    off = torch.stack([matrices[:, 0, 1], matrices[:, 1, 0]], dim=1)
+    assert off.abs().max() <= 0.5 and off.abs().max() > 0.4
+    assert corrupted_joints(17) == 10 and corrupted_joints(15) == 9
+    out = shear_or_corrupt(x, generator=generator)
+    assert out.shape == x.shape
+    changed = [[v for v in range(17) if not torch.equal(a[:, :, v], b[:, :, v])] for a, b in zip(x, out)]
+    assert {len(c) for c in changed} <= {10, 17} and 0.35 < np.mean([len(c) == 10 for c in changed]) < 0.65
+    for before, after, joints in zip(x, out, changed):
+        if len(joints) == 10:  # the untouched joints are exactly the input's; the touched ones one 2 x 2 map
+            keep = [v for v in range(17) if v not in joints]
+            assert torch.equal(before[:, :, keep], after[:, :, keep])
+            mix = _matrices(before[None, :, :, joints], after[None, :, :, joints])[0]
+            assert mix.abs().max() <= 1.0 + 1e-9
+            torch.testing.assert_close(torch.einsum("ij,jtvm->itvm", mix, before[:, :, joints]),
+                                       after[:, :, joints], atol=1e-10, rtol=0)  # fmt: skip
+
+
+def test_two_dimensional_pretrain_view():
+    """The whole pretraining view on 2-D keypoints keeps (B, 2, T, V, M), with or without rotation."""
+    x = torch.randn((6, 2, 90, 17, 1), generator=torch.Generator().manual_seed(24))
+    num_frames = torch.tensor([90, 80, 70, 60, 50, 40])
+    for degrees in (0.0, 20.0):
+        view = pretrain_view(x, num_frames, rotate_degrees=degrees, generator=torch.Generator().manual_seed(25))
+        assert view.shape == (6, 2, 64, 17, 1) and torch.isfinite(view).all()
 
 
 def test_argument_validation():

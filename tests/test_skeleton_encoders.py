@@ -1,14 +1,14 @@
-"""Skeleton encoders: the whole-sequence paired GRU equals the released step-by-step formulation."""
+"""Skeleton encoders: the whole-sequence paired GRU equals the released step-by-step formulation; every encoder
+on every built-in layout, 3-D and 2-D; the ST-GCN graph from the layout's bones."""
 
 import math
 
 import pytest
 import torch
-from skeleton.data.layouts import KINECT_V1, KINECT_V2
+from skeleton.data.layouts import COCO17, KINECT_V1, KINECT_V2, OPENNI15, layout_from_dict
 from skeleton.models.encoders import (
     ENCODERS,
     EmbeddingNet,
-    PairedGRU,
     RecurrentEncoder,
     STGCNEncoder,
     TemporalConvEncoder,
@@ -17,6 +17,16 @@ from skeleton.models.encoders import (
     spatial_partitions,
 )
 from torch import nn
+
+
+@torch.no_grad()
+def _copy_bidirectional(encoder: RecurrentEncoder, gru: nn.GRU) -> None:
+    """Give the paired GRUs of ``encoder`` the weights of a bidirectional ``gru``: direction ``""`` of layer ``l``
+    to ``forward_grus[l]``, ``"_reverse"`` to ``reverse_grus[l]``."""
+    for layer, pair in enumerate(zip(encoder.rnn.forward_grus, encoder.rnn.reverse_grus)):
+        for suffix, target in zip(("", "_reverse"), pair):
+            for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
+                getattr(target, f"{name}_l0").copy_(getattr(gru, f"{name}_l{layer}{suffix}"))
 
 
 def released_step_by_step(encoder: RecurrentEncoder, gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
@@ -34,7 +44,7 @@ def test_paired_gru_equals_step_by_step_bidirectional_gru(num_layers):
     torch.manual_seed(0)
     encoder = RecurrentEncoder(hidden_size=24, num_layers=num_layers).double().eval()
     gru = nn.GRU(150, 24, num_layers, batch_first=True, bidirectional=True).double()
-    encoder.rnn.load_bidirectional(gru)
+    _copy_bidirectional(encoder, gru)
     x = torch.randn(5, 3, 17, 25, 2, dtype=torch.float64)
     torch.testing.assert_close(encoder(x), released_step_by_step(encoder, gru, x), rtol=1e-10, atol=1e-10)
 
@@ -43,17 +53,12 @@ def test_paired_gru_gradients_match_step_by_step():
     torch.manual_seed(1)
     encoder = RecurrentEncoder(hidden_size=8, num_layers=2).double().eval()
     gru = nn.GRU(150, 8, 2, batch_first=True, bidirectional=True).double()
-    encoder.rnn.load_bidirectional(gru)
+    _copy_bidirectional(encoder, gru)
     x = torch.randn(3, 3, 9, 25, 2, dtype=torch.float64)
     encoder(x).square().sum().backward()
     released_step_by_step(encoder, gru, x).square().sum().backward()
     torch.testing.assert_close(encoder.rnn.reverse_grus[1].weight_hh_l0.grad, gru.weight_hh_l1_reverse.grad)
     torch.testing.assert_close(encoder.rnn.forward_grus[0].weight_ih_l0.grad, gru.weight_ih_l0.grad)
-
-
-def test_load_bidirectional_rejects_mismatched_gru():
-    with pytest.raises(ValueError, match="bidirectional"):
-        PairedGRU(150, 8, 2).load_bidirectional(nn.GRU(150, 8, 2, bidirectional=False))
 
 
 def test_flatten_frames_feature_index():
@@ -74,31 +79,73 @@ def test_bidirectional_feature_is_final_state_of_each_direction():
     torch.testing.assert_close(encoder(x), expected)
 
 
-@pytest.mark.parametrize("joints, bodies", [(25, 2), (20, 1)])
+@pytest.mark.parametrize(
+    "layout, bodies, coords",
+    [(KINECT_V2, 2, 3), (KINECT_V1, 1, 3), (OPENNI15, 2, 3), (COCO17, 1, 2), (COCO17, 2, 2)],
+    ids=["kinect_v2-2x3d", "kinect_v1-1x3d", "openni15-2x3d", "coco17-1x2d", "coco17-2x2d"],
+)
 @pytest.mark.parametrize("name", ENCODERS)
-def test_encoders_shapes_and_gradients(name, joints, bodies):
+def test_encoders_shapes_and_gradients(name, layout, bodies, coords):
     torch.manual_seed(0)
     backbone = build_encoder(
-        name, num_joints=joints, num_bodies=bodies, hidden_size=16, num_layers=2, stgcn_width=8, tcn_width=8
-    )
+        name, layout=layout, num_bodies=bodies, num_coords=coords, hidden_size=16, num_layers=2, stgcn_width=8,
+        tcn_width=8,
+    )  # fmt: skip
     net = EmbeddingNet(backbone, embed_dim=12)
-    x = torch.randn(4, 3, 32, joints, bodies)
+    x = torch.randn(4, coords, 32, layout.num_joints, bodies, requires_grad=True)
     out = net(x)
     assert out.shape == (4, 12)
     assert backbone(x).shape == (4, backbone.feature_dim)
     out.sum().backward()
-    assert all(p.grad is not None for p in net.parameters())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in net.parameters())
+    assert x.grad.shape == x.shape and x.grad.abs().sum() > 0
+    with pytest.raises(RuntimeError):  # an input of the other C (or V, M) does not fit the input norm
+        net(torch.randn(4, 5 - coords, 32, layout.num_joints, bodies))
 
 
-def test_unknown_encoder_or_layout():
+def test_unknown_encoder_or_coordinates():
     with pytest.raises(ValueError, match="unknown encoder"):
         build_encoder("lstm")
-    with pytest.raises(ValueError, match="no skeleton layout has 18 joints"):
-        build_encoder("stgcn", num_joints=18)
+    for name in ENCODERS:
+        with pytest.raises(ValueError, match=r"num_coords must be one of \(2, 3\).*got 4"):
+            build_encoder(name, num_coords=4)
+
+
+def _bones(parents) -> set[frozenset[int]]:
+    return {frozenset((joint, parent)) for joint, parent in enumerate(parents) if joint != parent}
+
+
+@pytest.mark.parametrize("layout", [OPENNI15, COCO17], ids=lambda layout: layout.name)
+def test_stgcn_graph_comes_from_the_layout(layout):
+    encoder = STGCNEncoder(width=4, layout=layout, num_coords=2)
+    for block in encoder.blocks:
+        torch.testing.assert_close(block.adjacency, spatial_partitions(layout.parents, layout.graph_center))
+    support = encoder.blocks[0].adjacency.sum(dim=0) > 0
+    edges = {frozenset((i, j)) for i, j in support.nonzero().tolist() if i != j}
+    assert edges == _bones(layout.parents) and bool(support.diagonal().all())
+    # Partition 1 ("closer to the centre") of the centre is empty; every other joint has its parent-side hop.
+    hops = encoder.blocks[0].adjacency
+    assert hops[1, :, layout.graph_center].sum() == 0
+    assert all(hops[1, :, v].sum() > 0 for v in range(layout.num_joints) if v != layout.graph_center)
+
+
+def test_stgcn_graph_of_a_declared_layout():
+    """A layout read from its file form: the graph is its bones, centred where it says."""
+    layout = layout_from_dict(
+        {"joints": ["pelvis", "chest", "head", "left_hand", "right_hand"],
+         "parents": {"pelvis": None, "chest": "pelvis", "head": "chest", "left_hand": "chest", "right_hand": "chest"},
+         "center": "chest", "origin": "pelvis", "up": ["pelvis", "chest"], "across": ["left_hand", "right_hand"]}
+    )  # fmt: skip
+    encoder = build_encoder("stgcn", layout=layout, num_bodies=1, num_coords=2, stgcn_width=4)
+    support = encoder.blocks[0].adjacency.sum(dim=0) > 0
+    assert {frozenset((i, j)) for i, j in support.nonzero().tolist() if i != j} == {
+        frozenset((0, 1)), frozenset((1, 2)), frozenset((1, 3)), frozenset((1, 4))
+    }
+    assert encoder(torch.randn(3, 2, 16, 5, 1)).shape == (3, 16)
 
 
 def test_kinect_v1_graph_is_a_tree_rooted_at_the_shoulder_centre():
-    parts = spatial_partitions(KINECT_V1.bone_parents, KINECT_V1.graph_center)
+    parts = spatial_partitions(KINECT_V1.parents, KINECT_V1.graph_center)
     assert parts.shape == (3, 20, 20)
     support = (parts.sum(dim=0) > 0).int()
     assert torch.equal(support, support.T) and int(support.sum()) == 20 + 2 * 19
@@ -114,7 +161,7 @@ def test_kinect_v1_graph_is_a_tree_rooted_at_the_shoulder_centre():
 def test_temporal_conv_encoder_sees_velocities():
     """A sequence and the same sequence shifted by a constant offset differ only in positions: the encoder's
     input holds both positions and frame-to-frame velocities (0 for the first frame)."""
-    encoder = TemporalConvEncoder(width=4, num_joints=20, num_bodies=1)
+    encoder = TemporalConvEncoder(width=4, layout=KINECT_V1, num_bodies=1)
     seen = []
     encoder.input_norm.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
     x = torch.randn(2, 3, 10, 20, 1)
@@ -130,7 +177,7 @@ def test_temporal_conv_encoder_sees_velocities():
 
 def test_spatial_partitions_average_neighbours():
     center = KINECT_V2.index["spine_shoulder"]
-    parts = spatial_partitions(KINECT_V2.bone_parents, center)
+    parts = spatial_partitions(KINECT_V2.parents, center)
     assert parts.shape == (3, 25, 25)
     torch.testing.assert_close(parts.sum(dim=(0, 1)), torch.ones(25, dtype=torch.float32))
     # The centre has no neighbour closer to itself; its neighbours are all farther.

@@ -4,7 +4,7 @@ import math
 
 import numpy as np
 import pytest
-from skeleton.data.layouts import KINECT_V2
+from skeleton.data.layouts import KINECT_V1, KINECT_V2
 from skeleton.data.prenormalize import _pad_bodies, prenormalize, rotation_to
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
 
@@ -166,8 +166,10 @@ def test_input_untouched_and_dtype():
     out = prenormalize(data)
     assert out.dtype == np.float32 and out.shape == data.shape
     np.testing.assert_array_equal(data, before)
-    with pytest.raises(ValueError, match="shape"):
-        prenormalize(data[:, :2])
+    with pytest.raises(ValueError, match=r"C in \(2, 3\)"):
+        prenormalize(data[:, :1])
+    with pytest.raises(ValueError, match="25 joints, layout kinect_v1 20"):
+        prenormalize(data, KINECT_V1)
 
 
 def test_rotation_to_degenerate_cases():

@@ -1,10 +1,13 @@
-"""Batched skeleton augmentations and modalities (SPEC section 3.3), on whatever device the batch is on.
+"""Batched skeleton augmentations of the released recipe, on whatever device the batch is on.
 
 The released code applies these per sample in numpy inside DataLoader workers; here each transform acts on a
-whole batch ``x`` of shape (B, 3, T, V, M) at once, every sample with its own random draw. Passing a
-``torch.Generator`` (on the batch's device) makes the draws reproducible. Shear and joint corruption are both
-"a per-sample 3x3 matrix applied to some of the joints" (all of them for the shear, the chosen ones, with
-a zero or a random matrix, for the corruption), so they share one batched product and one masked select.
+whole batch ``x`` of shape (B, C, T, V, M) at once, every sample with its own random draw. Passing a
+``torch.Generator`` (on the batch's device) makes the draws reproducible. The transforms follow the data:
+C = 3 (x, y, z positions) or C = 2 (image keypoints), V the joints of its layout. Shear and joint corruption
+are both "a per-sample C x C matrix applied to some of the joints" (all of them for the shear, the chosen ones,
+with a zero or a random matrix, for the corruption), so they share one batched product and one masked select.
+The rotation turns 3-D data about each axis and 2-D data in its plane only (a 3-D rotation of 2-D keypoints
+would invent a depth they do not have).
 """
 
 from __future__ import annotations
@@ -12,9 +15,6 @@ from __future__ import annotations
 import torch
 from einops import rearrange
 
-from .layouts import layout_for
-
-MODALITIES = frozenset({"joint", "motion", "bone"})
 PRETRAIN_RATIO_RANGE = (0.1, 1.0)
 LINEAR_RATIO_RANGE = (0.5, 1.0)
 """Crop ratio range of the linear-evaluation training view."""
@@ -117,10 +117,10 @@ def temporal_crop_resize(
     *,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Random temporal crop of the valid frames, resized to ``out_frames`` (SPEC section 3.3, step 1).
+    """Random temporal crop of the valid frames, resized to ``out_frames`` (the released recipe's first step).
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio_range: crop ratio range; (0.1, 1) for pretraining, (0.5, 1) for linear-evaluation training.
         min_length: shortest crop (unless the sequence is shorter).
@@ -128,7 +128,7 @@ def temporal_crop_resize(
         generator: random source on ``x``'s device.
 
     Returns:
-        (B, 3, out_frames, V, M).
+        (B, C, out_frames, V, M).
     """
     num_frames = num_frames.to(x.device).clamp(max=x.shape[2])
     start, length = sample_crop_windows(num_frames, ratio_range, min_length, generator=generator)
@@ -141,23 +141,23 @@ def center_crop_resize(
     """Deterministic centred crop of the valid frames, resized to ``out_frames`` (evaluation view).
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         num_frames: (B,) valid frame counts (clamped to [1, T]).
         ratio: kept fraction of the valid frames.
         out_frames: output length.
 
     Returns:
-        (B, 3, out_frames, V, M).
+        (B, C, out_frames, V, M).
     """
     start, length = center_crop_windows(num_frames.to(x.device).clamp(max=x.shape[2]), ratio)
     return crop_resize(x, start, length, out_frames)
 
 
 def shear(x: torch.Tensor, *, magnitude: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """x' = S x per sample, S = identity plus off-diagonal entries U(-magnitude, magnitude).
+    """x' = S x per sample, S (C x C) = identity plus off-diagonal entries U(-magnitude, magnitude).
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         magnitude: bound of the shear coefficients.
         generator: random source on ``x``'s device.
 
@@ -170,13 +170,14 @@ def shear(x: torch.Tensor, *, magnitude: float = 1.0, generator: torch.Generator
 def joint_corruption(
     x: torch.Tensor, num_joints: int = 15, *, generator: torch.Generator | None = None
 ) -> torch.Tensor:
-    """Per sample, with p = 0.5 zero ``num_joints`` random distinct joints, else mix their xyz by a random matrix.
+    """Per sample, with p = 0.5 zero ``num_joints`` random distinct joints, else mix their coordinates by a random
+    matrix.
 
-    The zeroing or mixing applies to every frame and both bodies; the mixing matrix (3x3, entries U(-1, 1))
+    The zeroing or mixing applies to every frame and every body; the mixing matrix (C x C, entries U(-1, 1))
     is drawn once per sample.
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         num_joints: joints affected per sample.
         generator: random source on ``x``'s device.
 
@@ -197,10 +198,10 @@ def shear_or_corrupt(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per sample, with p = ``corrupt_prob`` joint corruption (:func:`corrupted_joints` of the V joints: 15 of
-    Kinect v2's 25) else shear (SPEC section 3.3, step 2: p = 0.5, magnitude 1).
+    Kinect v2's 25) else shear (the released recipe's second step: p = 0.5, magnitude 1).
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         shear_magnitude: bound of the shear coefficients.
         corrupt_prob: probability of corruption instead of shear.
         generator: random source on ``x``'s device.
@@ -216,24 +217,32 @@ def shear_or_corrupt(
 
 
 def random_rotation(x: torch.Tensor, max_degrees: float, *, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rotate each sample about the x, then y, then z axis by angles drawn from U(-max_degrees, max_degrees).
+    """Rotate each sample by angles drawn from U(-max_degrees, max_degrees): 3-D data about the x, then y, then z
+    axis; 2-D data in its plane (one angle).
 
     Args:
-        x: (B, 3, T, V, M).
-        max_degrees: bound of each of the three angles.
+        x: (B, C, T, V, M), C = 3 or 2.
+        max_degrees: bound of each angle.
         generator: random source on ``x``'s device.
 
     Returns:
         Tensor like ``x``.
+
+    Raises:
+        ValueError: if C is neither 2 nor 3.
     """
+    channels = x.shape[1]
+    if channels not in (2, 3):
+        raise ValueError(f"x must have 2 or 3 coordinates on dim 1, got shape {tuple(x.shape)}")
+    # The coordinate planes turned, in order: (y, z), (x, z), (x, y) for 3-D (R = Rz Ry Rx); (x, y) for 2-D.
+    planes = ((1, 2), (0, 2), (0, 1)) if channels == 3 else ((0, 1),)
     precise = torch.promote_types(x.dtype, torch.float32)  # no bfloat16 trigonometry
-    draws = torch.rand((len(x), 3), generator=generator, device=x.device).to(precise)
+    draws = torch.rand((len(x), len(planes)), generator=generator, device=x.device).to(precise)
     angles = torch.deg2rad((2 * draws - 1) * max_degrees)
     cos, sin = angles.cos(), angles.sin()
-    rotation = torch.eye(3, device=x.device, dtype=precise).expand(len(x), 3, 3)
-    for axis in range(3):  # about x, then y, then z: R = Rz Ry Rx
-        i, j = [a for a in range(3) if a != axis]
-        turn = torch.eye(3, device=x.device, dtype=precise).repeat(len(x), 1, 1)
+    rotation = torch.eye(channels, device=x.device, dtype=precise).expand(len(x), channels, channels)
+    for axis, (i, j) in enumerate(planes):
+        turn = torch.eye(channels, device=x.device, dtype=precise).repeat(len(x), 1, 1)
         turn[:, i, i], turn[:, i, j] = cos[:, axis], -sin[:, axis]
         turn[:, j, i], turn[:, j, j] = sin[:, axis], cos[:, axis]
         rotation = turn @ rotation
@@ -254,66 +263,25 @@ def pretrain_view(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """One augmented view for contrastive pretraining: random crop-resize, then shear or corruption, then an
-    optional random rotation. The defaults are the released recipe (SPEC section 3.3).
+    optional random rotation (in the plane for 2-D data). The defaults are the released recipe.
 
     Args:
-        x: (B, 3, T, V, M).
+        x: (B, C, T, V, M).
         num_frames: (B,) valid frame counts.
         out_frames: frames of the view.
         crop_min_ratio: crops keep a fraction U(crop_min_ratio, 1) of the valid frames...
         crop_min_frames: ...but at least this many (all of them when fewer are valid).
         shear: bound of the shear coefficients.
         corrupt_prob: probability of joint corruption instead of shear.
-        rotate_degrees: bound of the rotation angles about each axis (0: no rotation, no draws).
+        rotate_degrees: bound of the rotation angles (0: no rotation, no draws).
         generator: random source on ``x``'s device.
 
     Returns:
-        (B, 3, out_frames, V, M).
+        (B, C, out_frames, V, M).
     """
     view = temporal_crop_resize(x, num_frames, (crop_min_ratio, 1.0), crop_min_frames, out_frames, generator=generator)
     view = shear_or_corrupt(view, shear_magnitude=shear, corrupt_prob=corrupt_prob, generator=generator)
     return random_rotation(view, rotate_degrees, generator=generator) if rotate_degrees > 0 else view
-
-
-def to_motion(x: torch.Tensor) -> torch.Tensor:
-    """Motion modality: x[t + 1] - x[t] along the frame axis (dim -3); the last frame is 0.
-
-    Args:
-        x: (..., 3, T, V, M).
-
-    Returns:
-        Tensor like ``x``.
-    """
-    motion = torch.zeros_like(x)
-    motion[..., :-1, :, :] = x[..., 1:, :, :] - x[..., :-1, :, :]
-    return motion
-
-
-def to_bone(x: torch.Tensor) -> torch.Tensor:
-    """Bone modality: x[v] - x[parent(v)] over the joint axis (dim -2), with the reference's pairs.
-
-    Args:
-        x: (..., 3, T, V, M), V the joints of a known layout.
-
-    Returns:
-        Tensor like ``x``.
-    """
-    return x - x[..., layout_for(x.shape[-2]).bone_parents.tolist(), :]
-
-
-def to_modality(x: torch.Tensor, name: str) -> torch.Tensor:
-    """Convert joint coordinates to the ``"joint"``, ``"motion"`` or ``"bone"`` modality.
-
-    Raises:
-        ValueError: for an unknown modality.
-    """
-    if name not in MODALITIES:
-        raise ValueError(f"unknown modality {name!r}; expected one of {sorted(MODALITIES)}")
-    if name == "motion":
-        return to_motion(x)
-    if name == "bone":
-        return to_bone(x)
-    return x
 
 
 def corrupted_joints(num_joints: int) -> int:
@@ -322,16 +290,17 @@ def corrupted_joints(num_joints: int) -> int:
 
 
 def _shear_matrices(x: torch.Tensor, magnitude: float, generator: torch.Generator | None) -> torch.Tensor:
-    """(B, 3, 3) shear matrices: ones on the diagonal, U(-magnitude, magnitude) elsewhere."""
-    eye = torch.eye(3, device=x.device, dtype=x.dtype)
-    coefficients = torch.rand((len(x), 3, 3), generator=generator, device=x.device).to(x.dtype)
+    """(B, C, C) shear matrices: ones on the diagonal, U(-magnitude, magnitude) elsewhere."""
+    channels = x.shape[1]
+    eye = torch.eye(channels, device=x.device, dtype=x.dtype)
+    coefficients = torch.rand((len(x), channels, channels), generator=generator, device=x.device).to(x.dtype)
     return eye + (2 * coefficients - 1) * magnitude * (1 - eye)
 
 
 def _corruption(
     x: torch.Tensor, num_joints: int, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Joint corruption draws: (B, 3, 3) matrices (zero, or entries U(-1, 1)) and the (B, V) chosen joints."""
+    """Joint corruption draws: (B, C, C) matrices (zero, or entries U(-1, 1)) and the (B, V) chosen joints."""
     joints = x.shape[3]
     if not 0 <= num_joints <= joints:
         raise ValueError(f"num_joints must be in [0, {joints}], got {num_joints}")
@@ -339,7 +308,8 @@ def _corruption(
     zero = torch.rand(batch, generator=generator, device=x.device) < 0.5
     # The first num_joints of a uniformly random permutation are a uniform subset of distinct joints.
     ranks = torch.rand((batch, joints), generator=generator, device=x.device).argsort(dim=1).argsort(dim=1)
-    mix = (2 * torch.rand((batch, 3, 3), generator=generator, device=x.device) - 1).to(x.dtype)
+    channels = x.shape[1]
+    mix = (2 * torch.rand((batch, channels, channels), generator=generator, device=x.device) - 1).to(x.dtype)
     return mix.masked_fill(zero[:, None, None], 0.0), ranks < num_joints
 
 
@@ -347,8 +317,8 @@ def _transform_joints(x: torch.Tensor, matrices: torch.Tensor, joints: torch.Ten
     """x' = matrices[b] @ x[b] on the selected joints of each sample (all if ``joints`` is None), x elsewhere.
 
     Args:
-        x: (B, 3, T, V, M).
-        matrices: (B, 3, 3).
+        x: (B, C, T, V, M).
+        matrices: (B, C, C).
         joints: (B, V) bool, or None.
     """
     batch, channels, frames, num_joints, bodies = x.shape

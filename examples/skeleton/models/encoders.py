@@ -1,15 +1,17 @@
 """Skeleton sequence encoders: the released recurrent encoder, a true bidirectional GRU, ST-GCN and a temporal
 convolution network.
 
-Every encoder maps a batch of skeleton sequences ``(N, 3, T, V, M)`` (coordinates, frames, joints, bodies) to
-a feature vector ``(N, feature_dim)``; V and M are given at construction (25 and 2 for NTU RGB+D, 20 and 1
-for NW-UCLA). The projection head of contrastive pretraining sits on top (:class:`EmbeddingNet`); evaluation
-uses the features before it (SPEC section 4).
+Every encoder maps a batch of skeleton sequences ``(N, C, T, V, M)`` (coordinates, frames, joints, bodies) to
+a feature vector ``(N, feature_dim)``. The skeleton layout (V joints, and the bones of the ST-GCN graph), C (3
+for positions, 2 for image keypoints) and M are given at construction: Kinect v2, 3, 2 for NTU RGB+D; Kinect v1,
+3, 1 for NW-UCLA; COCO-17, 2, 1 for a video pose estimator's keypoints. The projection head of contrastive
+pretraining sits on top (:class:`EmbeddingNet`); evaluation uses the features before it.
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from typing import Optional
 
 import numpy as np
@@ -17,12 +19,13 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from skeleton.data.benchmarks import NUM_BODIES, NUM_JOINTS
-from skeleton.data.layouts import NUM_COORDS, layout_for
+from ..data.layouts import COORDINATE_COUNTS, KINECT_V2, SkeletonLayout
 
 ENCODERS = ("gru", "bigru", "stgcn", "tcn")
 """``gru``: the released encoder (pairs of forward GRUs); ``bigru``: a true bidirectional GRU; ``stgcn``;
 ``tcn``: temporal convolutions over all joints' positions and velocities."""
+DEFAULT_BODIES = 2
+"""M of the default input (NTU RGB+D's two bodies)."""
 WEIGHT_INITS = ("released", "pytorch")
 """Initial weights of :class:`EmbeddingNet`: ``released`` (see :func:`released_init_`) or PyTorch's defaults."""
 
@@ -38,7 +41,7 @@ class PairedGRU(nn.Module):
     The released encoder declares ``nn.GRU(bidirectional=True)`` but feeds it one frame at a time with the
     carried hidden state. With a sequence of length one, the "reverse" direction is just a second forward
     GRU with its own weights, so per layer the released model computes two forward GRUs over the frames and
-    concatenates their outputs (SPEC section 3.2). Here each of them runs over the whole sequence in one
+    concatenates their outputs. Here each of them runs over the whole sequence in one
     ``nn.GRU`` call, which lets cuDNN / the CPU kernels batch the input projections of all frames.
 
     Args:
@@ -63,25 +66,9 @@ class PairedGRU(nn.Module):
             x = torch.cat([forward_gru(x)[0], reverse_gru(x)[0]], dim=-1)
         return x
 
-    @torch.no_grad()
-    def load_bidirectional(self, gru: nn.GRU) -> None:
-        """Copy the weights of a ``nn.GRU(bidirectional=True)`` (e.g. from a released checkpoint).
-
-        Direction ``""`` of layer ``l`` becomes ``forward_grus[l]``, direction ``"_reverse"`` ``reverse_grus[l]``.
-        """
-        if not gru.bidirectional or gru.num_layers != len(self.forward_grus) or gru.hidden_size != self.hidden_size:
-            raise ValueError(
-                f"expected a bidirectional nn.GRU with {len(self.forward_grus)} layers of {self.hidden_size} units, "
-                f"got {gru}"
-            )
-        for layer, pair in enumerate(zip(self.forward_grus, self.reverse_grus)):
-            for suffix, target in zip(("", "_reverse"), pair):
-                for name in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"):
-                    getattr(target, f"{name}_l0").copy_(getattr(gru, f"{name}_l{layer}{suffix}"))
-
 
 class RecurrentEncoder(nn.Module):
-    """BatchNorm over the V·3·M per-frame features (150 for NTU), then a 3-layer GRU; the feature summarizes
+    """BatchNorm over the V·C·M per-frame features (150 for NTU), then a 3-layer GRU; the feature summarizes
     the sequence.
 
     ``bidirectional=False`` is the released HaLP/CMD encoder (:class:`PairedGRU`, feature = output at the
@@ -93,8 +80,12 @@ class RecurrentEncoder(nn.Module):
         hidden_size: hidden units per direction (released: 1024).
         num_layers: stacked layers (released: 3).
         bidirectional: use a true bidirectional GRU instead of the released pairs of forward GRUs.
-        num_joints: V.
+        layout: the skeleton layout (V joints).
         num_bodies: M.
+        num_coords: C, 3 or 2.
+
+    Raises:
+        ValueError: if ``num_coords`` is neither 2 nor 3.
     """
 
     def __init__(
@@ -102,13 +93,14 @@ class RecurrentEncoder(nn.Module):
         hidden_size: int = 1024,
         num_layers: int = 3,
         bidirectional: bool = False,
-        num_joints: int = NUM_JOINTS,
-        num_bodies: int = NUM_BODIES,
+        layout: SkeletonLayout = KINECT_V2,
+        num_bodies: int = DEFAULT_BODIES,
+        num_coords: int = 3,
     ) -> None:
         super().__init__()
         self.bidirectional = bidirectional
         self.feature_dim = 2 * hidden_size
-        frame_features = num_joints * NUM_COORDS * num_bodies
+        frame_features = layout.num_joints * _checked_coords(num_coords) * num_bodies
         self.input_norm = nn.BatchNorm1d(frame_features)
         self.rnn: nn.Module
         if bidirectional:
@@ -117,7 +109,7 @@ class RecurrentEncoder(nn.Module):
             self.rnn = PairedGRU(frame_features, hidden_size, num_layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, V, M) -> (N, 2 * hidden_size)."""
+        """(N, C, T, V, M) -> (N, 2 * hidden_size)."""
         frames = flatten_frames(x)
         frames = self.input_norm(frames.transpose(1, 2)).transpose(1, 2).contiguous()
         if self.bidirectional:
@@ -126,7 +118,15 @@ class RecurrentEncoder(nn.Module):
         return self.rnn(frames)[:, -1]
 
 
-def spatial_partitions(parents: np.ndarray, center: int) -> Tensor:
+def _checked_coords(num_coords: int) -> int:
+    if num_coords not in COORDINATE_COUNTS:
+        raise ValueError(
+            f"num_coords must be one of {COORDINATE_COUNTS} (image keypoints or 3-D positions), got {num_coords}"
+        )
+    return num_coords
+
+
+def spatial_partitions(parents: Sequence[int], center: int) -> Tensor:
     """The three normalized adjacency partitions of ST-GCN's "spatial" strategy, shape (3, V, V).
 
     Entry ``[k, i, j]`` weighs joint ``i``'s features into joint ``j``. Neighbours of ``j`` (itself included)
@@ -223,22 +223,26 @@ class STGCNEncoder(nn.Module):
     """ST-GCN (Yan et al., 2018) as used by SkeletonCLR / AimCLR, with a configurable width.
 
     Ten blocks of widths ``w, w, w, w, 2w, 2w, 2w, 4w, 4w, 4w`` (temporal stride 2 entering ``2w`` and ``4w``)
-    on the skeleton graph of the layout (Kinect v2 or v1); each body is encoded separately, features are
-    averaged over frames, joints and bodies. ``width=64`` is the original ST-GCN; SkeletonCLR / AimCLR use a
+    on the graph of the layout's bones, partitioned by hop distance from its graph centre; each body is encoded
+    separately, features are averaged over frames, joints and bodies. ``width=64`` is the original ST-GCN; SkeletonCLR / AimCLR use a
     quarter of it (``width=16``).
 
     Args:
         width: channels of the first blocks; the feature is ``4 * width`` wide.
-        num_joints: V, which selects the graph (:func:`~skeleton.data.layouts.layout_for`).
+        layout: the skeleton layout: V joints, the bones and graph centre of the graph.
+        num_coords: C, 3 or 2.
+
+    Raises:
+        ValueError: if ``num_coords`` is neither 2 nor 3.
     """
 
-    def __init__(self, width: int = 64, num_joints: int = NUM_JOINTS) -> None:
+    def __init__(self, width: int = 64, layout: SkeletonLayout = KINECT_V2, num_coords: int = 3) -> None:
         super().__init__()
         self.feature_dim = 4 * width
-        layout = layout_for(num_joints)
-        adjacency = spatial_partitions(layout.bone_parents, center=layout.graph_center)
-        self.input_norm = nn.BatchNorm1d(NUM_COORDS * num_joints)
-        plan = [(NUM_COORDS, width, 1, False)] + [(width, width, 1, True)] * 3
+        channels = _checked_coords(num_coords)
+        adjacency = spatial_partitions(layout.parents, center=layout.graph_center)
+        self.input_norm = nn.BatchNorm1d(channels * layout.num_joints)
+        plan = [(channels, width, 1, False)] + [(width, width, 1, True)] * 3
         plan += [(width, 2 * width, 2, True)] + [(2 * width, 2 * width, 1, True)] * 2
         plan += [(2 * width, 4 * width, 2, True)] + [(4 * width, 4 * width, 1, True)] * 2
         self.blocks = nn.Sequential(
@@ -246,7 +250,7 @@ class STGCNEncoder(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, V, M) -> (N, 4 * width)."""
+        """(N, C, T, V, M) -> (N, 4 * width)."""
         n, c, t, v, m = x.shape
         bodies = x.permute(0, 4, 3, 1, 2).reshape(n * m, v * c, t)  # one sequence per body
         bodies = self.input_norm(bodies).view(n * m, v, c, t).permute(0, 2, 3, 1)
@@ -257,8 +261,8 @@ class STGCNEncoder(nn.Module):
 class TemporalConvEncoder(nn.Module):
     """Temporal convolutions over the positions and velocities of all joints of all bodies.
 
-    Per frame, the V·3·M coordinates and their frame-to-frame differences (velocity; 0 at the first frame) form
-    2·V·3·M channels, normalized by a BatchNorm; three 1-D convolutions of kernel 5 over time (widths ``w``,
+    Per frame, the V·C·M coordinates and their frame-to-frame differences (velocity; 0 at the first frame) form
+    2·V·C·M channels, normalized by a BatchNorm; three 1-D convolutions of kernel 5 over time (widths ``w``,
     ``w``, ``2w``, the last two with stride 2), each followed by BatchNorm and ReLU, then the average and the
     maximum over frames, concatenated. Seeing every joint at every layer, it picks up whole-body coordination
     that a graph's local neighbourhoods need many layers for, at a fraction of ST-GCN's cost: the encoder of
@@ -266,14 +270,24 @@ class TemporalConvEncoder(nn.Module):
 
     Args:
         width: channels of the first layers; the feature is ``4 * width`` wide.
-        num_joints: V.
+        layout: the skeleton layout (V joints).
         num_bodies: M.
+        num_coords: C, 3 or 2.
+
+    Raises:
+        ValueError: if ``num_coords`` is neither 2 nor 3.
     """
 
-    def __init__(self, width: int = 128, num_joints: int = NUM_JOINTS, num_bodies: int = NUM_BODIES) -> None:
+    def __init__(
+        self,
+        width: int = 128,
+        layout: SkeletonLayout = KINECT_V2,
+        num_bodies: int = DEFAULT_BODIES,
+        num_coords: int = 3,
+    ) -> None:
         super().__init__()
         self.feature_dim = 4 * width
-        channels = 2 * num_joints * NUM_COORDS * num_bodies
+        channels = 2 * layout.num_joints * _checked_coords(num_coords) * num_bodies
         self.input_norm = nn.BatchNorm1d(channels)
         layers: list[nn.Module] = []
         for cin, cout, stride in ((channels, width, 1), (width, width, 2), (width, 2 * width, 2)):
@@ -281,7 +295,7 @@ class TemporalConvEncoder(nn.Module):
         self.layers = nn.Sequential(*layers)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, V, M) -> (N, 4 * width)."""
+        """(N, C, T, V, M) -> (N, 4 * width)."""
         positions = rearrange(x, "n c t v m -> n (v c m) t")
         velocities = torch.diff(positions, dim=2, prepend=positions[:, :, :1])
         hidden = self.layers(self.input_norm(torch.cat([positions, velocities], dim=1)))
@@ -291,27 +305,43 @@ class TemporalConvEncoder(nn.Module):
 def build_encoder(
     name: str,
     *,
-    num_joints: int = NUM_JOINTS,
-    num_bodies: int = NUM_BODIES,
+    layout: SkeletonLayout = KINECT_V2,
+    num_bodies: int = DEFAULT_BODIES,
+    num_coords: int = 3,
     hidden_size: int = 1024,
     num_layers: int = 3,
     stgcn_width: int = 64,
     tcn_width: int = 128,
 ) -> nn.Module:
-    """Build an encoder by name (see :data:`ENCODERS`) for inputs of V joints and M bodies; it exposes
-    ``feature_dim``.
+    """Build an encoder by name (see :data:`ENCODERS`) for inputs (N, C, T, V, M); it exposes ``feature_dim``.
+
+    Args:
+        name: one of :data:`ENCODERS`.
+        layout: the skeleton layout of the data: V, and the graph of ``stgcn``.
+        num_bodies: M.
+        num_coords: C: 3 (positions) or 2 (image keypoints).
+        hidden_size: GRU units per direction (``gru``, ``bigru``).
+        num_layers: GRU layers (``gru``, ``bigru``).
+        stgcn_width: first width of ``stgcn``.
+        tcn_width: first width of ``tcn``.
 
     Raises:
-        ValueError: for an unknown name, or a joint count without a skeleton layout (``stgcn``).
+        ValueError: for an unknown name, or ``num_coords`` neither 2 nor 3.
+
+    Example:
+        >>> from skeleton.data.layouts import COCO17
+        >>> encoder = build_encoder("stgcn", layout=COCO17, num_bodies=1, num_coords=2, stgcn_width=8)
+        >>> encoder(torch.zeros(4, 2, 16, 17, 1)).shape
+        torch.Size([4, 32])
     """
     if name == "gru":
-        return RecurrentEncoder(hidden_size, num_layers, False, num_joints, num_bodies)
+        return RecurrentEncoder(hidden_size, num_layers, False, layout, num_bodies, num_coords)
     if name == "bigru":
-        return RecurrentEncoder(hidden_size, num_layers, True, num_joints, num_bodies)
+        return RecurrentEncoder(hidden_size, num_layers, True, layout, num_bodies, num_coords)
     if name == "stgcn":
-        return STGCNEncoder(stgcn_width, num_joints)
+        return STGCNEncoder(stgcn_width, layout, num_coords)
     if name == "tcn":
-        return TemporalConvEncoder(tcn_width, num_joints, num_bodies)
+        return TemporalConvEncoder(tcn_width, layout, num_bodies, num_coords)
     raise ValueError(f"unknown encoder {name!r}; expected one of {ENCODERS}")
 
 
@@ -340,7 +370,7 @@ class EmbeddingNet(nn.Module):
             released_init_(self)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(N, 3, T, V, M) -> (N, embed_dim), not normalized (the loss normalizes)."""
+        """(N, C, T, V, M) -> (N, embed_dim), not normalized (the loss normalizes)."""
         return self.head(self.backbone(x))
 
 
