@@ -1,8 +1,10 @@
-"""Valid ranges of the numeric settings, checked when a flag is parsed.
+"""Valid ranges of the pipeline's numeric settings, checked when a flag is parsed.
 
-A value out of range is an argparse error that names the flag (``argument --batch-size: expected an integer >= 1,
-got '0'``), where it used to end in a ZeroDivisionError deep in the sampler or a NaN loss. The ranges are keyed by
-the setting's name, which means the same in every section (``epochs`` of pretraining and of the linear probe).
+A value out of range is an argparse error that names the flag (``argument --pretrain-batch-size: expected an integer
+>= 1, got '0'``), where it used to end in a ZeroDivisionError deep in the sampler or a NaN loss. The ranges are keyed
+by the setting's name, which means the same in every section (``epochs`` of pretraining and of the linear probe).
+The loss's settings are not here: :class:`halp_loss.HaLPInfoNCE` validates its own arguments, and the pipeline
+builds the criterion before any work to report them (``skeleton.commands``).
 """
 
 from __future__ import annotations
@@ -53,20 +55,14 @@ SETTING_BOUNDS: dict[str, Bounds] = {
     # pretraining and the classifier protocols
     "epochs": AT_LEAST_ONE,
     "halp_start_epoch": NON_NEGATIVE,
+    "steps": AT_LEAST_ONE,
+    "memory_bank_size": AT_LEAST_ONE,
     "batch_size": AT_LEAST_ONE,
     "lr": POSITIVE,
     "momentum": UNIT,
     "weight_decay": NON_NEGATIVE,
     "lr_milestones": NON_NEGATIVE,
-    "queue_size": AT_LEAST_ONE,
     "key_momentum": UNIT,
-    "temperature": Bounds(1e-6),  # as HaLPInfoNCE requires
-    "halp_weight": NON_NEGATIVE,
-    "num_prototypes": AT_LEAST_ONE,
-    "num_positives": AT_LEAST_ONE,
-    "lam": UNIT,
-    "prototype_window": AT_LEAST_ONE,
-    "prototype_every": AT_LEAST_ONE,
     "knn_every": NON_NEGATIVE,
     "save_every": NON_NEGATIVE,
     "eval_every": AT_LEAST_ONE,
@@ -89,12 +85,15 @@ SETTING_BOUNDS: dict[str, Bounds] = {
 """Valid values of each numeric setting, by name."""
 
 
-def bounded(kind: Callable[[str], Number], name: str) -> Callable[[str], Number]:
+def bounded(
+    kind: Callable[[str], Number], name: str, allow: tuple[str, ...] = ()
+) -> Callable[[str], Union[Number, str]]:
     """An argparse ``type`` that parses a finite ``kind`` (``int`` or ``float``) within ``SETTING_BOUNDS[name]``.
 
     Args:
         kind: ``int`` or ``float``.
         name: the setting, a key of :data:`SETTING_BOUNDS` (a name without bounds is only checked to be finite).
+        allow: words accepted as they are besides numbers (``("auto",)``).
 
     Returns:
         The parsing function; it raises ``argparse.ArgumentTypeError``, which argparse reports as
@@ -102,8 +101,11 @@ def bounded(kind: Callable[[str], Number], name: str) -> Callable[[str], Number]
     """
     bounds = SETTING_BOUNDS.get(name)
     expected = f"{'an integer' if kind is int else 'a finite number'}{f' {bounds.describe()}' if bounds else ''}"
+    expected += "".join(f" or {word!r}" for word in allow)
 
-    def parse(text: str) -> Number:
+    def parse(text: str) -> Union[Number, str]:
+        if text in allow:
+            return text
         try:
             value = kind(text)
         except ValueError:

@@ -1,14 +1,17 @@
-"""The commands of ``examples/skeleton_moco.py``: each resolves its configuration, runs one protocol (or the
-whole pipeline) and writes its outputs into the run folder.
+"""The commands of ``examples/skeleton_moco.py``: each resolves its configuration, checks its inputs before any work,
+prints one banner, runs one protocol (or the whole pipeline) and writes its outputs into the run folder.
 
 Run folder (``--out``, default a new folder under ``runs/``): ``config.json``, ``checkpoints/``,
 ``pretrain_log.csv``, ``linear_log.csv`` (and ``semi_log.csv``, ``transfer_log.csv``), ``metrics.json``
-(accuracies as fractions in [0, 1], per-epoch histories) and ``summary.png``.
+(accuracies as fractions in [0, 1], per-epoch histories) and ``summary.png``. A folder belongs to one run: pretraining
+refuses a folder that holds a run already (unless ``--resume``), an evaluation refuses a folder whose metrics come from
+another checkpoint, and a lock keeps two processes from writing into one folder at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -19,39 +22,168 @@ import numpy as np
 import torch
 from torch import nn
 
-from skeleton.config import (
+from .config import (
     ClassifierConfig,
     RunConfig,
-    check_input_layout,
-    from_dict,
-    load_split,
-    resolve_config,
-    save_config,
+    apply_flags,
+    explicit_settings,
+    fit_to_dataset,
+    flag_name,
+    load_recipe,
+    recipe_path,
 )
-from skeleton.data.datasets import SkeletonDataset
-from skeleton.training import distributed
-from skeleton.training.checkpoint import build_embedding_net, encoder_from_checkpoint, load_checkpoint
-from skeleton.training.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
-from skeleton.training.loop import Precision
-from skeleton.training.plots import plot_run
-from skeleton.training.pretrain import Pretraining
-from skeleton.training.runlog import results_table, update_metrics, write_csv
+from .data.datasets import SkeletonDataset, load_dataset
+from .data.registry import dataset_spec
+from .data.synthetic import SyntheticConfig
+from .fileio import InputError
+from .training import distributed
+from .training.checkpoint import InputSpec, build_embedding_net, encoder_from_checkpoint, load_checkpoint
+from .training.estimate import estimate_seconds, format_duration
+from .training.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
+from .training.loop import Precision
+from .training.pretrain import Pretraining
+from .training.runlog import plot_run, results_table, update_metrics, write_csv
 
 METRICS_FILE = "metrics.json"
 PLOT_FILE = "summary.png"
+LOCK_FILE = ".lock"
 
 
-def _run_dir(out: Optional[str], command: str, dataset: str) -> Path:
-    """``--out`` or a new ``runs/<time>-<command>-<dataset>`` folder, the same on every rank."""
-    name = out or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{dataset}")
-    path = Path(distributed.gather_objects(name)[0])
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+class UsageError(ValueError):
+    """A command line that cannot run: a missing or conflicting option. ``skeleton_moco.py`` prints it as one line
+    and exits with 2."""
+
+
+# -- configuration -------------------------------------------------------------------------------------------
+
+
+def recipe_config(args: argparse.Namespace, dataset: Optional[str] = None) -> RunConfig:
+    """The recipe the command line names, with its flags applied.
+
+    ``--config FILE`` reads that file; otherwise ``--recipe`` (default: the dataset's, ``released`` for NTU RGB+D
+    and PKU-MMD, ``small`` for everything else) picks ``configs/<family>/<recipe>.yaml``. ``--dataset`` replaces the
+    file's dataset.
+    """
+    name = dataset or args.dataset
+    if args.config:
+        cfg = load_recipe(Path(args.config), name)
+    else:
+        name = name or "synthetic"
+        spec = dataset_spec(name)
+        cfg = load_recipe(recipe_path(args.recipe or spec.default_recipe, spec.family), name)
+    return apply_flags(cfg, args)
+
+
+def check_data_arguments(cfg: RunConfig) -> None:
+    """Refuse a dataset that needs a folder without one, before any work."""
+    spec = dataset_spec(cfg.dataset)
+    if spec.family != "synthetic" and cfg.data_root is None:
+        where = "the folder holding the split files" if spec.family == "custom" else f"the output of `prepare`"
+        raise UsageError(f"--dataset {cfg.dataset} needs --data-root DIR ({where})")
+
+
+def load_splits(cfg: RunConfig, *, val: bool = True) -> tuple[SkeletonDataset, Optional[SkeletonDataset]]:
+    """The run's training split and (with ``val``) its validation split."""
+    synthetic = SyntheticConfig(**cfg.synthetic) if dataset_spec(cfg.dataset).family == "synthetic" else None
+
+    def split(name: str) -> SkeletonDataset:
+        return load_dataset(cfg.dataset, name, cfg.data_root, synthetic=synthetic, layout=cfg.layout)
+
+    return split("train"), split("val") if val else None
 
 
 def _set_threads(cfg: RunConfig) -> None:
     if cfg.threads is not None:
         torch.set_num_threads(cfg.threads)
+
+
+# -- run folders ---------------------------------------------------------------------------------------------
+
+
+def run_dir(out: Optional[str], command: str, dataset: str) -> Path:
+    """``--out`` or a new ``runs/<time>-<command>-<dataset>`` folder, the same on every rank.
+
+    Raises:
+        UsageError: if ``--out`` is a file.
+    """
+    name = out or os.path.join("runs", f"{time.strftime('%Y%m%d-%H%M%S')}-{command}-{dataset}")
+    path = Path(distributed.gather_objects(name)[0])
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {path} is a file; expected a run folder (created if missing)")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def check_fresh_run_folder(out: Path) -> None:
+    """Refuse to start a new pretraining in a folder that holds a run already (its outputs would mix)."""
+    held = [name for name in ("config.json", "checkpoints/last.pt", METRICS_FILE) if (out / name).exists()]
+    if held:
+        raise UsageError(
+            f"--out {out} holds a run already ({', '.join(held)}); continue it with --resume "
+            f"{out / 'checkpoints' / 'last.pt'}, or give another --out"
+        )
+
+
+def check_evaluation_folder(out: Path, checkpoint: Path) -> None:
+    """Refuse an evaluation into a folder whose metrics come from another checkpoint's run."""
+    metrics = out / METRICS_FILE
+    if not metrics.is_file():
+        return
+    try:
+        owner = json.loads(metrics.read_text(encoding="utf-8")).get("checkpoint")
+    except (ValueError, AttributeError):
+        return  # an unreadable metrics.json is moved aside when it is next written
+    if owner is not None and Path(owner).resolve() != checkpoint.resolve():
+        raise UsageError(
+            f"--out {out} holds the results of another run ({owner}); evaluate {checkpoint} into its own folder"
+        )
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of a command (``<out>/.lock`` holding the process id).
+
+    A lock left by a process that no longer exists is taken over.
+
+    Raises:
+        UsageError: on entering, if a live process holds the folder.
+    """
+
+    def __init__(self, out: Path) -> None:
+        self.path = out / LOCK_FILE
+        self.held = False
+
+    def __enter__(self) -> RunLock:
+        for _ in range(2):
+            try:
+                descriptor = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if _alive(self.path):
+                    raise UsageError(
+                        f"--out {self.path.parent} is in use by another run (process {self.path.read_text().strip()}); "
+                        "wait for it or give another --out"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(str(os.getpid()))
+            self.held = True
+            return self
+        raise UsageError(f"--out {self.path.parent}: cannot take its lock {self.path}")
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+
+
+def _alive(lock: Path) -> bool:
+    try:
+        pid = int(lock.read_text().strip())
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError, FileNotFoundError):
+        return False
+    except PermissionError:  # a process of another user
+        return True
+    return True
 
 
 def _record(out: Path, **entries: Any) -> dict[str, Any]:
@@ -61,57 +193,136 @@ def _record(out: Path, **entries: Any) -> dict[str, Any]:
     return metrics
 
 
-# -- pretraining ------------------------------------------------------------------------------------------
+# -- the banner ----------------------------------------------------------------------------------------------
+
+
+def print_banner(
+    command: str,
+    cfg: RunConfig,
+    out: Path,
+    train_set: SkeletonDataset,
+    val_set: Optional[SkeletonDataset],
+    seconds: Optional[float],
+) -> None:
+    """The one banner every run starts with: what it reads, what it runs, where it writes and how long it should
+    take, with everything the recipe adapted to the data; a recipe far too slow for the device says so."""
+    layout = train_set.layout
+    lines = [
+        f"{command}: {cfg.dataset} ({train_set.num_classes} classes), train {len(train_set)}"
+        + (f" / val {len(val_set)}" if val_set is not None else "")
+        + f" sequences of {layout.num_joints} joints ({layout.name}) x {train_set.num_coords} coordinates x "
+        f"{train_set.num_bodies} bodies",
+        f"  recipe {cfg.recipe}: encoder {cfg.model.encoder}, {cfg.pretrain.epochs} pretraining epochs of batch "
+        f"{cfg.pretrain.batch_size}, queue {cfg.loss.memory_bank_size}, HaLP weight {cfg.loss.halp_weight:g} from "
+        f"epoch {cfg.loss.halp_start_epoch}; device {cfg.device}, {torch.get_num_threads()} threads, "
+        f"{cfg.num_workers} workers",
+        *(f"  adapted: {note}" for note in cfg.adapted),
+        f"  run folder: {out}",
+    ]
+    if seconds is not None:
+        lines.append(f"  estimated time: {format_duration(seconds)} (measured on a few steps of this run's model)")
+        if seconds > 6 * 3600:
+            hint = "a GPU (--device cuda)" if cfg.device == "cpu" else "more GPUs (torchrun)"
+            lines.append(
+                f"  warning: this recipe needs about {format_duration(seconds)} on {cfg.device}; it is meant for {hint}"
+                + (", or use --recipe small on a CPU" if cfg.recipe != "small" else "")
+            )
+    print("\n".join(lines), flush=True)
+
+
+# -- pretraining ---------------------------------------------------------------------------------------------
+
+
+SHAPE_SETTINGS = ("loss.memory_bank_size", "loss.prototype_window", "loss.num_prototypes", "model.")
+"""Settings a resumed run cannot change: they give its model's and its loss's buffers their shapes."""
 
 
 def _pretrain_config(args: argparse.Namespace) -> tuple[RunConfig, Optional[dict[str, Any]]]:
-    """Resolve the configuration of a pretraining run; also returns the checkpoint it starts from, if any.
+    """The configuration of a pretraining run, and the checkpoint it starts from, if any.
 
     ``--resume`` continues a run with its saved configuration (flags given now override it, e.g. more
-    ``--epochs``); ``--init-from`` starts a new run on another run's weights (the model section is taken
-    from that checkpoint so the weights fit).
+    ``--pretrain-epochs``); ``--init-from`` starts a new run on another run's weights (the model section is that
+    checkpoint's, so the weights fit).
     """
     if args.resume and args.init_from:
-        raise SystemExit("--resume and --init-from exclude each other")
+        raise UsageError("--resume and --init-from exclude each other")
     path = args.resume or args.init_from
     checkpoint = load_checkpoint(path) if path else None
     if checkpoint is None:
-        return resolve_config(args, args.dataset or "synthetic"), None
-    saved = from_dict(checkpoint["config"])
+        return recipe_config(args), None
+    saved = RunConfig.from_dict(checkpoint["config"])
     if args.resume:
-        return resolve_config(args, args.dataset or saved.dataset, base=saved), checkpoint
-    cfg = resolve_config(args, args.dataset or saved.dataset, default=saved.preset)
+        fixed = [name for name in explicit_settings(args) if name.startswith(SHAPE_SETTINGS)]
+        if fixed:
+            section, _, field_name = fixed[0].partition(".")
+            raise UsageError(f"--resume: {flag_name(section, field_name)} cannot change in a resumed run")
+        cfg = apply_flags(saved, args)
+        cfg.adapted = []
+        return cfg, checkpoint
+    cfg = recipe_config(args, args.dataset or saved.dataset)
+    model_flags = [name for name in explicit_settings(args) if name.startswith("model.")]
+    if model_flags:
+        section, _, field_name = model_flags[0].partition(".")
+        raise UsageError(f"--init-from keeps the checkpoint's encoder; {flag_name(section, field_name)} cannot change")
     cfg.model = saved.model
-    if cfg.dataset == saved.dataset:
-        cfg.synthetic = saved.synthetic
     return cfg, checkpoint
+
+
+def _check_loss(cfg: RunConfig) -> None:
+    """Build the criterion once to report a setting it refuses as a flag error, before any work."""
+    from .training.pretrain import build_criterion
+
+    try:
+        build_criterion(cfg, warmup=0)
+    except ValueError as error:
+        message = str(error)
+        name = next((field for field in vars(cfg.loss) if message.startswith(field)), None)
+        raise UsageError(f"{flag_name('loss', name)}: {message}" if name else message) from None
 
 
 def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str, Path]:
     """Run (or continue) pretraining; returns the run, its stop status and the run folder."""
     cfg, checkpoint = _pretrain_config(args)
+    check_data_arguments(cfg)
     _set_threads(cfg)
     device = distributed.init_from_environment(cfg.device)
     resumed_run = Path(args.resume).resolve().parent.parent if args.resume else None  # RUN/checkpoints/last.pt
-    out = _run_dir(args.out or (str(resumed_run) if resumed_run else None), command, cfg.dataset)
-    run = Pretraining(cfg, out, device)
-    if checkpoint is not None:
-        (run.resume if args.resume else run.init_from)(checkpoint)
-    if run.is_main:
-        save_config(cfg, out / "config.json")
-    status = run.run()
-    if run.is_main:
-        write_csv(run.history, out / "pretrain_log.csv")
-        _record(
-            out,
-            dataset=cfg.dataset,
-            num_classes=run.train_set.num_classes,
-            pretrain_history=run.history,
-            checkpoint=str(run.checkpoint_dir / "last.pt"),
-            **run.baselines,
-        )
-        print(f"pretraining {status}: {run.checkpoint_dir / 'last.pt'}", flush=True)
+    out = run_dir(args.out or (str(resumed_run) if resumed_run else None), command, cfg.dataset)
+    if not args.resume and distributed.is_main():
+        check_fresh_run_folder(out)
+    train_set, val_set = load_splits(cfg, val=distributed.is_main())
+    if checkpoint is None or not args.resume:
+        fit_to_dataset(cfg, len(train_set), distributed.world_size())
+    _check_loss(cfg)
+    with RunLock(out) if distributed.is_main() else _NoLock():
+        run = Pretraining(cfg, out, device, train_set, val_set, max_steps=args.max_steps)
+        if checkpoint is not None:
+            (run.resume if args.resume else run.init_from)(checkpoint)
+        if run.is_main:
+            seconds = estimate_seconds(run, with_evaluation=command == "pipeline")
+            print_banner(command, cfg, out, train_set, val_set, seconds)
+            cfg.save(out / "config.json")
+        status = run.run()
+        if run.is_main:
+            write_csv(run.history, out / "pretrain_log.csv")
+            _record(
+                out,
+                dataset=cfg.dataset,
+                num_classes=train_set.num_classes,
+                pretrain_history=run.history,
+                checkpoint=str((run.checkpoint_dir / "last.pt").resolve()),
+                **run.baselines,
+            )
+            print(f"pretraining {status}: {run.checkpoint_dir / 'last.pt'}", flush=True)
     return run, status, out
+
+
+class _NoLock:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
 
 
 def pretrain_command(args: argparse.Namespace) -> int:
@@ -132,30 +343,31 @@ def pipeline_command(args: argparse.Namespace) -> int:
         return 0
     cfg = run.cfg
     assert run.val_set is not None
-    data = Evaluation(cfg, run.model.query.backbone, out, run.device, run.train_set, run.val_set)
-    knn_top1 = data.knn()
-    print(f"kNN top-1: {knn_top1:.4f}", flush=True)
-    linear = data.classifier(finetune=False, description="linear")
-    write_csv(linear.history, out / "linear_log.csv")
-    metrics = _record(
-        out,
-        chance=1.0 / run.train_set.num_classes,
-        knn_top1=knn_top1,
-        **_classifier_metrics("linear", linear),
-        wall_time_s=time.perf_counter() - started,
-    )
+    with RunLock(out):
+        data = Evaluation(cfg, run.model.query.backbone, out, run.device, run.train_set, run.val_set, args.max_steps)
+        knn_top1 = data.knn()
+        print(f"kNN top-1: {knn_top1:.4f}", flush=True)
+        linear = data.classifier(finetune=False, description="linear")
+        write_csv(linear.history, out / "linear_log.csv")
+        metrics = _record(
+            out,
+            chance=1.0 / run.train_set.num_classes,
+            knn_top1=knn_top1,
+            **_classifier_metrics("linear", linear),
+            wall_time_s=time.perf_counter() - started,
+        )
     print(results_table(metrics), flush=True)
     print(f"outputs in {out}", flush=True)
     return 0
 
 
-# -- evaluation -------------------------------------------------------------------------------------------
+# -- evaluation ----------------------------------------------------------------------------------------------
 
 
 @dataclass
 class Evaluation:
     """What an evaluation protocol runs on: the run's configuration, the encoder, its output folder and device,
-    and the two splits."""
+    the two splits and the step limit."""
 
     cfg: RunConfig
     encoder: nn.Module
@@ -163,6 +375,7 @@ class Evaluation:
     device: torch.device
     train_set: SkeletonDataset
     val_set: SkeletonDataset
+    max_steps: Optional[int] = None
 
     def knn(self) -> float:
         return evaluate_knn(
@@ -180,8 +393,10 @@ class Evaluation:
         self, *, finetune: bool, description: str, cfg: Optional[ClassifierConfig] = None
     ) -> ClassifierResult:
         """Train a linear head on the encoder (frozen, or fine-tuned with it) with ``cfg`` (default: the run's
-        ``finetune`` or ``linear`` section)."""
+        ``finetune`` or ``linear`` section). The head's initial weights are drawn after seeding with the run's seed,
+        so the pipeline's linear stage and ``linear --init-from`` on its checkpoint train the same head."""
         protocol = cfg or (self.cfg.finetune if finetune else self.cfg.linear)
+        torch.manual_seed(self.cfg.seed)
         training = ClassifierTraining(
             self.encoder,
             self.train_set.num_classes,
@@ -191,7 +406,7 @@ class Evaluation:
             precision=Precision(self.cfg.amp, self.device),
             seed=self.cfg.seed,
             num_workers=self.cfg.num_workers,
-            max_steps=self.cfg.max_steps,
+            max_steps=self.max_steps,
             clip_frames=self.cfg.model.clip_frames,
             view_augment=view_augment(self.cfg, protocol),
         )
@@ -206,34 +421,40 @@ def view_augment(cfg: RunConfig, protocol: ClassifierConfig) -> Optional[dict[st
 def _evaluation_setup(
     args: argparse.Namespace, command: str, target_dataset: Optional[str] = None
 ) -> tuple[Evaluation, dict[str, float]]:
-    """The evaluation of a pretrained encoder (``--init-from``), and the baselines its pretraining measured."""
+    """The evaluation of a pretrained encoder (``--init-from``), and the baselines its pretraining measured.
+
+    The configuration is the checkpoint's with every option given now on top (explicit options beat the
+    checkpoint's); on another dataset than the checkpoint's, its data options (folder, layout, synthetic options)
+    are not carried over.
+    """
     _single_device(command)
     if not args.init_from:
-        raise SystemExit(f"{command} needs --init-from CHECKPOINT (a pretraining checkpoint)")
+        raise UsageError(f"{command} needs --init-from CHECKPOINT (a pretraining checkpoint, e.g. RUN/checkpoints/last.pt)")
     checkpoint = load_checkpoint(args.init_from)
-    encoder, source = encoder_from_checkpoint(checkpoint)
-    dataset = target_dataset or args.dataset or source.dataset
-    cfg = resolve_config(args, dataset, default=source.preset)
-    cfg.model = source.model
-    if dataset == source.dataset:
-        cfg.synthetic = source.synthetic
-        cfg.data_root = cfg.data_root or source.data_root
-    evaluation = _evaluation(cfg, encoder, command, args.out)
-    check_input_layout(cfg.model, evaluation.train_set, f"the encoder of {args.init_from}")
+    encoder, saved, spec = encoder_from_checkpoint(checkpoint)
+    dataset = target_dataset or args.dataset or saved.dataset
+    if dataset != saved.dataset:
+        saved.dataset, saved.data_root, saved.layout, saved.synthetic = dataset, None, None, {}
+    cfg = apply_flags(saved, args)
+    cfg.adapted = []
+    check_data_arguments(cfg)
+    _set_threads(cfg)
+    torch.manual_seed(cfg.seed)
+    out = run_dir(args.out, command, cfg.dataset)
+    check_evaluation_folder(out, Path(args.init_from))
+    train_set, val_set = load_splits(cfg)
+    assert val_set is not None
+    spec.check(train_set, f"the encoder of {args.init_from}")
+    fit_to_dataset(cfg, len(train_set))
+    print_banner(command, cfg, out, train_set, val_set, None)
+    cfg.save(out / f"{command}_config.json")
+    evaluation = Evaluation(cfg, encoder, out, torch.device(cfg.device), train_set, val_set, args.max_steps)
     return evaluation, dict(checkpoint.get("baselines", {}))
 
 
 def _single_device(command: str) -> None:
     if distributed.world_size() > 1 or int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        raise SystemExit(f"{command} runs on one device; start it without torchrun")
-
-
-def _evaluation(cfg: RunConfig, encoder: nn.Module, command: str, out_arg: Optional[str]) -> Evaluation:
-    _set_threads(cfg)
-    torch.manual_seed(cfg.seed)
-    out = _run_dir(out_arg, command, cfg.dataset)
-    save_config(cfg, out / f"{command}_config.json")
-    return Evaluation(cfg, encoder, out, torch.device(cfg.device), load_split(cfg, "train"), load_split(cfg, "val"))
+        raise UsageError(f"{command} runs on one device; start it without torchrun")
 
 
 def _classifier_metrics(name: str, result: ClassifierResult) -> dict[str, Any]:
@@ -260,62 +481,72 @@ def _finish(evaluation: Evaluation, **entries: Any) -> int:
 def knn_command(args: argparse.Namespace) -> int:
     """``knn``: 1-NN top-1 of a pretrained encoder's features."""
     evaluation, baselines = _evaluation_setup(args, "knn")
-    return _finish(evaluation, knn_top1=evaluation.knn(), **baselines)
+    with RunLock(evaluation.out):
+        return _finish(evaluation, knn_top1=evaluation.knn(), checkpoint=_owner(args), **baselines)
 
 
 def linear_command(args: argparse.Namespace) -> int:
     """``linear``: linear probe on the frozen encoder."""
     evaluation, baselines = _evaluation_setup(args, "linear")
-    result = evaluation.classifier(finetune=False, description="linear")
-    write_csv(result.history, evaluation.out / "linear_log.csv")
-    return _finish(evaluation, **_classifier_metrics("linear", result), **baselines)
+    with RunLock(evaluation.out):
+        result = evaluation.classifier(finetune=False, description="linear")
+        write_csv(result.history, evaluation.out / "linear_log.csv")
+        return _finish(evaluation, **_classifier_metrics("linear", result), checkpoint=_owner(args), **baselines)
+
+
+def _owner(args: argparse.Namespace) -> str:
+    return str(Path(args.init_from).resolve())
 
 
 def semi_command(args: argparse.Namespace) -> int:
-    """``semi``: fine-tune on ``--ratio`` of the labels, averaged over ``--repeats`` random subsets."""
+    """``semi``: fine-tune on ``--semi-ratio`` of the labels, averaged over ``--semi-repeats`` random subsets."""
     evaluation, baselines = _evaluation_setup(args, "semi")
     cfg = evaluation.cfg
-    results = finetune_on_subsets(
-        evaluation.encoder,
-        evaluation.train_set,
-        evaluation.val_set,
-        evaluation.train_set.num_classes,
-        cfg.finetune,
-        ratio=cfg.semi.ratio,
-        repeats=cfg.semi.repeats,
-        seed=cfg.seed,
-        sampling=cfg.semi.subset,
-        device=evaluation.device,
-        precision=Precision(cfg.amp, evaluation.device),
-        num_workers=cfg.num_workers,
-        max_steps=cfg.max_steps,
-        clip_frames=cfg.model.clip_frames,
-        view_augment=view_augment(cfg, cfg.finetune),
-    )
-    write_csv(
-        [{"repeat": i + 1, **row} for i, r in enumerate(results) for row in r.history], evaluation.out / "semi_log.csv"
-    )
-    best = np.array([r.best_top1 for r in results])
-    return _finish(
-        evaluation,
-        semi_ratio=cfg.semi.ratio,
-        semi_subset=cfg.semi.subset,
-        semi_top1=float(best.mean()),
-        semi_top1_std=float(best.std()),
-        semi_top1_last=float(np.mean([r.last_top1 for r in results])),
-        semi_runs=[{"best_top1": r.best_top1, "last_top1": r.last_top1, "best_epoch": r.best_epoch} for r in results],
-        **baselines,
-    )
+    with RunLock(evaluation.out):
+        results = finetune_on_subsets(
+            evaluation.encoder,
+            evaluation.train_set,
+            evaluation.val_set,
+            evaluation.train_set.num_classes,
+            cfg.finetune,
+            ratio=cfg.semi.ratio,
+            repeats=cfg.semi.repeats,
+            seed=cfg.seed,
+            sampling=cfg.semi.subset,
+            device=evaluation.device,
+            precision=Precision(cfg.amp, evaluation.device),
+            num_workers=cfg.num_workers,
+            max_steps=evaluation.max_steps,
+            clip_frames=cfg.model.clip_frames,
+            view_augment=view_augment(cfg, cfg.finetune),
+        )
+        write_csv(
+            [{"repeat": i + 1, **row} for i, r in enumerate(results) for row in r.history],
+            evaluation.out / "semi_log.csv",
+        )
+        best = np.array([r.best_top1 for r in results])
+        return _finish(
+            evaluation,
+            semi_ratio=cfg.semi.ratio,
+            semi_subset=cfg.semi.subset,
+            semi_top1=float(best.mean()),
+            semi_top1_std=float(best.std()),
+            semi_top1_last=float(np.mean([r.last_top1 for r in results])),
+            semi_runs=[{"best_top1": r.best_top1, "last_top1": r.last_top1, "best_epoch": r.best_epoch} for r in results],
+            checkpoint=_owner(args),
+            **baselines,
+        )
 
 
 def transfer_command(args: argparse.Namespace) -> int:
     """``transfer``: fine-tune a pretrained encoder on another dataset (e.g. NTU-60 x-sub -> PKU-MMD II)."""
     if not args.dataset:
-        raise SystemExit("transfer needs --dataset, the dataset to fine-tune on (e.g. pku2-xsub)")
+        raise UsageError("transfer needs --dataset, the dataset to fine-tune on (e.g. pku2-xsub)")
     evaluation, _ = _evaluation_setup(args, "transfer", target_dataset=args.dataset)
-    result = evaluation.classifier(finetune=True, description="transfer")
-    write_csv(result.history, evaluation.out / "transfer_log.csv")
-    return _finish(evaluation, **_classifier_metrics("transfer", result))
+    with RunLock(evaluation.out):
+        result = evaluation.classifier(finetune=True, description="transfer")
+        write_csv(result.history, evaluation.out / "transfer_log.csv")
+        return _finish(evaluation, **_classifier_metrics("transfer", result), checkpoint=_owner(args))
 
 
 def supervised_command(args: argparse.Namespace) -> int:
@@ -323,13 +554,21 @@ def supervised_command(args: argparse.Namespace) -> int:
     self-supervised pretraining is measured against."""
     _single_device("supervised")
     if args.init_from:
-        raise SystemExit("supervised trains from scratch; to fine-tune a checkpoint on all labels use semi --ratio 1")
-    cfg = resolve_config(args, args.dataset or "synthetic")
-    train_set = load_split(cfg, "train")
-    cfg.model.num_joints, cfg.model.num_bodies = train_set.num_joints, train_set.num_bodies
+        raise UsageError("supervised trains from scratch; to fine-tune a checkpoint on all labels use semi --semi-ratio 1")
+    cfg = recipe_config(args)
+    check_data_arguments(cfg)
+    _set_threads(cfg)
+    out = run_dir(args.out, "supervised", cfg.dataset)
+    check_fresh_run_folder(out)
+    train_set, val_set = load_splits(cfg)
+    assert val_set is not None
+    fit_to_dataset(cfg, len(train_set))
     torch.manual_seed(cfg.seed)
-    encoder = build_embedding_net(cfg).backbone
-    evaluation = _evaluation(cfg, encoder, "supervised", args.out)
-    result = evaluation.classifier(finetune=True, description="supervised", cfg=cfg.supervised)
-    write_csv(result.history, evaluation.out / "supervised_log.csv")
-    return _finish(evaluation, **_classifier_metrics("supervised", result))
+    encoder = build_embedding_net(cfg.model, InputSpec.of(train_set)).backbone
+    print_banner("supervised", cfg, out, train_set, val_set, None)
+    cfg.save(out / "supervised_config.json")
+    with RunLock(out):
+        evaluation = Evaluation(cfg, encoder, out, torch.device(cfg.device), train_set, val_set, args.max_steps)
+        result = evaluation.classifier(finetune=True, description="supervised", cfg=cfg.supervised)
+        write_csv(result.history, out / "supervised_log.csv")
+        return _finish(evaluation, **_classifier_metrics("supervised", result))

@@ -1,9 +1,18 @@
-"""Run configuration: the ``paper`` and ``cpu`` presets, one command-line flag per value, JSON round trip.
+"""Run configuration: recipes as YAML files, one command-line flag per value, the values fitted to the dataset.
 
-Every value of a preset can be overridden by its flag; :func:`resolve_config` applies the flags given on the
-command line to the preset and the result is saved with the run (``config.json`` and every checkpoint).
-Flags are generated from the dataclass fields: in the section a command runs a field ``lr`` is ``--lr``;
-in the other sections it carries the section name, e.g. ``--linear-lr`` in the whole pipeline.
+A recipe is a YAML file under ``configs/`` (``configs/<dataset family>/<recipe>.yaml``); it may start from another
+with ``_base_: ../_base_/small.yaml`` and override what differs. The complete recipes are
+``configs/_base_/released.yaml`` (the released NTU / PKU-MMD recipe) and ``configs/_base_/small.yaml`` (the small-data
+recipe). :func:`load_recipe` reads one into a :class:`RunConfig`, every section complete: a file that omits a value,
+names an unknown one or gives it the wrong type is refused with the file and the key.
+
+Flags are generated from the dataclass fields and override the recipe: the ``model`` and ``loss`` sections go
+without prefix (``--encoder``, ``--temperature``, ``--memory-bank-size``: the loss's flags are
+:class:`halp_loss.HaLPInfoNCE`'s argument names), every other section carries its name (``--pretrain-epochs``,
+``--linear-lr``, ``--augment-shear``), so a flag means the same in every command that has it.
+
+Some values of the small-data recipe are ``auto``: :func:`fit_to_dataset` resolves them from the size of the
+training set (and adapts any batch or queue a training set cannot fill), and the run records what it chose.
 """
 
 from __future__ import annotations
@@ -11,157 +20,150 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Union
 
-import torch
+import yaml
 
-from halp_loss.functional import OBJECTIVES
-from halp_loss.loss import ESTIMATORS
-from skeleton.bounds import bounded
-from skeleton.data.datasets import SkeletonDataset, load_dataset
-from skeleton.data.synthetic import SyntheticConfig
-from skeleton.models.encoders import ENCODERS, WEIGHT_INITS
-from skeleton.models.moco import KEY_BATCHNORM
-from skeleton.training.loop import LR_SCHEDULES
+from .bounds import bounded
+from .fileio import InputError
 
-PRESETS = ("paper", "cpu")
-FEATURE_NORMS = ("none", "batchnorm")
-AUGMENTS = ("crop", "pretrain")
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
+"""The recipes shipped with the examples: ``configs/`` at the repository root."""
+BASE_KEY = "_base_"
+AUTO = "auto"
+RECIPE_ALIASES = {"paper": "released", "cpu": "small"}
+"""Names of the recipes before they were files (``--preset paper`` / ``--preset cpu``)."""
 AMP_MODES = ("none", "bf16", "fp16")
+LR_SCHEDULES = ("step", "cosine")
+FEATURE_NORMS = ("none", "batchnorm")
+CLASSIFIER_VIEWS = ("crop", "pretrain")
 SUBSETS = ("released", "per-class")
-"""Labelled subsets of the semi-supervised protocol (:func:`skeleton.training.evaluation.labelled_subset`)."""
-RELEASED_EVAL_EVERY = 5
-"""The released classification scripts evaluate the test set after every 5th epoch and report the best of those."""
+KEY_BATCHNORM = ("shuffle", "sync", "local")
+ENCODERS = ("gru", "bigru", "stgcn", "tcn")
+WEIGHT_INITS = ("released", "pytorch")
+OBJECTIVES = ("align", "infonce")
+ESTIMATORS = ("sampled", "expected")
+
+MaybeAuto = Union[int, str]
 
 
-def _option(default: Any, help_text: str, choices: Optional[tuple[str, ...]] = None, flag: bool = True) -> Any:
-    return field(default=default, metadata={"help": help_text, "choices": choices, "flag": flag})
+def _option(help_text: str, choices: Optional[tuple[str, ...]] = None, auto: bool = False) -> Any:
+    return field(metadata={"help": help_text, "choices": choices, "auto": auto})
 
 
 @dataclass
 class ModelConfig:
-    """Encoder and projection head (SPEC section 3.2)."""
+    """The encoder and its projection head."""
 
-    encoder: str = _option("gru", "encoder: released paired-GRU, true bidirectional GRU, or ST-GCN", ENCODERS)
-    hidden_size: int = _option(1024, "GRU hidden units per direction")
-    num_layers: int = _option(3, "GRU layers")
-    stgcn_width: int = _option(64, "ST-GCN base width (feature = 4x width; SkeletonCLR/AimCLR use 16)")
-    tcn_width: int = _option(128, "temporal-convolution encoder base width (feature = 4x width)")
-    embed_dim: int = _option(128, "output dim of the projection head")
+    encoder: str = _option(
+        "gru: the released pairs of forward GRUs; bigru: a true bidirectional GRU; stgcn: ST-GCN on the layout's "
+        "graph; tcn: temporal convolutions over all joints' positions and velocities",
+        ENCODERS,
+    )
+    hidden_size: int = _option("GRU hidden units per direction (gru, bigru)")
+    num_layers: int = _option("GRU layers (gru, bigru)")
+    stgcn_width: int = _option("ST-GCN base width; the feature is 4x as wide (stgcn)")
+    tcn_width: int = _option("temporal-convolution base width; the feature is 4x as wide (tcn)")
+    embed_dim: int = _option("output width of the projection head")
     weight_init: str = _option(
-        "pytorch",
-        "released: xavier on the 2-D encoder weights (GRU) and the head's last layer; pytorch: defaults",
+        "released: xavier on the 2-D encoder weights and the head's last layer; pytorch: PyTorch's defaults",
         WEIGHT_INITS,
     )
-    clip_frames: int = _option(64, "frames of every clip the encoder sees (pretraining views, evaluation crops)")
-    num_joints: int = _option(25, "joints V of the input, taken from the training data", flag=False)
-    num_bodies: int = _option(2, "bodies M of the input, taken from the training data", flag=False)
+    clip_frames: int = _option("frames of every clip the encoder sees (pretraining views, evaluation crops)")
+
+
+@dataclass
+class LossConfig:
+    """The criterion, :class:`halp_loss.HaLPInfoNCE` (same argument names), and when its HaLP term starts."""
+
+    temperature: float = _option("temperature T of every logit")
+    halp_weight: float = _option("weight mu of the HaLP term (0: plain MoCo throughout)")
+    halp_start_epoch: int = _option("first pretraining epoch with the HaLP term; plain MoCo before it")
+    num_prototypes: int = _option("prototypes P fitted on recent keys")
+    num_positives: int = _option("hallucinated positives M per anchor (estimator sampled)")
+    lam: float = _option("lambda: positives at t in [(1 - lambda) t_max, t_max]")
+    objective: str = _option("HaLP term: the released alignment, or InfoNCE per positive", OBJECTIVES)
+    estimator: str = _option("HaLP term from M sampled positives, or their exact expectation", ESTIMATORS)
+    prototype_window: int = _option("most recent keys clustered into prototypes")
+    prototype_every: int = _option("refit the prototypes every this many steps")
+    memory_bank_size: MaybeAuto = _option(
+        "MoCo queue length K (auto: a quarter of the training set, at most 1024)", auto=True
+    )
 
 
 @dataclass
 class PretrainConfig:
-    """MoCo pretraining with the HaLP loss from ``halp_start_epoch`` on (SPEC sections 2 and 3.2)."""
+    """MoCo pretraining: schedule, optimizer and the momentum key encoder."""
 
-    epochs: int = _option(451, "total pretraining epochs (the run stops at this epoch)")
-    halp_start_epoch: int = _option(200, "first epoch with the HaLP term; before it plain MoCo")
-    batch_size: int = _option(64, "global batch size (split evenly over DDP ranks)")
-    lr: float = _option(0.01, "SGD learning rate")
-    momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(1e-4, "SGD weight decay")
-    lr_milestones: tuple[int, ...] = _option((351,), "epochs at which the learning rate is multiplied by 0.1")
-    lr_schedule: str = _option("step", "step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
-    queue_size: int = _option(16384, "MoCo queue length K")
-    key_momentum: float = _option(0.999, "momentum m of the key encoder")
-    key_bn: str = _option("shuffle", "key-encoder BatchNorm under DDP", KEY_BATCHNORM)
-    temperature: float = _option(0.07, "temperature T of all logits")
-    halp_weight: float = _option(2.0, "weight mu of the HaLP term")
-    num_prototypes: int = _option(20, "prototypes P")
-    num_positives: int = _option(100, "hallucinated positives M per anchor")
-    lam: float = _option(0.8, "lambda: positives at t in [(1-lambda) t_max, t_max]")
-    objective: str = _option("align", "HaLP term: released alignment, or InfoNCE per positive", OBJECTIVES)
-    estimator: str = _option("sampled", "HaLP term from M sampled positives or their expectation", ESTIMATORS)
-    prototype_window: int = _option(256, "most recent keys clustered into prototypes")
-    prototype_every: int = _option(10, "refit the prototypes every this many steps")
-    knn_every: int = _option(0, "kNN-evaluate every this many epochs during pretraining (0: never)")
-    save_every: int = _option(0, "keep a checkpoint every this many epochs besides last.pt (0: never)")
+    epochs: MaybeAuto = _option("pretraining epochs (auto: enough epochs for --pretrain-steps steps)", auto=True)
+    steps: Optional[int] = _option("optimizer steps the auto epochs aim at (read only when epochs is auto)")
+    batch_size: MaybeAuto = _option(
+        "global batch size, split evenly over DDP ranks (auto: an eighth of the training set, 16 to 128)", auto=True
+    )
+    lr: float = _option("SGD learning rate")
+    momentum: float = _option("SGD momentum")
+    weight_decay: float = _option("SGD weight decay")
+    lr_schedule: str = _option("step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
+    lr_milestones: tuple[int, ...] = _option("epochs at which the step schedule multiplies the rate by 0.1")
+    key_momentum: float = _option("momentum m of the key encoder")
+    key_bn: str = _option("the key encoder's BatchNorm under DDP: MoCo's shuffle, sync or local", KEY_BATCHNORM)
+    knn_every: int = _option("kNN-evaluate every this many epochs during pretraining (0: never)")
+    save_every: int = _option("keep a checkpoint every this many epochs besides last.pt (0: never)")
 
 
 @dataclass
 class AugmentConfig:
-    """The two random views of pretraining (SPEC section 3.3): temporal crop-resize, shear or joint corruption,
-    and an optional rotation (not in the released recipe)."""
+    """The two random views of pretraining: temporal crop-resize, shear or joint corruption, rotation."""
 
-    crop_min_ratio: float = _option(0.1, "crops keep a fraction U(ratio, 1) of the valid frames...")
-    crop_min_frames: int = _option(64, "...but at least this many (all when fewer are valid)")
-    shear: float = _option(1.0, "bound of the shear coefficients")
-    corrupt_prob: float = _option(0.5, "probability of joint corruption instead of shear")
-    rotate_degrees: float = _option(0.0, "random rotation about each axis up to this angle (0: none)")
+    crop_min_ratio: float = _option("crops keep a fraction U(ratio, 1) of the valid frames...")
+    crop_min_frames: int = _option("...but at least this many (all of them when fewer are valid)")
+    shear: float = _option("bound of the shear coefficients")
+    corrupt_prob: float = _option("probability of joint corruption instead of shear")
+    rotate_degrees: float = _option("random rotation up to this angle about each axis (in-plane for 2-D data)")
 
 
 @dataclass
 class ClassifierConfig:
-    """Supervised training of a classifier on the encoder: linear probe or fine-tuning (SPEC section 4)."""
+    """A classifier trained on the encoder: the linear probe (frozen encoder) or fine-tuning."""
 
-    epochs: int = _option(80, "training epochs")
-    batch_size: int = _option(64, "batch size")
-    lr: float = _option(0.005, "SGD learning rate")
-    momentum: float = _option(0.9, "SGD momentum")
-    weight_decay: float = _option(0.0, "SGD weight decay")
-    lr_milestones: tuple[int, ...] = _option((50, 70), "epochs at which the learning rate is multiplied by 0.1")
-    lr_schedule: str = _option("step", "step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
-    eval_every: int = _option(1, "best top-1 over every this many epochs and the last (the released script: 5)")
-    feature_norm: str = _option("none", "standardize the features before the linear layer", FEATURE_NORMS)
-    augment: str = _option("crop", "training clips: the protocol's temporal crop, or the pretraining views", AUGMENTS)
+    epochs: int = _option("training epochs")
+    batch_size: int = _option("batch size (at most the training set)")
+    lr: float = _option("SGD learning rate")
+    momentum: float = _option("SGD momentum")
+    weight_decay: float = _option("SGD weight decay")
+    lr_schedule: str = _option("step (x0.1 at the milestones) or cosine decay over the epochs", LR_SCHEDULES)
+    lr_milestones: tuple[int, ...] = _option("epochs at which the step schedule multiplies the rate by 0.1")
+    eval_every: int = _option("best top-1 over every this many epochs and the last (the released scripts: 5)")
+    feature_norm: str = _option("standardize the features before the linear layer", FEATURE_NORMS)
+    augment: str = _option("training clips: the protocol's temporal crop, or the pretraining views", CLASSIFIER_VIEWS)
 
 
 @dataclass
 class KNNConfig:
     """1-NN evaluation on pre-head features."""
 
-    batch_size: int = _option(256, "batch size of feature extraction")
-    chunk_size: int = _option(8192, "rows per block of the similarity matrix")
+    batch_size: int = _option("batch size of feature extraction")
+    chunk_size: int = _option("rows per block of the similarity matrix")
 
 
 @dataclass
 class SemiConfig:
-    """Semi-supervised protocol: fine-tune on a labelled fraction of the training set."""
+    """The semi-supervised protocol: fine-tuning on a labelled fraction of the training set."""
 
-    ratio: float = _option(0.01, "labelled fraction of the training set")
-    repeats: int = _option(5, "random labelled subsets to average over")
+    ratio: float = _option("labelled fraction of the training set")
+    repeats: int = _option("random labelled subsets to average over")
     subset: str = _option(
-        "per-class", "released: int(N * ratio) at random (CMD); per-class: round(ratio * n_c), >= 1 each", SUBSETS
+        "released: int(N * ratio) at random (CMD); per-class: round(ratio * n_c), at least 1, of every class", SUBSETS
     )
-
-
-@dataclass
-class RunConfig:
-    """Everything a run depends on; saved as ``config.json`` and inside every checkpoint."""
-
-    preset: str = "paper"
-    dataset: str = "synthetic"
-    data_root: Optional[str] = None
-    seed: int = 0
-    device: str = "cpu"
-    amp: str = "none"
-    num_workers: int = 4
-    threads: Optional[int] = None
-    max_steps: Optional[int] = None
-    synthetic: dict[str, Any] = field(default_factory=dict)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    linear: ClassifierConfig = field(default_factory=ClassifierConfig)
-    finetune: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(lr=0.01))
-    supervised: ClassifierConfig = field(default_factory=lambda: ClassifierConfig(lr=0.01))
-    knn: KNNConfig = field(default_factory=KNNConfig)
-    semi: SemiConfig = field(default_factory=SemiConfig)
 
 
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
+    "loss": LossConfig,
     "pretrain": PretrainConfig,
     "augment": AugmentConfig,
     "linear": ClassifierConfig,
@@ -170,133 +172,217 @@ SECTIONS: dict[str, type] = {
     "knn": KNNConfig,
     "semi": SemiConfig,
 }
+UNPREFIXED_SECTIONS = ("model", "loss")
 
 
-def default_preset(dataset: str) -> str:
-    """The synthetic dataset defaults to the ``cpu`` preset, the real ones to ``paper``."""
-    return "cpu" if dataset == "synthetic" else "paper"
+@dataclass
+class RunConfig:
+    """Everything a run depends on; saved as ``config.json`` and inside every checkpoint.
 
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def preset_config(preset: str, dataset: str) -> RunConfig:
-    """The configuration of a preset for a dataset.
-
-    ``paper`` is SPEC sections 3.2 and 4 (the NTU settings; PKU-MMD II pretrains longer, to epoch 1001 with
-    the HaLP phase from 500 and the step at 801, with mu = 1 and linear lr 0.001), with the released code's
-    xavier initialization, best top-1 over every 5th epoch and CMD's unstratified labelled subsets. ``cpu`` is a
-    small recipe that runs the whole pipeline in minutes on two CPU cores and learns on real recordings (NW-UCLA)
-    as well as on the synthetic data: a temporal-convolution encoder, relative crops, shear and rotation, cosine
-    schedules; it keeps PyTorch's initialization, evaluation after every epoch and per-class labelled subsets.
+    ``adapted`` lists what :func:`fit_to_dataset` chose or changed for the training set's size.
     """
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; expected one of {PRESETS}")
-    cfg = RunConfig(preset=preset, dataset=dataset, device=default_device())
-    if preset == "paper":
-        if dataset.startswith("pku2"):
-            cfg.pretrain.epochs, cfg.pretrain.halp_start_epoch, cfg.pretrain.lr_milestones = 1001, 500, (801,)
-            cfg.pretrain.halp_weight = 1.0
-            cfg.linear.lr = 0.001
-        # The released code's initialization, test schedule and labelled subsets (README, "Differences from the
-        # released code"); the dataclass defaults, which the cpu preset keeps, are this pipeline's own.
-        cfg.model.weight_init = "released"
-        for protocol in (cfg.linear, cfg.finetune, cfg.supervised):
-            protocol.eval_every = RELEASED_EVAL_EVERY
-        cfg.semi.subset = "released"
-        return cfg
-    # Small datasets (synthetic, NW-UCLA, a custom folder) are read in the main process.
-    cfg.num_workers = 0
-    cfg.model = ModelConfig(encoder="tcn", tcn_width=128, clip_frames=50)
-    # Many short epochs of a fast encoder: on a dataset of ~1,000 sequences the ~200 steps of a dozen epochs
-    # leave the encoder near its random initialization. The queue covers about one epoch of keys; the positives
-    # of HaLP are scored against it ("infonce") because the released "align" term, which has no negatives,
-    # pulls a briefly trained embedding toward the prototypes' common direction.
-    cfg.pretrain = dataclasses.replace(
-        cfg.pretrain,
-        epochs=100,
-        halp_start_epoch=50,
-        batch_size=128,
-        lr=0.1,
-        lr_schedule="cosine",
-        queue_size=1024,
-        key_momentum=0.99,
-        temperature=0.1,
-        objective="infonce",
-        knn_every=10,
-    )
-    # Real recordings are short (NW-UCLA: median 31 frames), so crops are relative, not at least 64 frames;
-    # joint corruption of 60 % of the joints erases a single person, and a small rotation stands in for it.
-    cfg.augment = AugmentConfig(crop_min_ratio=0.5, crop_min_frames=1, shear=1.0, corrupt_prob=0.0, rotate_degrees=17)
-    # Standardized features: the probe converges in 30 epochs (NW-UCLA linear 0.84 vs 0.80 on raw features).
-    cfg.linear = dataclasses.replace(cfg.linear, epochs=30, lr=0.1, lr_schedule="cosine", feature_norm="batchnorm")
-    cfg.finetune = dataclasses.replace(cfg.finetune, epochs=30, lr=0.05, lr_schedule="cosine")
-    # Trained from scratch on ~1,000 sequences, the encoder overfits the temporal crops alone (NW-UCLA 0.73); the
-    # pretraining views and weight decay make it the upper bound it should be, given the epochs to fit them (seed 0:
-    # 0.85 after 60 epochs, still at 0.83 train accuracy; 0.90 after 120; lr 0.1 fits worse, 0.82).
-    cfg.supervised = dataclasses.replace(
-        cfg.supervised, epochs=120, lr=0.05, weight_decay=5e-4, lr_schedule="cosine", augment="pretrain"
-    )
-    cfg.semi = SemiConfig(ratio=0.1, repeats=2)
-    return cfg
+
+    recipe: str
+    dataset: str
+    num_workers: int
+    threads: Optional[int]
+    model: ModelConfig
+    loss: LossConfig
+    pretrain: PretrainConfig
+    augment: AugmentConfig
+    linear: ClassifierConfig
+    finetune: ClassifierConfig
+    supervised: ClassifierConfig
+    knn: KNNConfig
+    semi: SemiConfig
+    data_root: Optional[str] = None
+    layout: Optional[str] = None
+    seed: int = 0
+    device: str = "cpu"
+    amp: str = "none"
+    synthetic: dict[str, Any] = field(default_factory=dict)
+    adapted: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> RunConfig:
+        """The inverse of :meth:`to_dict` (tuples come back from JSON and YAML lists), checking every key.
+
+        Raises:
+            InputError: naming ``source`` and the key, for a missing or unknown key or a value of the wrong type.
+        """
+        return _build(cls, data, source, "")
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_json() + "\n")
 
 
-def _flag(section: str, name: str, unprefixed: tuple[str, ...]) -> str:
-    prefix = "" if section in (*unprefixed, "model") else f"{section}-"
+# -- reading recipes ----------------------------------------------------------------------------------------
+
+
+def recipe_path(recipe: str, family: str) -> Path:
+    """The file of a recipe: ``configs/<family>/<recipe>.yaml`` if there is one, else ``configs/_base_/<recipe>.yaml``.
+
+    Raises:
+        InputError: if neither exists (naming the recipes there are).
+    """
+    recipe = RECIPE_ALIASES.get(recipe, recipe)
+    for path in (CONFIG_DIR / family / f"{recipe}.yaml", CONFIG_DIR / "_base_" / f"{recipe}.yaml"):
+        if path.is_file():
+            return path
+    known = sorted({p.stem for p in CONFIG_DIR.glob("*/*.yaml")})
+    raise InputError(f"no recipe {recipe!r} in {CONFIG_DIR}; known recipes: {', '.join(known)} (or --config FILE)")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A recipe file with its ``_base_`` chain merged in (the file's own values win, section by section).
+
+    Raises:
+        InputError: naming the file, if it is missing, not YAML, not a mapping, or its bases form a loop.
+    """
+    return _read_yaml(Path(path), ())
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise InputError(f"{path}: its {BASE_KEY} chain loops back to itself")
+    if not path.is_file():
+        raise InputError(f"config file {path} does not exist")
+    try:
+        content = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not a readable YAML file ({error})") from None
+    if not isinstance(content, dict):
+        raise InputError(f"{path}: expected a mapping of settings, got {type(content).__name__}")
+    base = content.pop(BASE_KEY, None)
+    if base is None:
+        return content
+    merged = _read_yaml(path.parent / str(base), (*seen, path))
+    for key, value in content.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_recipe(path: Path, dataset: Optional[str] = None) -> RunConfig:
+    """The :class:`RunConfig` of a recipe file (``dataset`` replaces the file's, if given).
+
+    Raises:
+        InputError: naming the file and the key, for anything :meth:`RunConfig.from_dict` refuses.
+    """
+    data = read_yaml(path)
+    if dataset is not None:
+        data["dataset"] = dataset
+    return RunConfig.from_dict(data, str(path))
+
+
+def _build(cls: type, data: Any, source: str, where: str) -> Any:
+    """A dataclass of ``cls`` from a mapping, with every field's type checked (nested dataclasses recursively)."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source}: {where or 'the configuration'} must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {spec.name: spec for spec in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise InputError(f"{source}: unknown setting {where}{unknown[0]} (known: {', '.join(fields)})")
+    values = {}
+    for name, spec in fields.items():
+        key = f"{where}{name}"
+        if name not in data:
+            if spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING:
+                raise InputError(f"{source}: the setting {key} is missing")
+            continue
+        kind = hints[name]
+        if dataclasses.is_dataclass(kind):
+            values[name] = _build(kind, data[name], source, f"{key}.")
+        else:
+            values[name] = _typed(data[name], kind, spec, source, key)
+    return cls(**values)
+
+
+def _typed(value: Any, kind: Any, spec: dataclasses.Field, source: str, key: str) -> Any:
+    """``value`` checked against the field's type (and choices); lists become tuples for tuple fields."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin is Union:  # Optional[X], or an int that may be "auto"
+        if value is None and type(None) in args:
+            return None
+        if value == AUTO and spec.metadata.get("auto"):
+            return AUTO
+        kind = next(arg for arg in args if arg is not type(None))
+        origin = typing.get_origin(kind)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or not all(_is_int(v) for v in value):
+            raise InputError(f"{source}: {key} must be a list of integers, got {value!r}")
+        return tuple(int(v) for v in value)
+    if origin in (dict, list):
+        if not isinstance(value, origin):
+            raise InputError(f"{source}: {key} must be a {origin.__name__}, got {value!r}")
+        return origin(value)
+    if kind is float and _is_int(value):
+        value = float(value)
+    if kind is bool or not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise InputError(f"{source}: {key} must be {kind.__name__}, got {value!r}")
+    choices = spec.metadata.get("choices")
+    if choices and value not in choices:
+        raise InputError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+# -- flags --------------------------------------------------------------------------------------------------
+
+
+def flag_name(section: str, name: str) -> str:
+    """The command-line flag of a setting: ``--encoder``, ``--memory-bank-size``, ``--linear-lr``, ..."""
+    prefix = "" if section in UNPREFIXED_SECTIONS else f"{section}-"
     return "--" + (prefix + name).replace("_", "-")
 
 
-def add_config_arguments(
-    parser: argparse.ArgumentParser, sections: tuple[str, ...], unprefixed: tuple[str, ...]
-) -> None:
-    """Add one flag per field of the given sections (default: keep the preset's value).
-
-    Args:
-        parser: the (sub)command's parser.
-        sections: section names of :class:`RunConfig` the command uses.
-        unprefixed: sections whose flags go without prefix (the ``model`` section always does), e.g.
-            ``linear`` for the ``linear`` command, so ``--epochs`` means the command's own epochs.
-    """
+def add_config_arguments(parser: argparse.ArgumentParser, sections: tuple[str, ...]) -> None:
+    """Add one flag per setting of the given sections (default: the recipe's value)."""
     for section in sections:
         cls = SECTIONS[section]
-        group = parser.add_argument_group(f"{section} options (override the preset)")
+        group = parser.add_argument_group(f"{section} settings (override the recipe)")
         hints = typing.get_type_hints(cls)
         for spec in dataclasses.fields(cls):
-            if not spec.metadata["flag"]:
-                continue
             kind = hints[spec.name]
+            if typing.get_origin(kind) is Union and not spec.metadata["auto"]:  # Optional[X]: the flag gives an X
+                kind = next(arg for arg in typing.get_args(kind) if arg is not type(None))
             kwargs: dict[str, Any] = {"dest": f"{section}.{spec.name}", "default": None, "help": spec.metadata["help"]}
             if typing.get_origin(kind) is tuple:
                 kwargs.update(type=bounded(int, spec.name), nargs="*", metavar="EPOCH")
+            elif spec.metadata["auto"]:
+                kwargs.update(type=bounded(int, spec.name, allow=(AUTO,)), metavar="N|auto")
+            elif kind in (int, float):
+                kwargs.update(type=bounded(kind, spec.name), metavar=spec.name.upper())
             else:
                 choices = spec.metadata["choices"]
-                parse = bounded(kind, spec.name) if kind in (int, float) else kind  # out of range: argparse error
-                kwargs.update(type=parse, choices=choices, metavar=None if choices else spec.name.upper())
-            group.add_argument(_flag(section, spec.name, unprefixed), **kwargs)
+                kwargs.update(choices=choices, metavar="{" + ",".join(choices) + "}")
+            group.add_argument(flag_name(section, spec.name), **kwargs)
 
 
-def resolve_config(
-    args: argparse.Namespace, dataset: str, base: Optional[RunConfig] = None, default: Optional[str] = None
-) -> RunConfig:
-    """The preset (or ``base``) with every flag given on the command line applied.
+COMMON_SETTINGS = ("data_root", "layout", "seed", "device", "amp", "num_workers", "threads")
 
-    Args:
-        args: parsed arguments with ``preset``, the common flags and the section flags of
-            :func:`add_config_arguments`.
-        dataset: dataset the run uses (selects the preset's dataset-specific values).
-        base: start from this configuration (e.g. the one of a resumed run) instead of a preset.
-        default: the preset when ``--preset`` is not given (default: :func:`default_preset` of the dataset).
-    """
-    preset = args.preset or default or default_preset(dataset)
-    cfg = base if base is not None else preset_config(preset, dataset)
-    cfg = from_dict(to_dict(cfg))  # a copy
-    cfg.dataset = dataset
-    for name in ("data_root", "seed", "device", "amp", "num_workers", "threads", "max_steps"):
+
+def apply_flags(cfg: RunConfig, args: argparse.Namespace) -> RunConfig:
+    """A copy of ``cfg`` with every setting given on the command line (``--synthetic`` merged into the options)."""
+    cfg = RunConfig.from_dict(cfg.to_dict())
+    for name in COMMON_SETTINGS:
         if getattr(args, name, None) is not None:
             setattr(cfg, name, getattr(args, name))
-    if getattr(args, "synthetic", None):
-        cfg.synthetic = {**cfg.synthetic, **parse_synthetic(args.synthetic)}
+    if getattr(args, "synthetic", None):  # (name, value) pairs
+        cfg.synthetic = {**cfg.synthetic, **dict(args.synthetic)}
     for dest, value in vars(args).items():
         if "." in dest and value is not None:
             section, name = dest.split(".")
@@ -304,51 +390,61 @@ def resolve_config(
     return cfg
 
 
-def parse_synthetic(pairs: list[str]) -> dict[str, Any]:
-    """``["num_classes=5", "noise_std=0.01"]`` -> ``{"num_classes": 5, "noise_std": 0.01}``, typed and checked
-    against :class:`~skeleton.data.synthetic.SyntheticConfig`."""
-    hints = typing.get_type_hints(SyntheticConfig)
-    values: dict[str, Any] = {}
-    for pair in pairs:
-        name, sep, text = pair.partition("=")
-        if not sep or name not in hints:
-            raise ValueError(f"--synthetic expects NAME=VALUE with NAME one of {sorted(hints)}, got {pair!r}")
-        values[name] = hints[name](text)
-    SyntheticConfig(**values)  # validates
-    return values
+def explicit_settings(args: argparse.Namespace) -> list[str]:
+    """The flags given on the command line, as ``section.name`` (and the common settings' names)."""
+    given = [dest for dest, value in vars(args).items() if "." in dest and value is not None]
+    return given + [name for name in COMMON_SETTINGS if getattr(args, name, None) is not None]
 
 
-def to_dict(cfg: RunConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+# -- fitting a recipe to the data ---------------------------------------------------------------------------
+
+MIN_AUTO_BATCH, MAX_AUTO_BATCH = 16, 128
+MAX_AUTO_QUEUE = 1024
 
 
-def from_dict(data: dict[str, Any]) -> RunConfig:
-    """Inverse of :func:`to_dict` (tuples come back from JSON lists)."""
-    values = dict(data)
-    for section, cls in SECTIONS.items():
-        fields = dict(values.get(section, {}))
-        for spec in dataclasses.fields(cls):
-            if isinstance(fields.get(spec.name), list):
-                fields[spec.name] = tuple(fields[spec.name])
-        values[section] = cls(**fields)
-    return RunConfig(**values)
+def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[str]:
+    """Resolve the recipe's ``auto`` values for a training set of ``num_train`` sequences, and adapt what that set
+    cannot hold; returns what was chosen or changed (also appended to ``cfg.adapted``).
 
+    Rules (the small-data recipe's, chosen on NW-UCLA, SBU and MSR Action3D; ``docs/pipeline.md``):
 
-def save_config(cfg: RunConfig, path: Path) -> None:
-    path.write_text(json.dumps(to_dict(cfg), indent=2) + "\n")
+    - ``pretrain.batch_size: auto``: an eighth of the training set, rounded down to a multiple of 8 (of the ranks
+      under DDP), between 16 and 128 — enough batches per epoch that no large share of a small set is dropped;
+    - ``loss.memory_bank_size: auto``: a quarter of the training set, at most 1024, at least one batch — a queue
+      much longer than the set would hold each sample's own earlier keys as negatives;
+    - ``pretrain.epochs: auto``: ``ceil(pretrain.steps / batches per epoch)``;
+    - any batch larger than the set (pretraining or a classifier protocol) becomes the set's size, rounded down to
+      the ranks.
 
-
-def check_input_layout(model: ModelConfig, dataset: SkeletonDataset, what: str) -> None:
-    """Raise a ``ValueError`` naming both layouts when an encoder was built for other joints or bodies than the
-    dataset's (e.g. an NTU checkpoint evaluated on NW-UCLA)."""
-    if (model.num_joints, model.num_bodies) != (dataset.num_joints, dataset.num_bodies):
-        raise ValueError(
-            f"{what} takes {model.num_joints} joints x {model.num_bodies} bodies, but the data has "
-            f"{dataset.num_joints} joints x {dataset.num_bodies} bodies"
+    Raises:
+        InputError: if the training set has fewer than 2 sequences (per rank under DDP), before any work.
+    """
+    if num_train < 2 * world_size:
+        raise InputError(
+            f"the training set holds {num_train} sequence(s); pretraining needs at least {2 * world_size} "
+            f"(2 per rank), because every batch must hold two different sequences"
         )
-
-
-def load_split(cfg: RunConfig, split: str) -> SkeletonDataset:
-    """The ``"train"`` or ``"val"`` split of the run's dataset (``cfg.synthetic`` configures the synthetic one)."""
-    synthetic = SyntheticConfig(**cfg.synthetic) if cfg.dataset == "synthetic" else None
-    return load_dataset(cfg.dataset, split, cfg.data_root, synthetic=synthetic)
+    notes: list[str] = []
+    p, loss = cfg.pretrain, cfg.loss
+    step = 8 * world_size
+    if p.batch_size == AUTO:
+        p.batch_size = max(MIN_AUTO_BATCH, min(MAX_AUTO_BATCH, num_train // 8 // step * step))
+        notes.append(f"pretrain.batch_size auto: {p.batch_size} for {num_train} training sequences")
+    largest = num_train // world_size * world_size
+    if p.batch_size > largest:
+        notes.append(f"pretrain.batch_size {p.batch_size} -> {largest}: the training set holds {num_train}")
+        p.batch_size = largest
+    if loss.memory_bank_size == AUTO:
+        loss.memory_bank_size = max(p.batch_size, min(MAX_AUTO_QUEUE, num_train // 4))
+        notes.append(f"loss.memory_bank_size auto: {loss.memory_bank_size}")
+    batches = num_train // p.batch_size
+    if p.epochs == AUTO:
+        p.epochs = max(1, math.ceil(p.steps / batches))
+        notes.append(f"pretrain.epochs auto: {p.epochs} ({batches} batches per epoch, about {p.steps} steps)")
+    for name in ("linear", "finetune", "supervised"):
+        protocol = getattr(cfg, name)
+        if protocol.batch_size > num_train:
+            notes.append(f"{name}.batch_size {protocol.batch_size} -> {num_train}: the training set holds {num_train}")
+            protocol.batch_size = num_train
+    cfg.adapted.extend(notes)
+    return notes

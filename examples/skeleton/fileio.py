@@ -4,6 +4,7 @@ file, and the error raised for an input file or folder that is not what it must 
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 from typing import BinaryIO, Callable, Optional
 
@@ -23,16 +24,22 @@ def atomic_write(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Write a file through a temporary file next to it, renamed over it at the end.
 
     The rename is atomic, so an interruption at any moment leaves either the previous file or the new one, never
-    a half-written one.
+    a half-written one. The temporary file's name is unique (``tempfile``), so two processes writing the same file
+    cannot write into each other's temporary file; the last rename wins.
 
     Args:
         path: the file to write.
         write: writes the content into the binary handle it receives.
     """
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "wb") as handle:
-        write(handle)
-    os.replace(temporary, path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(descriptor, 0o644)  # mkstemp's files are private; the files written here are ordinary outputs
+        with os.fdopen(descriptor, "wb") as handle:
+            write(handle)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
 
 
 def load_npy(path: Path, mmap_mode: Optional[str] = None) -> np.ndarray:

@@ -1,43 +1,40 @@
-"""MoCo (He et al., 2020): query encoder, momentum key encoder and the queue of past keys."""
+"""MoCo (He et al., 2020): the query encoder and its momentum key encoder.
+
+The queue of past keys is not here: the loss keeps it (``HaLPInfoNCE(memory_bank_size=(K, D))``), as a MoCo loop
+that uses halp-loss the way its README shows would.
+"""
 
 from __future__ import annotations
 
 import copy
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from skeleton.training.distributed import broadcast_, gather_rows, is_distributed, rank, world_size
-
-KEY_BATCHNORM = ("shuffle", "sync", "local")
-"""How the key encoder's BatchNorm sees the batch under DDP: MoCo's shuffling across ranks, synchronized
-statistics (``nn.SyncBatchNorm``, CUDA only), or per-rank statistics. Without DDP all three are the same."""
+from ..config import KEY_BATCHNORM
+from ..training.distributed import broadcast_, gather_rows, is_distributed, rank, world_size
 
 
 class MoCo(nn.Module):
-    """Query encoder, momentum key encoder and a (D, K) queue of normalized keys.
+    """Query encoder and momentum key encoder.
 
-    ``forward(query_view, key_view)`` returns the query embeddings (with gradient) and the keys (without);
-    the loss takes the queue's rows as negatives, ``queue.T``. Call :meth:`enqueue` with the keys after the
-    optimizer step: under DDP it gathers every rank's keys first, so all ranks keep identical queues.
+    ``forward(query_view, key_view)`` returns the query embeddings (with gradient) and the keys (without), after
+    the momentum update of the key encoder.
 
-    Per-rank BatchNorm statistics let the key encoder "cheat" (the key and the query of a sample see the
-    same batch statistics); ``key_bn="shuffle"`` encodes the keys of a batch permuted across ranks, as MoCo
-    does, and ``key_bn="sync"`` uses statistics of the global batch.
+    Per-rank BatchNorm statistics let the key encoder "cheat" (the key and the query of a sample see the same batch
+    statistics); ``key_bn="shuffle"`` encodes the keys of a batch permuted across ranks, as MoCo does, and
+    ``key_bn="sync"`` uses statistics of the global batch. Without DDP the three are the same.
 
     Args:
-        encoder: the query network (e.g. :class:`~skeleton.models.encoders.EmbeddingNet`), exposing ``embed_dim``;
-            the key network is a copy of it.
-        queue_size: K, keys kept as negatives.
+        encoder: the query network (e.g. :class:`~skeleton.models.encoders.EmbeddingNet`); the key network is a copy.
         momentum: m of the key update ``key <- m key + (1 - m) query``.
-        key_bn: one of :data:`KEY_BATCHNORM`.
+        key_bn: one of ``"shuffle"``, ``"sync"``, ``"local"``.
+
+    Raises:
+        ValueError: for an unknown ``key_bn``.
     """
 
-    queue: Tensor
-    queue_ptr: Tensor
-
-    def __init__(self, encoder: nn.Module, queue_size: int = 16384, momentum: float = 0.999, key_bn: str = "shuffle"):
+    def __init__(self, encoder: nn.Module, momentum: float = 0.999, key_bn: str = "shuffle") -> None:
         super().__init__()
         if key_bn not in KEY_BATCHNORM:
             raise ValueError(f"key_bn must be one of {KEY_BATCHNORM}, got {key_bn!r}")
@@ -48,8 +45,6 @@ class MoCo(nn.Module):
         if key_bn == "sync":
             self.key = nn.SyncBatchNorm.convert_sync_batchnorm(self.key)
         self.key.requires_grad_(False)
-        self.register_buffer("queue", F.normalize(torch.randn(int(encoder.embed_dim), queue_size), dim=0))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
 
     def forward(self, query_view: Tensor, key_view: Tensor) -> tuple[Tensor, Tensor]:
         """Embed the query view (with gradient) and, after the momentum update, the key view (without)."""
@@ -75,14 +70,3 @@ class MoCo(nn.Module):
         keys = torch.empty_like(shuffled_keys)
         keys[permutation] = shuffled_keys
         return keys.view(world_size(), -1, keys.shape[1])[rank()]
-
-    @torch.no_grad()
-    def enqueue(self, keys: Tensor) -> None:
-        """Write the keys of all ranks (normalized) over the oldest entries of the queue."""
-        keys = F.normalize(gather_rows(keys.detach()).to(self.queue.dtype), dim=1)
-        size, arrived = self.queue.shape[1], keys.shape[0]
-        keys = keys[-size:]  # more keys than slots: only the newest survive
-        first = self.queue_ptr + arrived - keys.shape[0]
-        slots = (first + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[:, slots] = keys.T
-        self.queue_ptr.copy_((self.queue_ptr + arrived) % size)

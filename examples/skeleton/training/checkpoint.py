@@ -1,9 +1,11 @@
-"""Checkpoint files: atomic writes, loading, the random-number-generator states of a rank, and the
-pretrained encoder read back for evaluation."""
+"""Checkpoint files: atomic writes, loading, the random-number-generator states of a rank, what the encoder
+reads (:class:`InputSpec`), and the pretrained encoder read back for evaluation."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Union
 
@@ -11,9 +13,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from skeleton.config import RunConfig, from_dict
-from skeleton.fileio import InputError, atomic_write
-from skeleton.models.encoders import EmbeddingNet, build_encoder
+from ..config import ModelConfig, RunConfig
+from ..data.datasets import SkeletonDataset
+from ..data.layouts import SkeletonLayout
+from ..fileio import InputError, atomic_write
+from ..models.encoders import EmbeddingNet, build_encoder
 
 PathLike = Union[str, Path]
 
@@ -26,7 +30,19 @@ def save_checkpoint(payload: dict[str, Any], path: PathLike) -> Path:
     return path
 
 
-CHECKPOINT_KEYS = ("config", "model", "criterion", "optimizer", "precision", "position", "epoch_sums", "history", "rng")
+CHECKPOINT_KEYS = (
+    "config",
+    "input",
+    "model",
+    "criterion",
+    "optimizer",
+    "precision",
+    "position",
+    "first_epoch",
+    "epoch_sums",
+    "history",
+    "rng",
+)
 """What every checkpoint of ``pretrain`` holds (``Pretraining.state``)."""
 
 
@@ -56,7 +72,8 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     if missing:
         raise InputError(f"checkpoint {path} lacks {', '.join(repr(key) for key in missing)}; {expected}")
     try:
-        from_dict(checkpoint["config"])
+        RunConfig.from_dict(checkpoint["config"], f"checkpoint {path}")
+        InputSpec.from_dict(checkpoint["input"])
     except (TypeError, ValueError) as error:
         raise InputError(f"checkpoint {path}: this version cannot read its configuration ({error})") from None
     return checkpoint
@@ -86,13 +103,57 @@ def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generat
         generator.set_state(state["generators"][name])
 
 
-def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
-    """The query network a run's model section describes, initialized as ``model.weight_init`` says."""
-    model = cfg.model
+@dataclass(frozen=True)
+class InputSpec:
+    """What an encoder reads: sequences of a layout's joints, with C coordinates, of M bodies.
+
+    Saved in every checkpoint, so that an encoder is rebuilt for its own input (a layout read from a data folder's
+    file included) and refused on data of another shape.
+    """
+
+    layout: SkeletonLayout
+    num_coords: int
+    num_bodies: int
+
+    @classmethod
+    def of(cls, dataset: SkeletonDataset) -> InputSpec:
+        return cls(dataset.layout, dataset.num_coords, dataset.num_bodies)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> InputSpec:
+        fields = {key: tuple(map(_tuples, value)) if isinstance(value, list) else value
+                  for key, value in data["layout"].items()}  # fmt: skip
+        return cls(SkeletonLayout(**fields), int(data["num_coords"]), int(data["num_bodies"]))
+
+    def describe(self) -> str:
+        return f"{self.layout.num_joints} joints ({self.layout.name}) x {self.num_coords} coordinates x {self.num_bodies} bodies"
+
+    def check(self, dataset: SkeletonDataset, what: str) -> None:
+        """Raise :class:`~skeleton.fileio.InputError` naming both shapes when ``dataset`` is not this input (e.g. an
+        NTU encoder evaluated on NW-UCLA)."""
+        found = InputSpec.of(dataset)
+        if (found.layout.num_joints, found.num_coords, found.num_bodies) != (
+            self.layout.num_joints,
+            self.num_coords,
+            self.num_bodies,
+        ):
+            raise InputError(f"{what} reads {self.describe()}, but the data has {found.describe()}")
+
+
+def _tuples(value: Any) -> Any:
+    return tuple(map(_tuples, value)) if isinstance(value, list) else value
+
+
+def build_embedding_net(model: ModelConfig, spec: InputSpec) -> EmbeddingNet:
+    """The query network a run's model section describes for its input, initialized as ``model.weight_init`` says."""
     backbone = build_encoder(
         model.encoder,
-        num_joints=model.num_joints,
-        num_bodies=model.num_bodies,
+        layout=spec.layout,
+        num_coords=spec.num_coords,
+        num_bodies=spec.num_bodies,
         hidden_size=model.hidden_size,
         num_layers=model.num_layers,
         stgcn_width=model.stgcn_width,
@@ -101,11 +162,12 @@ def build_embedding_net(cfg: RunConfig) -> EmbeddingNet:
     return EmbeddingNet(backbone, model.embed_dim, model.weight_init)
 
 
-def encoder_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[nn.Module, RunConfig]:
-    """The query encoder (without projection head) of a loaded pretraining checkpoint, and the run's
-    configuration."""
-    cfg = from_dict(checkpoint["config"])
-    net = build_embedding_net(cfg)
+def encoder_from_checkpoint(checkpoint: dict[str, Any]) -> tuple[nn.Module, RunConfig, InputSpec]:
+    """The query encoder (without projection head) of a loaded pretraining checkpoint, the run's configuration and
+    its input."""
+    cfg = RunConfig.from_dict(checkpoint["config"])
+    spec = InputSpec.from_dict(checkpoint["input"])
+    net = build_embedding_net(cfg.model, spec)
     prefix = "query."
     net.load_state_dict({k[len(prefix) :]: v for k, v in checkpoint["model"].items() if k.startswith(prefix)})
-    return net.backbone, cfg
+    return net.backbone, cfg, spec

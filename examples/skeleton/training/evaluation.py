@@ -1,11 +1,14 @@
-"""Evaluation protocols of SPEC section 4: 1-NN on frozen features, linear probe, fine-tuning.
+"""Evaluation protocols (docs/protocols.md): 1-NN on frozen features, linear probe, fine-tuning.
 
-All of them read features before the projection head. Evaluation runs on one device.
+All of them read features before the projection head. Evaluation runs on one device. No number computed from a
+diverged model is returned: features that are not finite, or a classifier loss that stops being finite, raise
+``FloatingPointError`` saying where.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -15,11 +18,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from skeleton.config import SUBSETS, ClassifierConfig, KNNConfig
-from skeleton.data.augment import center_crop_resize, pretrain_view, temporal_crop_resize
-from skeleton.training.loop import EpochSampler, Precision, ProgressBar, format_row, lr_at, set_lr
+from ..config import SUBSETS, ClassifierConfig, KNNConfig
+from ..data.augment import center_crop_resize, pretrain_view, temporal_crop_resize
+from .loop import EpochSampler, Precision, ProgressBar, format_row, loader_worker_init, lr_at, set_lr
 
-# SPEC section 4: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
+# The released protocol: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
 TRAIN_CROP_RATIOS = (0.5, 1.0)
 EVAL_CROP_RATIO = 0.95
 RAW_KNN_FRAMES = 32
@@ -28,7 +31,12 @@ RAW_KNN_FRAMES = 32
 
 def _loader(dataset: Dataset, batch_size: int, num_workers: int, device: torch.device, **kwargs: Any) -> DataLoader:
     return DataLoader(
-        dataset, batch_size=batch_size, num_workers=num_workers, pin_memory=device.type == "cuda", **kwargs
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        worker_init_fn=loader_worker_init,
+        **kwargs,
     )
 
 
@@ -59,6 +67,10 @@ def extract_features(
         labels.append(label.to(device))
     encoder.train(was_training)
     stacked = torch.cat(features)
+    if not bool(torch.isfinite(stacked).all()):
+        raise FloatingPointError(
+            "the encoder's features are not finite (a diverged or corrupt checkpoint?): no accuracy is computed from them"
+        )
     return F.normalize(stacked, dim=1) if normalize else stacked, torch.cat(labels)
 
 
@@ -112,7 +124,7 @@ def evaluate_knn(
     num_workers: int = 0,
     clip_frames: int = 64,
 ) -> float:
-    """SPEC section 4 kNN: 1-NN, cosine, L2-normalized pre-head features, training set as memory."""
+    """The kNN protocol: 1-NN, cosine, L2-normalized pre-head features, training set as memory."""
     kwargs = dict(
         batch_size=cfg.batch_size, device=device, precision=precision, num_workers=num_workers, clip_frames=clip_frames
     )
@@ -185,7 +197,7 @@ class ClassifierResult:
 class ClassifierTraining:
     """Train ``Linear(F, classes)`` on an encoder: frozen in eval mode (linear probe) or fine-tuned.
 
-    SPEC section 4: SGD with momentum, step schedule, training crops of 50-100 % of the valid frames,
+    The released protocol: SGD with momentum, step schedule, training crops of 50-100 % of the valid frames,
     evaluation on the centre 95 % crop; the head starts from N(0, 0.01). With ``cfg.feature_norm="batchnorm"``
     the features pass a BatchNorm without affine parameters first (as MAE's linear probe; not in the released
     protocol). The best top-1 is taken over every
@@ -285,8 +297,10 @@ class ClassifierTraining:
 
     def fit(self, train_set: Dataset, val_set: Dataset, description: str = "linear") -> ClassifierResult:
         """Train for ``cfg.epochs`` epochs (fewer when ``max_steps`` stops it); returns best and last top-1."""
+        if len(train_set) < 2:
+            raise ValueError(f"{description}: {len(train_set)} training sequence(s); BatchNorm needs batches of 2")
         cached_val = None if self.finetune else self._val_features(val_set)
-        batch_size = min(self.cfg.batch_size, len(train_set))  # tiny labelled subsets still get batches
+        batch_size = max(2, min(self.cfg.batch_size, len(train_set)))  # tiny labelled subsets still get batches
         sampler = EpochSampler(len(train_set), batch_size, self.seed)
         loader = _loader(
             train_set,
@@ -316,6 +330,11 @@ class ClassifierTraining:
                 with self.precision.autocast():
                     logits = self.head(self._features(clip)).float()
                 loss = F.cross_entropy(logits, label)
+                if not math.isfinite(float(loss.detach())):
+                    raise FloatingPointError(
+                        f"{description} diverged: non-finite loss at epoch {epoch + 1}, step {steps + 1}; no accuracy is "
+                        "written (lower its learning rate?)"
+                    )
                 self.precision.backward_step(loss, self.optimizer)
                 loss_sum += loss.detach() * len(label)
                 correct += (logits.argmax(dim=1) == label).sum()

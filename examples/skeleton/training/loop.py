@@ -1,5 +1,5 @@
 """Pieces every training loop here shares: mixed precision, the learning-rate steps, a resumable epoch
-sampler, a graceful stop on Ctrl-C, and the progress bar."""
+sampler, a graceful stop on Ctrl-C or SIGTERM (DataLoader workers left out of it), and the progress bar."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.utils.data import Sampler
 from tqdm import tqdm
 
-from skeleton.console import interactive
+from ..console import interactive
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -165,6 +165,18 @@ class GracefulStop(AbstractContextManager["GracefulStop"]):
     def __exit__(self, *exc: Any) -> None:
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
+
+
+def loader_worker_init(worker_id: int) -> None:
+    """``worker_init_fn`` of every DataLoader here: workers ignore Ctrl-C and SIGTERM.
+
+    A scheduler's SIGTERM or a Ctrl-C reaches the whole process group. A worker that dies of it makes the main
+    process's next batch raise "DataLoader worker is killed by signal" before :class:`GracefulStop` can save a
+    checkpoint, and a worker that inherited the main process's handler prints its message once more. The main process
+    alone decides to stop; it then shuts its workers down.
+    """
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, signal.SIG_IGN)
 
 
 def format_row(row: dict[str, Any]) -> str:

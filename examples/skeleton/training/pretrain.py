@@ -1,9 +1,14 @@
-"""MoCo pretraining with the HaLP loss: plain MoCo until ``halp_start_epoch``, then MoCo + HaLP.
+"""MoCo pretraining with the HaLP loss: plain MoCo until ``loss.halp_start_epoch``, then MoCo + HaLP.
 
 One :class:`Pretraining` owns the model, the loss, the optimizer and the data of a run, trains epoch by
 epoch and writes ``checkpoints/last.pt`` after every epoch (rank 0 under DDP). A checkpoint holds
-everything needed to continue exactly: the query and key encoders, the queue, the loss's prototype bank,
-the optimizer, the position in the epoch, the per-epoch history and every rank's RNG states.
+everything needed to continue exactly: the query and key encoders, the loss (its queue of keys and its prototype
+bank), the optimizer, the position in the epoch, the per-epoch history and every rank's RNG states.
+
+The loss is used as the library's README tells users to: ``HaLPInfoNCE(memory_bank_size=(K, D),
+gather_distributed=...)`` keeps MoCo's queue, and its ``prototype_warmup`` (the keys it must see before its first
+prototype fit) is the number of keys of the epochs before ``halp_start_epoch``, so the criterion itself switches
+the HaLP term on at the first step of that epoch.
 """
 
 from __future__ import annotations
@@ -20,13 +25,24 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from halp_loss import HaLPInfoNCE
-from skeleton.config import RunConfig, check_input_layout, from_dict, load_split, to_dict
-from skeleton.data.augment import pretrain_view
-from skeleton.models.moco import MoCo
-from skeleton.training import distributed
-from skeleton.training.checkpoint import build_embedding_net, restore_rng_state, rng_state, save_checkpoint
-from skeleton.training.evaluation import RAW_KNN_FRAMES, evaluate_knn
-from skeleton.training.loop import EpochSampler, GracefulStop, Precision, ProgressBar, format_row, lr_at, set_lr
+
+from ..config import RunConfig
+from ..data.augment import pretrain_view
+from ..data.datasets import SkeletonDataset
+from ..models.moco import MoCo
+from . import distributed
+from .checkpoint import InputSpec, build_embedding_net, restore_rng_state, rng_state, save_checkpoint
+from .evaluation import RAW_KNN_FRAMES, evaluate_knn
+from .loop import (
+    EpochSampler,
+    GracefulStop,
+    Precision,
+    ProgressBar,
+    format_row,
+    loader_worker_init,
+    lr_at,
+    set_lr,
+)
 
 TERMS = ("loss", "infonce", "halp", "kept_fraction", "mean_t")
 """Per-step values of ``HaLPInfoNCE.last`` averaged into the epoch history."""
@@ -37,22 +53,34 @@ HALP_TERMS = ("kept_fraction", "mean_t")
 T = TypeVar("T")
 
 
-def build_criterion(cfg: RunConfig, generator: Optional[torch.Generator] = None) -> HaLPInfoNCE:
-    """The loss of SPEC section 2 with the run's hyperparameters (its bank gathers keys across ranks).
+def build_criterion(
+    cfg: RunConfig, *, warmup: int = 0, generator: Optional[torch.Generator] = None
+) -> HaLPInfoNCE:
+    """The run's loss: :class:`~halp_loss.HaLPInfoNCE` keeping the queue of ``loss.memory_bank_size`` keys (gathered
+    from all ranks under DDP) and fitting prototypes once it has seen ``warmup`` keys.
 
-    ``generator`` draws the hallucinated positives (default: torch's global generator).
+    Args:
+        cfg: the run's configuration (its ``auto`` values resolved).
+        warmup: keys the prototype bank sees before its first fit: those of the epochs before the HaLP phase.
+        generator: draws the hallucinated positives (default: torch's global generator).
+
+    Raises:
+        ValueError: naming the argument, for a setting the criterion refuses.
     """
-    p = cfg.pretrain
+    loss = cfg.loss
     return HaLPInfoNCE(
-        temperature=p.temperature,
-        halp_weight=p.halp_weight,
-        num_prototypes=p.num_prototypes,
-        num_positives=p.num_positives,
-        lam=p.lam,
-        objective=p.objective,
-        estimator=p.estimator,
-        prototype_window=p.prototype_window,
-        prototype_every=p.prototype_every,
+        temperature=loss.temperature,
+        halp_weight=loss.halp_weight,
+        num_prototypes=loss.num_prototypes,
+        num_positives=loss.num_positives,
+        lam=loss.lam,
+        objective=loss.objective,
+        estimator=loss.estimator,
+        prototype_window=loss.prototype_window,
+        prototype_every=loss.prototype_every,
+        prototype_warmup=warmup,
+        memory_bank_size=(int(loss.memory_bank_size), cfg.model.embed_dim),
+        gather_distributed=distributed.is_distributed(),
         seed=cfg.seed,
         generator=generator,
     )
@@ -92,16 +120,31 @@ class Pretraining:
     """A pretraining run (see the module docstring).
 
     Args:
-        cfg: the run's configuration.
+        cfg: the run's configuration, fitted to the training set (:func:`~skeleton.config.fit_to_dataset`).
         out_dir: run folder; checkpoints go to ``out_dir/checkpoints``.
         device: this rank's device.
+        train_set: the training split.
+        val_set: the validation split (rank 0: the baselines and the kNN monitor; None on other ranks).
+        max_steps: stop after this many steps of this process (smoke tests, time limits); not saved, so a resumed
+            run goes on to the end of its schedule unless given it again.
         progress: show progress bars (rank 0 only).
     """
 
-    def __init__(self, cfg: RunConfig, out_dir: Path, device: torch.device, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        out_dir: Path,
+        device: torch.device,
+        train_set: SkeletonDataset,
+        val_set: Optional[SkeletonDataset],
+        *,
+        max_steps: Optional[int] = None,
+        progress: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.out_dir = out_dir
         self.device = device
+        self.max_steps = max_steps
         self.is_main = distributed.is_main()
         self.progress = progress and self.is_main
         p = cfg.pretrain
@@ -111,33 +154,34 @@ class Pretraining:
         if p.key_bn == "sync" and world > 1 and device.type != "cuda":
             raise ValueError("key_bn='sync' needs CUDA (nn.SyncBatchNorm); use 'shuffle' on the CPU")
         rank = distributed.rank()
-        self.train_set = load_split(cfg, "train")
-        self.val_set = load_split(cfg, "val") if self.is_main else None
-        cfg.model.num_joints, cfg.model.num_bodies = self.train_set.num_joints, self.train_set.num_bodies
+        self.train_set, self.val_set = train_set, val_set
+        self.input = InputSpec.of(train_set)
         torch.manual_seed(cfg.seed)  # identical initial weights on every rank
-        self.model = MoCo(build_embedding_net(cfg), p.queue_size, p.key_momentum, p.key_bn).to(device)
+        self.model = MoCo(build_embedding_net(cfg.model, self.input), p.key_momentum, p.key_bn).to(device)
         # Each rank draws its own augmentations and positives; both generators are saved with checkpoints.
         self.generators = {
             "augment": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + rank),
             "positives": torch.Generator(device=device).manual_seed(cfg.seed * 1000 + 500 + rank),
         }
         torch.manual_seed(cfg.seed * 1000 + rank)
-        self.criterion = build_criterion(cfg, self.generators["positives"]).to(device)
         self.optimizer = torch.optim.SGD(
             self.model.query.parameters(), lr=p.lr, momentum=p.momentum, weight_decay=p.weight_decay
         )
         self.precision = Precision(cfg.amp, device)
-        self.sampler = EpochSampler(len(self.train_set), p.batch_size // world, cfg.seed, rank, world)
+        self.sampler = EpochSampler(len(train_set), p.batch_size // world, cfg.seed, rank, world)
         self.loader = DataLoader(
-            self.train_set,
+            train_set,
             batch_size=p.batch_size // world,
             sampler=self.sampler,
             drop_last=True,
             num_workers=cfg.num_workers,
             pin_memory=device.type == "cuda",
             persistent_workers=cfg.num_workers > 0,
+            worker_init_fn=loader_worker_init,
         )
         self.position = Position()
+        self.first_epoch = 0  # where this run started: 0, or the epoch of the checkpoint it was initialized from
+        self.criterion = self._build_criterion()
         self.history: list[dict[str, Any]] = []
         self.baselines: dict[str, float] = {}
         self.stats = EpochStats(device)
@@ -146,17 +190,34 @@ class Pretraining:
     def checkpoint_dir(self) -> Path:
         return self.out_dir / "checkpoints"
 
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.batches_per_epoch
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole schedule, from this run's first epoch."""
+        return (self.cfg.pretrain.epochs - self.first_epoch) * self.steps_per_epoch
+
+    def _build_criterion(self) -> HaLPInfoNCE:
+        """The loss, its prototype warm-up the keys of this run's epochs before ``halp_start_epoch``."""
+        keys_per_epoch = self.steps_per_epoch * self.cfg.pretrain.batch_size
+        warmup = max(0, self.cfg.loss.halp_start_epoch - self.first_epoch) * keys_per_epoch
+        return build_criterion(self.cfg, warmup=warmup, generator=self.generators["positives"]).to(self.device)
+
     # -- checkpoints -------------------------------------------------------------------------------------
 
     def state(self) -> dict[str, Any]:
         """The checkpoint payload (call on every rank: it gathers the RNG states of all ranks)."""
         return {
-            "config": to_dict(self.cfg),
+            "config": self.cfg.to_dict(),
+            "input": self.input.to_dict(),
             "model": self.model.state_dict(),
             "criterion": self.criterion.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "precision": self.precision.state_dict(),
             "position": vars(self.position).copy(),
+            "first_epoch": self.first_epoch,
             "epoch_sums": self.stats.sums.cpu(),
             "history": self.history,
             "baselines": self.baselines,
@@ -173,6 +234,8 @@ class Pretraining:
 
     def resume(self, checkpoint: dict[str, Any]) -> None:
         """Continue the run of a checkpoint (as loaded by ``load_checkpoint``) exactly where it stopped."""
+        self.first_epoch = checkpoint["first_epoch"]
+        self.criterion = self._build_criterion()
         self._load_training_state(checkpoint)
         self.criterion.load_state_dict(checkpoint["criterion"])
         self.precision.load_state_dict(checkpoint["precision"])
@@ -184,17 +247,23 @@ class Pretraining:
             print(f"checkpoint was written by {len(states)} ranks, now {distributed.world_size()}: fresh RNG states")
 
     def init_from(self, checkpoint: dict[str, Any]) -> None:
-        """Start this run from another run's checkpoint: weights, queue, optimizer, epoch and history.
+        """Start this run from another run's checkpoint: weights, optimizer, epoch and history.
 
-        This is the paper's two-phase recipe: a plain MoCo run to epoch 200, then a HaLP run initialized from
-        it. The loss's prototype bank and the RNG states start afresh.
+        This is the paper's two-phase recipe: a plain MoCo run to epoch 200, then a HaLP run initialized from it.
+        The loss starts afresh (its queue empty, its prototype bank unfitted) and the HaLP phase starts at
+        ``halp_start_epoch`` counted as before.
+
+        Raises:
+            ValueError: for a checkpoint written in the middle of an epoch.
         """
         if checkpoint["position"]["batch"]:
             raise ValueError("that checkpoint was written in the middle of an epoch; --resume its run to finish it")
+        self.first_epoch = checkpoint["position"]["epoch"]
+        self.criterion = self._build_criterion()
         self._load_training_state(checkpoint)
 
     def _load_training_state(self, checkpoint: dict[str, Any]) -> None:
-        check_input_layout(from_dict(checkpoint["config"]).model, self.train_set, "the checkpoint's encoder")
+        InputSpec.from_dict(checkpoint["input"]).check(self.train_set, "the checkpoint's encoder")
         self.model.load_state_dict(checkpoint["model"])
         self.optimizer.load_state_dict(checkpoint["optimizer"])
         self.position = Position(**checkpoint["position"])
@@ -204,7 +273,7 @@ class Pretraining:
     # -- training ----------------------------------------------------------------------------------------
 
     def run(self) -> str:
-        """Train until ``cfg.pretrain.epochs``, or ``cfg.max_steps`` steps, or Ctrl-C / SIGTERM.
+        """Train until ``cfg.pretrain.epochs``, or ``max_steps`` steps, or Ctrl-C / SIGTERM.
 
         Returns:
             ``"done"`` (last epoch reached), ``"max_steps"`` or ``"interrupted"``; a run that stops early
@@ -226,7 +295,6 @@ class Pretraining:
                 epoch = self.position.epoch
                 lr = lr_at(p.lr, p.lr_milestones, epoch, p.lr_schedule, p.epochs)
                 set_lr(self.optimizer, lr)
-                self.criterion.halp_weight = p.halp_weight if epoch >= p.halp_start_epoch else 0.0
                 self.sampler.set_epoch(epoch, skip_batches=self.position.batch)
                 self.model.train()
                 self.criterion.train()
@@ -247,7 +315,7 @@ class Pretraining:
                     self.position.step += 1
                     steps_this_run += 1
                     rate = bar.update(loss=terms["loss"], halp=terms["halp"])
-                    out_of_steps = self.cfg.max_steps is not None and steps_this_run >= self.cfg.max_steps
+                    out_of_steps = self.max_steps is not None and steps_this_run >= self.max_steps
                     if distributed.any_rank(stop.requested, self.device) or out_of_steps:
                         bar.close()
                         self.save()
@@ -257,11 +325,12 @@ class Pretraining:
         return "done"
 
     def train_step(self, train_model: torch.nn.Module, x: Tensor, num_frames: Tensor) -> tuple[dict[str, float], bool]:
-        """One optimizer step on a raw batch: two augmented views, MoCo forward, loss, update, enqueue.
+        """One optimizer step on a batch: two augmented views, MoCo forward, the loss (which then enqueues the keys
+        and feeds its prototype bank), the update.
 
         Args:
             train_model: the MoCo model, DDP-wrapped under torch.distributed.
-            x: (B, 3, T, 25, 2) raw sequences; num_frames: (B,) valid frames.
+            x: (B, C, T, V, M) sequences; num_frames: (B,) valid frames.
 
         Returns:
             The loss terms (``HaLPInfoNCE.last``) and whether the HaLP term was active.
@@ -274,23 +343,25 @@ class Pretraining:
         with torch.no_grad():
             query_view = pretrain_view(x, num_frames, **view)
             key_view = pretrain_view(x, num_frames, **view)
-        halp_active = self.criterion.halp_weight > 0 and self.criterion.bank.ready
         with self.precision.autocast():
             query, key = train_model(query_view, key_view)
-            loss = self.criterion(query, key, self.model.queue.T)
+            loss = self.criterion(query, key)
         self.precision.backward_step(loss, self.optimizer)
-        self.model.enqueue(key)  # after the step: the loss above used the queue without these keys
         terms = self.criterion.last
         if not math.isfinite(terms["loss"]):
-            raise FloatingPointError(f"non-finite loss at step {self.position.step}: {terms}")
-        return terms, halp_active
+            raise FloatingPointError(
+                f"pretraining diverged: non-finite loss at step {self.position.step + 1} (epoch "
+                f"{self.position.epoch + 1}): {format_row(terms)}. The data was checked finite when it was loaded, so "
+                "the model blew up: lower --pretrain-lr, or train without --amp fp16"
+            )
+        return terms, self.criterion.active
 
     def _finish_epoch(self, lr: float, samples_per_s: float, seconds: float) -> None:
         p = self.cfg.pretrain
         epoch = self.position.epoch
         row: dict[str, Any] = {
             "epoch": epoch + 1,
-            "phase": "halp" if epoch >= p.halp_start_epoch else "moco",
+            "phase": "halp" if self.cfg.loss.halp_weight > 0 and epoch >= self.cfg.loss.halp_start_epoch else "moco",
             "lr": lr,
             **self.stats.means(),
             "samples_per_s": samples_per_s,
@@ -308,7 +379,7 @@ class Pretraining:
         self.save()
         if p.save_every > 0 and (epoch + 1) % p.save_every == 0:
             self.save(f"epoch_{epoch + 1:04d}.pt")
-        if epoch + 1 == p.halp_start_epoch:
+        if epoch + 1 == self.cfg.loss.halp_start_epoch:
             self.save(f"epoch_{epoch + 1:04d}_moco.pt")  # the plain-MoCo checkpoint of the two-phase recipe
         if self.is_main:
             print(format_row(row), flush=True)
