@@ -1,11 +1,11 @@
-"""Dataset loading: prepared NTU / PKU / NW-UCLA folders and any folder in the same layout (memory-mapped), and
-the synthetic dataset.
+"""Dataset loading: prepared folders (NTU, PKU-MMD, NW-UCLA, SBU, MSR Action3D), any folder in the same layout
+(memory-mapped), and the synthetic dataset.
 
 Data-root convention: ``data_root`` is the folder that holds one sub-folder per dataset family, as written by
 ``skeleton_moco.py prepare --out DATA_ROOT/<family>``::
 
     DATA_ROOT/ntu60/{xsub,xview}/   DATA_ROOT/ntu120/{xsub,xset}/   DATA_ROOT/pku2/{xsub,xview}/
-    DATA_ROOT/nwucla/xview/
+    DATA_ROOT/nwucla/xview/         DATA_ROOT/sbu/fold1..fold5/     DATA_ROOT/msr-action3d/xsub/
 
 Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_frame.npy`` and
 ``{train,val}_label.pkl`` (see :mod:`skeleton.data.files`). ``data_root`` may also point at a family folder
@@ -16,15 +16,32 @@ frame counts are derived from the data (last non-zero frame + 1). AimCLR's ``fee
 ``{split}_position.npy`` with ``{split}_label.npy`` (int64 (N, 1), no sample names), is read with the names
 ``{split}_000000``, ``{split}_000001``, ...
 
-Positions are checked on a sample of the data (body 0's spine mid in frame 0, see
-:func:`~skeleton.data.prenormalize.coordinate_frame`): data in camera coordinates (SkeletonCLR's
-``tools/ntu_gendata`` writes ``{split}_data.npy`` so) is pre-normalized sample by sample as it is read, with a
-warning; data centred another way (AimCLR's relative positions) is used as it is, with a warning. A folder that
-holds another dataset than the one named (labels, layout or its ``prepare_summary.json`` disagree; NTU-60 data
-named NTU-120) is refused with :class:`~skeleton.fileio.InputError`, as is a truncated or unreadable file.
+Layouts: data arrays are (N, C, T, V, M) with C = 3 (positions) or C = 2 (image keypoints) and V the joints of a
+:class:`~skeleton.data.layouts.SkeletonLayout`. A prepared folder's layout is the ``layout`` of its
+``prepare_summary.json`` (a built-in name or a layout in file form), else its dataset's (the registry's).
+A ``custom`` folder's layout is the ``layout`` argument (a built-in name, a layout file or a layout), else the
+folder's ``layout.yaml`` / ``layout.yml`` / ``layout.json``, else the built-in layout with V joints; an unknown V
+without a declared layout is refused with a message saying how to declare one.
 
-``custom`` is any such folder (``data_root`` points straight at it): joints V and bodies M come from the arrays
-(V = 25 for Kinect v2, 20 for Kinect v1; any M), the number of classes from the labels of both splits.
+Checks when a split is loaded (each failure an :class:`~skeleton.fileio.InputError` naming the file):
+
+- every coordinate is finite and within :data:`MAX_ABS_COORDINATE` (NaN, inf or 1e30 anywhere: the file and the
+  first sample index), read in chunks of at most :data:`CHECK_CHUNK_BYTES` from the memory map;
+- a split holds at least one sample (an empty validation split would only fail later, inside evaluation);
+- custom labels are 0-based without gaps: together the two splits use exactly 0..K-1 (a class may be missing
+  from one split). Labels numbered 1..K, or with gaps, are refused, not remapped: a remap would silently change
+  what the class numbers in the user's files and in the results mean;
+- labels within the dataset's class count; a folder of another dataset than the one named (labels, layout or its
+  ``prepare_summary.json`` disagree; NTU-60 data named NTU-120) is refused, as is a truncated or unreadable file.
+
+Positions are checked on a sample of the data (body 0's origin joint in frame 0, see
+:func:`~skeleton.data.prenormalize.coordinate_frame`): 3-D data in camera coordinates (SkeletonCLR's
+``tools/ntu_gendata`` writes ``{split}_data.npy`` so) and 2-D keypoints as a pose estimator writes them are
+pre-normalized sample by sample as they are read, with a warning; 3-D data centred another way (AimCLR's
+relative positions) is used as it is, with a warning.
+
+``custom`` is any such folder (``data_root`` points straight at it): C, V and M come from the arrays, the number
+of classes from the labels of both splits.
 
 Label pickles are unpickled: only load folders you trust.
 """
@@ -37,53 +54,60 @@ import pickle
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
 from ..fileio import InputError, load_npy
-from .benchmarks import NTU60_MAX_ACTION, NTU60_MAX_SETUP, NUM_CLASSES, PREPARED_SLOTS, SPLITS
+from .benchmarks import NTU60_MAX_ACTION, NTU60_MAX_SETUP, SPLITS
 from .files import SUMMARY_FILE, data_file, label_file, num_frame_file
-from .layouts import NUM_COORDS, SkeletonLayout, layout_for
+from .layouts import (
+    BUILT_IN_LAYOUTS,
+    COORDINATE_COUNTS,
+    KINECT_V2,
+    LayoutSpec,
+    SkeletonLayout,
+    find_layout_file,
+    layout_for,
+    layout_from_dict,
+    read_layout,
+    resolve_layout,
+)
 from .ntu_format import NtuSampleId
 from .prenormalize import coordinate_frame, prenormalize
+from .registry import FAMILIES, DatasetSpec, dataset_spec
 from .synthetic import SyntheticConfig, generate_synthetic, split_indices
 
-DATASET_NAMES: tuple[str, ...] = (
-    "synthetic",
-    "ntu60-xsub",
-    "ntu60-xview",
-    "ntu120-xsub",
-    "ntu120-xset",
-    "pku2-xsub",
-    "pku2-xview",
-    "nwucla",
-    "custom",
-)
 ALTERNATIVE_DATA_FILES = ("{split}_position.npy", "{split}_data.npy")
 """Data file names of the SkeletonCLR / AimCLR layout, tried after ``{split}_data_joint.npy``."""
 ALTERNATIVE_LABEL_FILE = "{split}_label.npy"
 """Labels of AimCLR's ``feeder/preprocess_ntu`` output, int64 (N, 1) without sample names, tried after
 ``{split}_label.pkl``."""
+MAX_ABS_COORDINATE = 1e6
+"""Largest coordinate magnitude accepted. No sensor or image gives coordinates beyond a million units (metres,
+millimetres or pixels); larger values are corrupt or fill values, which would pass into training as if real."""
+CHECK_CHUNK_BYTES = 64 * 2**20
+"""Bytes of data read at once by the coordinate check: the memory it needs, whatever the file's size."""
 
 
 class SkeletonDataset(Dataset):
-    """Skeleton sequences with their valid frame counts and labels.
+    """Skeleton sequences with their valid frame counts and labels, and the layout of their joints.
 
-    ``dataset[i]`` is ``(x, num_frames, label)``: ``x`` float32 tensor (3, T, V, M), ``num_frames`` a long
+    ``dataset[i]`` is ``(x, num_frames, label)``: ``x`` float32 tensor (C, T, V, M), ``num_frames`` a long
     scalar tensor (valid frames, at least 1) and ``label`` an int.
 
     Attributes:
-        data: array (N, 3, T, V, M), possibly a read-only memory map; V is the joint count of a known
-            :class:`~skeleton.data.layouts.SkeletonLayout`.
+        data: array (N, C, T, V, M), possibly a read-only memory map; C = 3 or 2, V the layout's joints.
+        layout: the :class:`~skeleton.data.layouts.SkeletonLayout` of the joint axis.
         num_frames: (N,) int64 valid frame counts, or None when they are derived per sample from the data.
         labels: (N,) int64, 0-based.
         names: sample names.
         num_classes: size of the label space (may exceed ``labels.max() + 1``).
         max_frames: T.
-        prenormalize_on_read: whether each sample is pre-normalized as it is read (data in camera coordinates).
+        prenormalize_on_read: whether each sample is pre-normalized as it is read (3-D data in camera
+            coordinates, 2-D keypoints in image coordinates).
     """
 
     def __init__(
@@ -92,26 +116,29 @@ class SkeletonDataset(Dataset):
         labels: np.ndarray,
         names: list[str],
         num_classes: int,
+        layout: SkeletonLayout,
         num_frames: np.ndarray | None = None,
         prenormalize_on_read: bool = False,
     ) -> None:
         """Wrap arrays as a dataset.
 
         Args:
-            data: array (N, 3, T, V, M).
+            data: array (N, C, T, V, M), C = 3 or 2.
             labels: (N,) integer labels in [0, num_classes).
             names: N sample names.
             num_classes: size of the label space.
+            layout: the layout of the V joints.
             num_frames: (N,) valid frame counts; None derives each from its sample's last non-zero frame.
             prenormalize_on_read: pre-normalize each sample (:func:`~skeleton.data.prenormalize.prenormalize`)
-                when it is read, for data in camera coordinates; frame counts are derived before.
+                when it is read; frame counts are derived before.
 
         Raises:
-            ValueError: on inconsistent shapes, an unknown joint count or labels out of range.
+            ValueError: on inconsistent shapes, joints that are not the layout's, or labels out of range.
         """
-        if data.ndim != 5 or data.shape[1] != NUM_COORDS or min(data.shape[2:]) < 1:
-            raise ValueError(f"data must have shape (N, {NUM_COORDS}, T, V, M), got {data.shape}")
-        layout_for(data.shape[3])
+        if data.ndim != 5 or data.shape[1] not in COORDINATE_COUNTS or min(data.shape[2:]) < 1:
+            raise ValueError(f"data must have shape (N, C, T, V, M) with C in {COORDINATE_COUNTS}, got {data.shape}")
+        if data.shape[3] != layout.num_joints:
+            raise ValueError(f"data has {data.shape[3]} joints, but layout {layout.name} has {layout.num_joints}")
         labels = np.asarray(labels, dtype=np.int64)
         if labels.shape != (len(data),) or len(names) != len(data):
             raise ValueError(f"{len(data)} samples but {labels.shape[0]} labels and {len(names)} names")
@@ -122,6 +149,7 @@ class SkeletonDataset(Dataset):
             if num_frames.shape != (len(data),):
                 raise ValueError(f"{len(data)} samples but num_frames has shape {num_frames.shape}")
         self.data = data
+        self.layout = layout
         self.labels = labels
         self.names = list(names)
         self.num_classes = int(num_classes)
@@ -133,16 +161,17 @@ class SkeletonDataset(Dataset):
         return len(self.data)
 
     @property
+    def num_coords(self) -> int:
+        """C: 3 for positions, 2 for image keypoints."""
+        return int(self.data.shape[1])
+
+    @property
     def num_joints(self) -> int:
         return int(self.data.shape[3])
 
     @property
     def num_bodies(self) -> int:
         return int(self.data.shape[4])
-
-    @property
-    def layout(self) -> SkeletonLayout:
-        return layout_for(self.num_joints)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         sample = np.array(self.data[index], dtype=np.float32)  # copies out of the memory map
@@ -152,7 +181,7 @@ class SkeletonDataset(Dataset):
             full = np.flatnonzero(np.any(sample != 0, axis=(0, 2, 3)))
             count = int(full[-1]) + 1 if full.size else 1
         if self.prenormalize_on_read:  # after the count: the padding it adds repeats frames past the last one
-            sample = prenormalize(sample[None])[0]
+            sample = prenormalize(sample[None], self.layout)[0]
         return torch.from_numpy(sample), torch.tensor(count, dtype=torch.long), int(self.labels[index])
 
     def __getstate__(self) -> dict:
@@ -169,87 +198,72 @@ class SkeletonDataset(Dataset):
         self.__dict__.update(state)
 
 
-def parse_dataset_name(name: str) -> tuple[str, str]:
-    """Split a dataset name into (family, benchmark), e.g. ``"ntu60-xsub"`` -> ``("ntu60", "xsub")``.
-
-    Raises:
-        ValueError: if ``name`` is not in :data:`DATASET_NAMES`.
-    """
-    if name not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
-    if name in ("synthetic", "custom"):
-        return name, ""
-    if name == "nwucla":
-        return "nwucla", "xview"
-    family, benchmark = name.split("-")
-    return family, benchmark
-
-
-def num_classes(name: str, synthetic: SyntheticConfig | None = None) -> int:
-    """Number of classes of a dataset: 60, 120, 51 (PKU-MMD II, the reference's head), 10 (NW-UCLA) or the
-    synthetic count.
-
-    Args:
-        name: a name from :data:`DATASET_NAMES` other than ``"custom"``.
-        synthetic: configuration of the synthetic dataset (default ``SyntheticConfig()``).
-
-    Raises:
-        ValueError: for an unknown name, or ``"custom"`` (its classes come from its labels: load it).
-    """
-    family, _ = parse_dataset_name(name)
-    if family == "synthetic":
-        return (synthetic or SyntheticConfig()).num_classes
-    if family == "custom":
-        raise ValueError("a custom dataset's class count comes from its labels; load it with load_dataset")
-    return NUM_CLASSES[family]
-
-
 def load_dataset(
     name: str,
     split: str,
     data_root: str | os.PathLike | None = None,
     *,
     synthetic: SyntheticConfig | None = None,
+    layout: LayoutSpec | None = None,
 ) -> SkeletonDataset:
     """Load one split of a dataset.
 
     Args:
-        name: a name from :data:`DATASET_NAMES`.
+        name: a name from :data:`~skeleton.data.registry.DATASET_NAMES`.
         split: ``"train"`` or ``"val"``.
-        data_root: for real datasets, the folder holding ``<family>/<benchmark>/`` (see the module docstring;
+        data_root: for prepared datasets, the folder holding ``<family>/<benchmark>/`` (see the module docstring;
             a family or benchmark folder is accepted too); for ``"custom"`` the folder holding the split files.
             Ignored for ``"synthetic"``.
         synthetic: configuration of the synthetic dataset (default ``SyntheticConfig()``); the split follows
             its ``benchmark``. The samples are generated and pre-normalized in memory.
+        layout: the skeleton layout of the data: a layout, a built-in layout's name or a layout file. It beats
+            the folder's own (layout file or ``prepare_summary.json``); by default that one, else the built-in
+            layout with the data's joint count.
 
     Returns:
         The dataset; real datasets are memory-mapped, not read into memory.
 
     Raises:
-        ValueError: for an unknown name or split, or a missing ``data_root``.
-        InputError: (a ``ValueError``) naming the file, for inconsistent, truncated or unreadable files, or a folder
-            that holds another dataset than ``name`` (see the module docstring).
+        ValueError: for an unknown name, split or layout, or a missing ``data_root``.
+        InputError: (a ``ValueError``) naming the file, for inconsistent, truncated or unreadable files, non-finite
+            or absurd coordinates, an empty split, custom labels that are not 0..K-1, an invalid layout file, data
+            whose joint count no layout declares, or a folder that holds another dataset than ``name`` (see the
+            module docstring).
         FileNotFoundError: if no folder under ``data_root`` holds the split in a known layout.
+
+    Example:
+        >>> from skeleton.data.synthetic import SyntheticConfig
+        >>> small = SyntheticConfig(num_classes=2, num_performers=4, num_cameras=2, repetitions=1, max_frames=20,
+        ...                         min_frames=10)
+        >>> dataset = load_dataset("synthetic", "val", synthetic=small)
+        >>> dataset.layout.name, dataset.num_coords, dataset[0][0].shape
+        ('kinect_v2', 3, torch.Size([3, 20, 25, 2]))
     """
-    family, benchmark = parse_dataset_name(name)
+    spec = dataset_spec(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
-    if family == "synthetic":
+    declared = None if layout is None else resolve_layout(layout)
+    if spec.family == "synthetic":
         return _load_synthetic(synthetic or SyntheticConfig(), split)
     if data_root is None:
-        expected = "the split files" if family == "custom" else f"{family}/{benchmark}/"
+        expected = "the split files" if spec.family == "custom" else f"{spec.family}/{spec.benchmark}/"
         raise ValueError(f"data_root is required for {name!r} (the folder holding {expected})")
     root = Path(data_root)
-    candidates = [root] if family == "custom" else [root, root / benchmark, root / family / benchmark]
+    custom = spec.family == "custom"
+    candidates = [root] if custom else [root, root / spec.benchmark, root / spec.family / spec.benchmark]
     for folder in candidates:
         files = SplitFiles.find(folder, split)
         if files is None:
             continue
-        if family == "custom":
-            return files.load(_custom_num_classes(folder))
-        _check_prepared_family(name, family, folder)
-        dataset = files.load(NUM_CLASSES[family])
-        _check_content_family(name, family, files, dataset)
+        if custom:
+            layout_file = find_layout_file(folder)
+            if declared is None and layout_file is not None:
+                declared = read_layout(layout_file)
+            return files.load(_custom_num_classes(folder), declared)
+        prepared = _prepared_summary(folder)
+        _check_prepared_family(name, spec, prepared)
+        dataset = files.load(spec.num_classes, declared or _prepared_layout(spec, prepared))
+        _check_content_family(spec, files, dataset)
         return dataset
     tried = ", ".join(str(folder) for folder in candidates)
     raise FileNotFoundError(
@@ -265,7 +279,7 @@ class SplitFiles:
     """The files of one split in a prepared folder.
 
     Attributes:
-        data: the (N, 3, T, V, M) array file.
+        data: the (N, C, T, V, M) array file.
         labels: the ``(sample_names, labels)`` pickle, or AimCLR's (N, 1) ``.npy`` of labels.
         num_frames: the (N,) valid-frame file, or None when frame counts must be derived from the data.
     """
@@ -287,37 +301,83 @@ class SplitFiles:
                 return cls(folder / name, labels, num_frames if num_frames.is_file() else None)
         return None
 
-    def load(self, num_classes: int) -> SkeletonDataset:
-        """Open the split memory-mapped; check where its positions stand (see the module docstring).
+    def load(self, num_classes: int, layout: SkeletonLayout | None) -> SkeletonDataset:
+        """Open the split memory-mapped, check its values, and see where its positions stand (see the module
+        docstring).
+
+        Args:
+            num_classes: size of the label space.
+            layout: the layout of the data's joints; None: the built-in layout with the data's joint count.
 
         Raises:
-            InputError: if a file is truncated or unreadable, or the files disagree on the number of samples or
-                hold an unexpected shape.
+            InputError: if a file is truncated or unreadable, the files disagree on the number of samples or hold
+                an unexpected shape or joints that are not the layout's (or no built-in layout has that many), the
+                split is empty, or a coordinate is non-finite or absurd.
         """
         data = load_npy(self.data, mmap_mode="r")
+        if data.ndim != 5:
+            raise InputError(f"{self.data}: expected an array of shape (N, C, T, V, M), got {data.shape}")
+        if layout is None:
+            try:
+                layout = layout_for(data.shape[3])
+            except ValueError as error:
+                raise InputError(f"{self.data}: {error}") from None
         names, labels = read_labels(self.labels)
         num_frames = None if self.num_frames is None else load_npy(self.num_frames)
         try:
-            dataset = SkeletonDataset(data, labels, [str(n) for n in names], num_classes, num_frames)
+            dataset = SkeletonDataset(data, labels, [str(n) for n in names], num_classes, layout, num_frames)
         except ValueError as error:
             raise InputError(f"inconsistent split files {self.data}, {self.labels}: {error}") from None
-        frame, distance = coordinate_frame(data)
-        if frame == "camera":
+        if not len(dataset):
+            raise InputError(f"{self.data}: the split holds no samples; every split needs at least one")
+        check_coordinates(data, self.data)
+        frame, distance = coordinate_frame(data, layout)
+        if frame in ("camera", "image"):
             dataset.prenormalize_on_read = True
+            source = (
+                "3-D data in camera coordinates, not pre-normalized (SkeletonCLR's tools/ntu_gendata writes raw"
+                " positions)"
+                if frame == "camera"
+                else "2-D keypoints in image coordinates, not pre-normalized"
+            )
             warnings.warn(
-                f"{self.data} is in camera coordinates, not pre-normalized (body 0's spine mid {distance:.2f} away"
-                " from the origin in frame 0, median of a sample; SkeletonCLR's tools/ntu_gendata writes raw"
-                " positions): every sample is pre-normalized as it is read",
+                f"{self.data} holds {source}: body 0's {layout.joint_names[layout.origin]} lies {distance:.2f} away"
+                " from the origin in frame 0 (median of a sample); every sample is pre-normalized as it is read",
                 stacklevel=3,
             )
         elif frame == "centred":
             warnings.warn(
                 f"{self.data} is centred, but not by the 2s-AGCN pre-normalization of this pipeline and the paper"
-                f" (body 0's spine mid {distance:.2f} away from the origin in frame 0, median of a sample; AimCLR's"
-                " preprocess_ntu centres on the spine shoulder); used as it is",
+                f" (body 0's {layout.joint_names[layout.origin]} {distance:.2f} away from the origin in frame 0,"
+                " median of a sample; AimCLR's preprocess_ntu centres on the spine shoulder); used as it is",
                 stacklevel=3,
             )
         return dataset
+
+
+def check_coordinates(data: np.ndarray, path: Path) -> None:
+    """Refuse data with a non-finite coordinate or one beyond :data:`MAX_ABS_COORDINATE`, reading it in chunks of
+    at most :data:`CHECK_CHUNK_BYTES` (a memory map stays on disk).
+
+    Args:
+        data: array (N, ...), e.g. a memory map of the file.
+        path: the file, for the message.
+
+    Raises:
+        InputError: naming the file, the first offending sample, where in it and the value.
+    """
+    per_sample = max(1, int(np.prod(data.shape[1:])) * data.dtype.itemsize)
+    step = max(1, CHECK_CHUNK_BYTES // per_sample)
+    for start in range(0, len(data), step):
+        chunk = np.asarray(data[start : start + step])
+        bad = ~(np.abs(chunk) <= MAX_ABS_COORDINATE)  # also true for NaN, which compares false
+        if bad.any():
+            position = np.unravel_index(int(np.argmax(bad)), chunk.shape)
+            sample, where = start + int(position[0]), tuple(int(i) for i in position[1:])
+            raise InputError(
+                f"{path}: sample {sample} holds the coordinate {chunk[position]!r} at (coordinate, frame, joint,"
+                f" body) {where}; coordinates must be finite and within +-{MAX_ABS_COORDINATE:g}"
+            )
 
 
 def read_labels(path: Path) -> tuple[list, np.ndarray]:
@@ -360,35 +420,80 @@ def _labels_path(folder: Path, split: str) -> Optional[Path]:
 
 
 def _custom_num_classes(folder: Path) -> int:
-    """The class count of a custom folder: one more than the largest label of either split."""
+    """The class count K of a custom folder, whose two splits together must use exactly the labels 0..K-1.
+
+    Raises:
+        InputError: naming the label files and what they hold, for labels that do not start at 0 or have gaps.
+    """
     paths = [path for path in (_labels_path(folder, split) for split in SPLITS) if path is not None]
-    return int(max(read_labels(path)[1].max(initial=-1) for path in paths)) + 1
+    used = np.unique(np.concatenate([read_labels(path)[1] for path in paths]))
+    if used.size and (used[0] != 0 or used[-1] != used.size - 1):
+        missing = sorted(set(range(int(used[-1]) + 1)) - set(used.tolist()))
+        shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
+        hint = f" (numbered from 1? subtract {used[0]})" if used[-1] - used[0] == used.size - 1 else ""
+        raise InputError(
+            f"{' and '.join(map(str, paths))}: labels must be 0-based class indices without gaps (the splits"
+            f" together using 0..K-1), found {used.size} distinct labels from {used[0]} to {used[-1]}, missing"
+            f" {shown or 'none below ' + str(used[0])}{hint}; renumber them as 0..{used.size - 1}"
+        )
+    return int(used.size)
 
 
-def _check_prepared_family(name: str, family: str, folder: Path) -> None:
-    """Refuse a benchmark folder whose ``prepare_summary.json`` (one level up, as ``prepare`` writes it) names
-    another dataset family than ``name``.
+def _prepared_summary(folder: Path) -> dict[str, Any]:
+    """The ``prepare_summary.json`` one level above a benchmark folder (where ``prepare`` writes it), or ``{}``.
+
+    Raises:
+        InputError: naming the file, if it exists but is not a JSON object.
+    """
+    summary = folder.parent / SUMMARY_FILE
+    if not summary.is_file():
+        return {}
+    try:
+        content = json.loads(summary.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise InputError(f"{summary}: unreadable preparation summary ({error})") from None
+    if not isinstance(content, dict):
+        raise InputError(f"{summary}: expected a JSON object, got {type(content).__name__}")
+    return {**content, "_path": str(summary)}
+
+
+def _prepared_layout(spec: DatasetSpec, summary: dict[str, Any]) -> SkeletonLayout:
+    """A prepared folder's layout: its summary's ``layout`` (a built-in name or a layout in file form), else the
+    dataset's.
+
+    Raises:
+        InputError: naming the summary, for a ``layout`` entry that is neither.
+    """
+    declared = summary.get("layout")
+    if declared is None:
+        return BUILT_IN_LAYOUTS[spec.layout]
+    if isinstance(declared, str) and declared in BUILT_IN_LAYOUTS:
+        return BUILT_IN_LAYOUTS[declared]
+    if isinstance(declared, dict):
+        return layout_from_dict(declared, source=f"{summary['_path']}: layout")
+    raise InputError(
+        f"{summary['_path']}: layout {declared!r} is neither a built-in layout ({', '.join(BUILT_IN_LAYOUTS)}) nor"
+        " a layout in file form"
+    )
+
+
+def _check_prepared_family(name: str, spec: DatasetSpec, summary: dict[str, Any]) -> None:
+    """Refuse a benchmark folder whose ``prepare_summary.json`` names another dataset family than ``name``.
 
     Raises:
         InputError: naming both datasets and the summary.
     """
-    summary = folder.parent / SUMMARY_FILE
-    if not summary.is_file():
-        return
-    try:
-        prepared = json.loads(summary.read_text(encoding="utf-8")).get("dataset")
-    except (ValueError, AttributeError):  # not JSON, or not an object: it says nothing about the family
-        return
-    if isinstance(prepared, str) and prepared in NUM_CLASSES and prepared != family:
+    prepared = summary.get("dataset")
+    if isinstance(prepared, str) and prepared != spec.family and prepared in FAMILIES:
         raise InputError(
-            f"dataset {name}, but {folder} was prepared from {prepared} (see {summary}); name that dataset, or"
-            f" point --data-root at a preparation of {family}"
+            f"dataset {name}, but its folder was prepared from {prepared} (see {summary['_path']}); name that"
+            f" dataset, or point --data-root at a preparation of {spec.family}"
         )
 
 
-def _check_content_family(name: str, family: str, files: SplitFiles, dataset: SkeletonDataset) -> None:
-    """Refuse data whose layout is not the family's, or NTU-60 data named NTU-120 (valid labels, but half the
-    classes would never be seen).
+def _check_content_family(spec: DatasetSpec, files: SplitFiles, dataset: SkeletonDataset) -> None:
+    """Refuse data whose layout or bodies are not the dataset's, or NTU-60 data named NTU-120 (valid labels, but
+    half the classes would never be seen).
 
     NTU-60 data is recognized by labels below 60 and sample names (where they are NTU names) of setups up to 17:
     every split of an NTU-120 benchmark holds all 120 actions and setups above 17.
@@ -396,13 +501,13 @@ def _check_content_family(name: str, family: str, files: SplitFiles, dataset: Sk
     Raises:
         InputError: saying what the files hold.
     """
-    layout = PREPARED_SLOTS[family]
-    if (dataset.num_joints, dataset.num_bodies) != layout:
+    expected = BUILT_IN_LAYOUTS[spec.layout]
+    if (dataset.num_joints, dataset.num_bodies) != (expected.num_joints, spec.num_bodies):
         raise InputError(
-            f"dataset {name} has {layout[0]} joints x {layout[1]} bodies, but {files.data} holds"
-            f" {dataset.num_joints} x {dataset.num_bodies}: another dataset's folder?"
+            f"dataset {spec.name} has {expected.num_joints} joints x {spec.num_bodies} bodies, but {files.data}"
+            f" holds {dataset.num_joints} x {dataset.num_bodies}: another dataset's folder?"
         )
-    if family != "ntu120" or not len(dataset):
+    if spec.family != "ntu120":
         return
     largest = int(dataset.labels.max())
     setups = [_ntu_setup(sample) for sample in dataset.names]
@@ -410,7 +515,7 @@ def _check_content_family(name: str, family: str, files: SplitFiles, dataset: Sk
     if largest < NTU60_MAX_ACTION and all(setup <= NTU60_MAX_SETUP for setup in known):
         seen = f" and setups up to S{max(known):03d}" if known else ""
         raise InputError(
-            f"dataset {name}, but {files.labels} holds NTU-60 data: labels 0-{largest}{seen} (NTU-120 has 120"
+            f"dataset {spec.name}, but {files.labels} holds NTU-60 data: labels 0-{largest}{seen} (NTU-120 has 120"
             f" actions and setups up to S032); use --dataset ntu60-..., or point --data-root at a preparation of"
             " ntu120"
         )
@@ -429,5 +534,5 @@ def _load_synthetic(config: SyntheticConfig, split: str) -> SkeletonDataset:
     data = samples.data
     chunk = 256  # bounds the float64 working memory of the pre-normalization
     for start in range(0, len(data), chunk):
-        data[start : start + chunk] = prenormalize(data[start : start + chunk])
-    return SkeletonDataset(data, samples.labels, samples.names, config.num_classes, samples.num_frames)
+        data[start : start + chunk] = prenormalize(data[start : start + chunk], KINECT_V2)
+    return SkeletonDataset(data, samples.labels, samples.names, config.num_classes, KINECT_V2, samples.num_frames)

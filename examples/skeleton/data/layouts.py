@@ -40,7 +40,8 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Union
 
@@ -82,7 +83,6 @@ class SkeletonLayout:
     origin: int
     up: tuple[int, int]
     across: tuple[int, int]
-    index: dict[str, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         problem = _tree_problem(self.joint_names, self.parents)
@@ -94,12 +94,16 @@ class SkeletonLayout:
                 problem = f"{what}: expected two different joints, got {pair}"
         if problem is not None:
             raise ValueError(f"skeleton layout {self.name!r}: {problem}")
-        object.__setattr__(self, "index", {name: i for i, name in enumerate(self.joint_names)})
 
     @property
     def num_joints(self) -> int:
         """V."""
         return len(self.joint_names)
+
+    @cached_property
+    def index(self) -> dict[str, int]:
+        """Joint name -> index."""
+        return {name: i for i, name in enumerate(self.joint_names)}
 
     @property
     def root(self) -> int:
