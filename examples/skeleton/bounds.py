@@ -57,7 +57,7 @@ SETTING_BOUNDS: dict[str, Bounds] = {
     "halp_start_epoch": NON_NEGATIVE,
     "steps": AT_LEAST_ONE,
     "memory_bank_size": AT_LEAST_ONE,
-    "batch_size": AT_LEAST_ONE,
+    "batch_size": Bounds(2),  # BatchNorm, and a contrastive batch, need two different sequences
     "lr": POSITIVE,
     "momentum": UNIT,
     "weight_decay": NON_NEGATIVE,

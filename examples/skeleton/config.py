@@ -28,7 +28,7 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from .bounds import bounded
+from .bounds import SETTING_BOUNDS, bounded
 from .fileio import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -333,6 +333,9 @@ def _typed(value: Any, kind: Any, spec: dataclasses.Field, source: str, key: str
     choices = spec.metadata.get("choices")
     if choices and value not in choices:
         raise InputError(f"{source}: {key} must be one of {', '.join(choices)}, got {value!r}")
+    bounds = SETTING_BOUNDS.get(spec.name)
+    if kind in (int, float) and bounds is not None and not (math.isfinite(value) and bounds.contains(value)):
+        raise InputError(f"{source}: {key} must be {bounds.describe()}, got {value!r}")
     return value
 
 

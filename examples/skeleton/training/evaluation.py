@@ -300,7 +300,7 @@ class ClassifierTraining:
         if len(train_set) < 2:
             raise ValueError(f"{description}: {len(train_set)} training sequence(s); BatchNorm needs batches of 2")
         cached_val = None if self.finetune else self._val_features(val_set)
-        batch_size = max(2, min(self.cfg.batch_size, len(train_set)))  # tiny labelled subsets still get batches
+        batch_size = min(self.cfg.batch_size, len(train_set))  # tiny labelled subsets still get batches
         sampler = EpochSampler(len(train_set), batch_size, self.seed)
         loader = _loader(
             train_set,
