@@ -1,27 +1,25 @@
 """Batched skeleton augmentations vs a per-sample numpy loop of the same transforms.
 
 The released code augments each sample in numpy inside DataLoader workers; ``skeleton.data.augment`` transforms
-the whole batch at once with torch, on the batch's device. Both sides below compute the same SPEC section
-3.3 transforms (temporal crop-resize to 64 frames, then shear or joint corruption) on NTU-layout input
+the whole batch at once with torch, on the batch's device. Both sides below compute the released
+transforms (temporal crop-resize to 64 frames, then shear or joint corruption) on NTU-layout input
 (3, 300, 25, 2). Throughput is samples/s in one process; the numpy loop always runs on the CPU, the batched
 transforms on ``--device`` (default cpu; with cuda the batch is already on the GPU, as in training).
 
-    python benchmarks/bench_augment.py [--batch-sizes 64 256] [--min-run-time 1.0] [--threads N] [--device cuda]
+    .venv/bin/python -m benchmarks.bench_augment [--batch-sizes 64 256] [--min-run-time 1.0] [--threads N] [--device cuda]
+
+Run from the repository root, as a module: it imports the pipeline as ``examples.skeleton``.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.utils.benchmark as benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-
-from skeleton.data.augment import pretrain_view, shear_or_corrupt, temporal_crop_resize  # noqa: E402
+from examples.skeleton.data.augment import pretrain_view, shear_or_corrupt, temporal_crop_resize
 
 
 def crop_resize_one(sample: np.ndarray, num_frames: int, rng: np.random.Generator, out_frames: int = 64) -> np.ndarray:

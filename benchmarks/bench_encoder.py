@@ -1,8 +1,10 @@
 """Benchmark the released recurrent encoder: whole-sequence GRU calls vs the released step-by-step loop,
 and the pretraining throughput of a preset.
 
-    python benchmarks/bench_encoder.py                       # paper-size encoder, CPU, float32 and bf16
-    python benchmarks/bench_encoder.py --device cuda --amp none bf16 fp16 --repeats 20
+    .venv/bin/python -m benchmarks.bench_encoder              # paper-size encoder, CPU, float32 and bf16
+    .venv/bin/python -m benchmarks.bench_encoder --device cuda --amp none bf16 fp16 --repeats 20
+
+Run from the repository root, as a module: it imports the pipeline as ``examples.skeleton``.
 
 The released model (HaLP / CMD) feeds a bidirectional ``nn.GRU`` one frame at a time with the carried state;
 ``skeleton.models.encoders.RecurrentEncoder`` computes the same function (tested) with whole-sequence calls.
@@ -13,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,12 +23,11 @@ import torch
 from torch import Tensor, nn
 from torch.utils import benchmark
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-
-from skeleton.config import preset_config  # noqa: E402
-from skeleton.models.encoders import EmbeddingNet, RecurrentEncoder, flatten_frames  # noqa: E402
-from skeleton.training.loop import Precision  # noqa: E402
-from skeleton.training.pretrain import Pretraining  # noqa: E402
+from examples.skeleton.commands import load_splits
+from examples.skeleton.config import fit_to_dataset, load_recipe, recipe_path
+from examples.skeleton.models.encoders import EmbeddingNet, RecurrentEncoder, flatten_frames
+from examples.skeleton.training.loop import Precision
+from examples.skeleton.training.pretrain import Pretraining
 
 
 class StepByStepEncoder(nn.Module):
@@ -59,15 +59,17 @@ def time_forward_backward(model: nn.Module, x: Tensor, precision: Precision, rep
     return timer.timeit(repeats).median
 
 
-def pretraining_throughput(preset: str, device: torch.device, amp: str, steps: int) -> float:
-    """Samples/s of full pretraining steps (augmentation, both encoders, HaLP loss, optimizer, enqueue),
-    on the synthetic data with the preset's model, queue and batch size."""
-    cfg = preset_config(preset, "synthetic")
+def pretraining_throughput(recipe: str, device: torch.device, amp: str, steps: int) -> float:
+    """Samples/s of full pretraining steps (augmentation, both encoders, HaLP loss with its queue, optimizer), on the
+    synthetic data with the recipe's model, queue and batch size."""
+    cfg = load_recipe(recipe_path(recipe, "synthetic"), "synthetic")
     cfg.device, cfg.amp = str(device), amp
     threads = torch.get_num_threads()
-    torch.set_num_threads(cfg.threads or threads)  # as skeleton_moco.py runs the preset
+    torch.set_num_threads(cfg.threads or threads)  # as skeleton_moco.py runs the recipe
+    train_set, _ = load_splits(cfg, val=False)
+    fit_to_dataset(cfg, len(train_set))
     with tempfile.TemporaryDirectory() as out:
-        run = Pretraining(cfg, Path(out), device, progress=False)
+        run = Pretraining(cfg, Path(out), device, train_set, None, progress=False)
         batches = (batch for _ in itertools.count() for batch in run.loader)  # the steps may outlast an epoch
         x, num_frames, _ = next(batches)
         for _ in range(5):  # warm-up; also fills the prototype window (256 keys) so HaLP is active when timed
@@ -93,7 +95,7 @@ def main() -> None:
     parser.add_argument("--hidden-size", type=int, default=1024)
     parser.add_argument("--num-layers", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=3, help="timed forward+backward passes per entry")
-    parser.add_argument("--preset", default="cpu", help="preset whose pretraining throughput is measured")
+    parser.add_argument("--recipe", default="small", help="recipe whose pretraining throughput is measured")
     parser.add_argument("--throughput-steps", type=int, default=20)
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -113,9 +115,9 @@ def main() -> None:
     for amp in args.amp:
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        rate = pretraining_throughput(args.preset, device, amp, args.throughput_steps)
+        rate = pretraining_throughput(args.recipe, device, amp, args.throughput_steps)
         memory = f", peak {torch.cuda.max_memory_allocated(device) / 2**30:.1f} GiB" if device.type == "cuda" else ""
-        rows.append((f"pretraining step, preset {args.preset}, amp={amp}", "", f"{rate:.0f} samples/s{memory}", ""))
+        rows.append((f"pretraining step, recipe {args.recipe}, amp={amp}", "", f"{rate:.0f} samples/s{memory}", ""))
 
     print(f"\ndevice: {device} ({torch.get_num_threads()} threads), torch {torch.__version__}\n")
     print("| measurement | step-by-step (released) | whole-sequence (ours) | speed-up |")
