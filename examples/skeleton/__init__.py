@@ -1,6 +1,6 @@
-"""Skeleton action-recognition data and models for the HaLP examples.
-
-Data side: NTU RGB+D 60/120 and PKU-MMD II readers and preparation (``prepare``), the 2s-AGCN
-pre-normalization, memory-mapped dataset loading, a procedural synthetic dataset in the NTU layout and
-batched torch augmentations. See ``../shared/SPEC.md`` section 3 for the formats they implement.
+"""The HaLP skeleton pipeline behind ``examples/skeleton_moco.py``: recipes and the command line (``config``,
+``cli``, ``commands``), datasets (``data``: one adapter per raw format, a registry of dataset names, layouts,
+pre-normalization, augmentations, loading), models (``models``: encoders, MoCo) and training (``training``:
+pretraining, evaluation protocols, checkpoints, run outputs). The data formats and protocols it implements are
+described in ``docs/data.md`` and ``docs/protocols.md``.
 """
