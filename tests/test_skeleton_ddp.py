@@ -7,8 +7,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from skeleton.training.checkpoint import load_checkpoint
-from skeleton.training.pretrain import Pretraining
-from test_skeleton_pipeline import tiny_config
+from test_skeleton_pipeline import tiny_config, tiny_run
 
 WORLD = 2
 STEPS = 5
@@ -19,14 +18,13 @@ def _worker(rank: int, init_file: str, out_dir: str, key_bn: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     try:
         cfg = tiny_config(epochs=1, halp_start_epoch=0, batch_size=16, key_bn=key_bn)
-        cfg.max_steps = STEPS
-        run = Pretraining(cfg, Path(out_dir), torch.device("cpu"), progress=False)
+        run = tiny_run(cfg, Path(out_dir), max_steps=STEPS)
         status = run.run()
         torch.save(
             {
                 "status": status,
-                "queue": run.model.queue,
-                "queue_ptr": run.model.queue_ptr,
+                "queue": run.criterion.queue.keys,
+                "queue_seen": run.criterion.queue.num_seen,
                 "prototypes": run.criterion.bank.prototypes,
                 "bank_ready": run.criterion.bank.ready,
                 "query": run.model.query.state_dict(),
@@ -44,12 +42,12 @@ def test_two_ranks_stay_identical(tmp_path):
     assert all(r["status"] == "max_steps" for r in ranks)
     assert all(r["bank_ready"] for r in ranks)
     assert ranks[0]["last"]["kept_fraction"] > 0  # the HaLP term was computed
-    for name in ("queue", "queue_ptr", "prototypes"):
+    for name in ("queue", "prototypes"):
         assert torch.equal(ranks[0][name], ranks[1][name]), name
     for name, value in ranks[0]["query"].items():
         if "running" not in name and "num_batches" not in name:  # BatchNorm statistics are per rank
             torch.testing.assert_close(value, ranks[1]["query"][name], rtol=0, atol=1e-6, msg=name)
-    assert int(ranks[0]["queue_ptr"]) == STEPS * 16 % 64  # both ranks' keys were enqueued
+    assert ranks[0]["queue_seen"] == ranks[1]["queue_seen"] == STEPS * 16  # both ranks' keys, gathered once
     checkpoint = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert len(checkpoint["rng"]) == WORLD
     assert checkpoint["position"]["step"] == STEPS

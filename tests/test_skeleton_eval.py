@@ -1,17 +1,28 @@
 """Evaluation protocols and the shared training pieces: chunked 1-NN, labelled subsets, classifier
 training (frozen vs fine-tuned), the step schedule and the resumable sampler."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from skeleton.config import ClassifierConfig
+from skeleton.config import ClassifierConfig, load_recipe, recipe_path
 from skeleton.data.datasets import load_dataset
+from skeleton.data.layouts import KINECT_V1
 from skeleton.data.synthetic import SyntheticConfig
 from skeleton.models.encoders import build_encoder
 from skeleton.training import evaluation
 from skeleton.training.evaluation import ClassifierTraining, knn_top1, labelled_subset, nearest_neighbors
 from skeleton.training.loop import EpochSampler, Precision, lr_at
+
+RELEASED_LINEAR = load_recipe(recipe_path("released", "ntu60")).linear
+
+
+def protocol(**settings) -> ClassifierConfig:
+    """The released linear protocol (step schedule, raw features, crops), scored every epoch, with ``settings``."""
+    return dataclasses.replace(RELEASED_LINEAR, **{"eval_every": 1, **settings})
+
 
 SMALL = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=2, repetitions=4, max_frames=48, min_frames=24)
 
@@ -104,7 +115,7 @@ def test_epoch_sampler_shards_and_skips():
 
 
 def _classifier(encoder, finetune, epochs=3, **options):
-    cfg = ClassifierConfig(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,), **options)
+    cfg = protocol(epochs=epochs, batch_size=16, lr=0.1, lr_milestones=(2,), **options)
     return ClassifierTraining(
         encoder,
         4,
@@ -190,10 +201,10 @@ def _scripted_fit(monkeypatch, finetune, scores, eval_every, **options):
 
     monkeypatch.setattr(ClassifierTraining, "_val_top1", val_top1)
     train, val = load_dataset("synthetic", "train", synthetic=TINY), load_dataset("synthetic", "val", synthetic=TINY)
-    cfg = ClassifierConfig(epochs=len(scores), batch_size=len(train), lr=0.01, eval_every=eval_every)
+    cfg = protocol(epochs=len(scores), batch_size=len(train), lr=0.01, eval_every=eval_every)
     torch.manual_seed(0)
     training = ClassifierTraining(
-        build_encoder("tcn", tcn_width=4, num_joints=25, num_bodies=2),
+        build_encoder("tcn", tcn_width=4),
         4,
         cfg,
         finetune=finetune,
@@ -233,14 +244,14 @@ def test_classifier_training_clips_use_the_pretraining_views_on_request():
     x = torch.randn(6, 3, 30, 20, 1, generator=torch.Generator().manual_seed(0))
     num_frames = torch.tensor([30, 20, 10, 5, 1, 30])
     views = {"crop_min_ratio": 0.5, "crop_min_frames": 1, "shear": 1.0, "corrupt_prob": 0.0, "rotate_degrees": 17.0}
-    encoder = build_encoder("tcn", num_joints=20, num_bodies=1, tcn_width=4)
+    encoder = build_encoder("tcn", layout=KINECT_V1, num_bodies=1, tcn_width=4)
     kwargs = dict(finetune=True, device=torch.device("cpu"), precision=Precision("none", torch.device("cpu")), seed=3)
-    augmented = ClassifierTraining(encoder, 4, ClassifierConfig(), clip_frames=8, view_augment=views, **kwargs)
+    augmented = ClassifierTraining(encoder, 4, protocol(), clip_frames=8, view_augment=views, **kwargs)
     expected = evaluation.pretrain_view(
         x, num_frames, out_frames=8, generator=torch.Generator().manual_seed(3), **views
     )
     assert torch.equal(augmented._training_clip(x, num_frames), expected)
-    plain = ClassifierTraining(encoder, 4, ClassifierConfig(), clip_frames=8, **kwargs)
+    plain = ClassifierTraining(encoder, 4, protocol(), clip_frames=8, **kwargs)
     cropped = evaluation.temporal_crop_resize(
         x, num_frames, evaluation.TRAIN_CROP_RATIOS, 8, 8, generator=torch.Generator().manual_seed(3)
     )

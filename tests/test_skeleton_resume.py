@@ -1,31 +1,33 @@
 """Checkpoints: a run stopped (step cap or Ctrl-C) and resumed ends exactly where an uninterrupted run
-does — same queue, prototypes, weights and history; the two-phase recipe with --init-from."""
+does — same queue, prototypes, weights and history; a step cap is not kept by --resume; the two-phase recipe
+with --init-from."""
 
+import json
 import os
 import signal
 
 import pytest
 import torch
+from skeleton.cli import main
 from skeleton.training.checkpoint import load_checkpoint
 from skeleton.training.pretrain import Pretraining
-from test_skeleton_pipeline import tiny_config
-
-CPU = torch.device("cpu")
+from test_skeleton_pipeline import TINY, tiny_config, tiny_run
 
 
-def _train(cfg, out, resume_from=None):
-    run = Pretraining(cfg, out, CPU, progress=False)
+def _train(cfg, out, resume_from=None, max_steps=None):
+    run = tiny_run(cfg, out, max_steps)
     if resume_from is not None:
         run.resume(load_checkpoint(resume_from))
     return run, run.run()
 
 
 def _assert_same_state(a: Pretraining, b: Pretraining):
-    assert torch.equal(a.model.queue, b.model.queue)
-    assert int(a.model.queue_ptr) == int(b.model.queue_ptr)
+    """The same criterion (queue of keys, prototype bank), weights, position and history (times aside)."""
     assert a.criterion.bank.ready and b.criterion.bank.ready
-    assert torch.equal(a.criterion.bank.prototypes, b.criterion.bank.prototypes)
-    assert torch.equal(a.criterion.bank.keys, b.criterion.bank.keys)
+    assert a.criterion.queue.num_seen == b.criterion.queue.num_seen
+    for (name, x), (other, y) in zip(a.criterion.state_dict().items(), b.criterion.state_dict().items()):
+        assert name == other
+        assert torch.equal(x, y) if isinstance(x, torch.Tensor) else x == y, name
     for (name, x), y in zip(a.model.state_dict().items(), b.model.state_dict().values()):
         assert torch.equal(x, y), name
     assert a.position == b.position
@@ -46,12 +48,11 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_resume_after_step_cap_equals_uninterrupted(uninterrupted, tmp_path):
-    capped = _config()
-    capped.max_steps = 4  # stops in the middle of the first epoch
-    first, status = _train(capped, tmp_path / "part")
+    first, status = _train(_config(), tmp_path / "part", max_steps=4)  # stops in the middle of the first epoch
     assert status == "max_steps"
     checkpoint = load_checkpoint(tmp_path / "part" / "checkpoints" / "last.pt")
     assert checkpoint["position"] == {"epoch": 0, "batch": 4, "step": 4}
+    assert checkpoint["first_epoch"] == 0 and checkpoint["input"]["num_bodies"] == 2
     resumed, status = _train(_config(), tmp_path / "part", resume_from=tmp_path / "part" / "checkpoints" / "last.pt")
     assert status == "done"
     _assert_same_state(uninterrupted, resumed)
@@ -75,7 +76,7 @@ class InterruptingDataset(torch.utils.data.Dataset):
 
 
 def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(uninterrupted, tmp_path):
-    run = Pretraining(_config(), tmp_path / "part", CPU, progress=False)
+    run = tiny_run(_config(), tmp_path / "part")
     run.loader = torch.utils.data.DataLoader(
         InterruptingDataset(run.train_set, at=16 * 7 + 3), batch_size=16, sampler=run.sampler, drop_last=True
     )
@@ -89,16 +90,33 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes_exactly(uninterrupted, tmp_path)
     _assert_same_state(uninterrupted, resumed)
 
 
+def test_max_steps_does_not_stick_to_resume(tmp_path):
+    """Issue 19, item 6: after `pretrain --max-steps 4`, a plain --resume runs to the end of the schedule."""
+    out = tmp_path / "run"
+    argv = ["pretrain", *TINY, "--pretrain-epochs", "2", "--halp-start-epoch", "1", "--out", str(out)]
+    assert main([*argv, "--max-steps", "4"]) == 0
+    last = out / "checkpoints" / "last.pt"
+    assert load_checkpoint(last)["position"]["step"] == 4
+    assert "max_steps" not in json.dumps(load_checkpoint(last)["config"])
+    assert main(["pretrain", "--resume", str(last)]) == 0
+    checkpoint = load_checkpoint(last)
+    assert checkpoint["position"] == {"epoch": 2, "batch": 0, "step": 12}
+    assert [row["epoch"] for row in checkpoint["history"]] == [1, 2]
+
+
 def test_two_phase_recipe_with_init_from(tmp_path):
     moco = tiny_config(epochs=1, halp_start_epoch=5)
     first, _ = _train(moco, tmp_path / "moco")
-    assert not first.criterion.bank.ready  # plain MoCo never feeds the bank
+    assert not first.criterion.active and not first.criterion.bank.ready  # still warming up at epoch 1 of 5
+    assert first.criterion.queue.num_seen == 6 * 16
 
-    halp = tiny_config(epochs=2, halp_start_epoch=1)
-    second = Pretraining(halp, tmp_path / "halp", CPU, progress=False)
+    second = tiny_run(tiny_config(epochs=2, halp_start_epoch=1), tmp_path / "halp")
     second.init_from(load_checkpoint(tmp_path / "moco" / "checkpoints" / "last.pt"))
-    assert torch.equal(second.model.queue, first.model.queue)
-    assert second.position.epoch == 1
+    for (name, x), y in zip(second.model.state_dict().items(), first.model.state_dict().values()):
+        assert torch.equal(x, y), name
+    assert second.criterion.queue.num_seen == 0  # the loss starts afresh
+    assert second.position.epoch == 1 and second.first_epoch == 1
     assert second.run() == "done"
     assert [row["phase"] for row in second.history] == ["moco", "halp"]
-    assert second.criterion.bank.ready
+    assert second.history[-1]["halp"] != 0 and second.criterion.bank.ready
+    assert load_checkpoint(tmp_path / "halp" / "checkpoints" / "last.pt")["first_epoch"] == 1
