@@ -68,7 +68,7 @@ def test_center_crop_matches_formula():
 
 
 def _reference_window(rng, n, ratio_range, min_length):
-    """SPEC section 3.3 for one sample, in numpy."""
+    """The released recipe's crop window for one sample, in numpy."""
     ratio = rng.uniform(*ratio_range)
     length = min(max(int(np.floor(n * ratio)), min_length), n)
     return rng.integers(0, n - length + 1), length
@@ -77,7 +77,7 @@ def _reference_window(rng, n, ratio_range, min_length):
 @pytest.mark.parametrize(
     "n, ratio_range", [(300, (0.1, 1.0)), (150, LINEAR_RATIO_RANGE), (80, (0.1, 1.0)), (30, (0.1, 1.0))]
 )
-def test_crop_window_statistics_match_spec(n, ratio_range):
+def test_crop_window_statistics_match_the_released_rule(n, ratio_range):
     draws = 20000
     generator = torch.Generator().manual_seed(2)
     start, length = sample_crop_windows(torch.full((draws,), n), ratio_range, 64, generator=generator)

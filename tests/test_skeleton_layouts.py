@@ -6,6 +6,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from skeleton.data import layouts
 from skeleton.data.layouts import (
     BUILT_IN_LAYOUTS,
@@ -304,3 +306,37 @@ def test_prenormalize_2d_degenerate_bodies_stay_finite():
     np.testing.assert_allclose(out[1], 0.0)
     expected = data[2] - data[2][:, :, [OPENNI15.origin]]  # centred, neither turned nor scaled
     np.testing.assert_allclose(out[2], np.where(data[2] != 0, expected, 0.0), atol=1e-6)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    angle=st.floats(-math.pi, math.pi),
+    scale=st.floats(0.05, 50.0),
+    shift=st.tuples(st.floats(-1e3, 1e3), st.floats(-1e3, 1e3)),
+)
+def test_prenormalize_2d_is_invariant_to_similarity_transforms(seed, angle, scale, shift):
+    """Where a person stands in the image, how large they appear and how the camera is rolled do not matter:
+    moving, scaling and turning every keypoint of a sequence gives the same pre-normalized sequence."""
+    data = np.random.default_rng(seed).uniform(-1.0, 1.0, size=(1, 2, 5, 17, 2))
+    turn = np.array([[math.cos(angle), -math.sin(angle)], [math.sin(angle), math.cos(angle)]])
+    moved = scale * np.einsum("ij,njtvm->nitvm", turn, data) + np.array(shift)[None, :, None, None, None]
+    # The transform can land a joint on exactly (0, 0), which would read as missing; not for continuous draws.
+    assert np.all(np.any(moved != 0, axis=1))
+    np.testing.assert_allclose(prenormalize(moved, COCO17), prenormalize(data, COCO17), atol=1e-4, rtol=0)
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), shift=st.tuples(*[st.floats(-5.0, 5.0)] * 3))
+def test_prenormalize_3d_is_invariant_to_rigid_motions(seed, shift):
+    """The same for 3-D data and any rotation and translation (SBU's 15 joints, two bodies), when body 0's across
+    pair is perpendicular to its up pair in frame 0. Otherwise the second turn (across to +x, about their common
+    normal) tilts the up pair by an amount that depends on the orientation, as in the reference."""
+    rng = np.random.default_rng(seed)
+    data = rng.uniform(-1.0, 1.0, size=(1, 3, 4, 15, 2))
+    first = data[0, :, 0, :, 0]
+    up = first[:, OPENNI15.up[1]] - first[:, OPENNI15.up[0]]
+    across = rng.uniform(-1.0, 1.0, size=3)
+    first[:, OPENNI15.across[1]] = first[:, OPENNI15.across[0]] + across - (across @ up) / (up @ up) * up
+    moved = np.einsum("ij,njtvm->nitvm", _rotation_3d(rng), data) + np.array(shift)[None, :, None, None, None]
+    np.testing.assert_allclose(prenormalize(moved, OPENNI15), prenormalize(data, OPENNI15), atol=1e-4, rtol=0)

@@ -1,4 +1,4 @@
-"""The vectorized 2s-AGCN pre-normalization against a plain loop written from the SPEC text."""
+"""The vectorized 2s-AGCN pre-normalization against a plain loop written from its description."""
 
 import math
 
@@ -37,7 +37,7 @@ def _is_empty(a):
 
 
 def _reference(data):
-    """SPEC section 3.1, literally: loops over samples, bodies, frames and joints, in float64."""
+    """The 2s-AGCN steps, literally: loops over samples, bodies, frames and joints, in float64."""
     s = np.transpose(np.array(data, dtype=np.float64), (0, 4, 2, 3, 1)).copy()  # N, M, T, V, C
     n_samples, n_bodies, n_frames, n_joints, _ = s.shape
     for i in range(n_samples):

@@ -375,7 +375,7 @@ def check_coordinates(data: np.ndarray, path: Path) -> None:
             position = np.unravel_index(int(np.argmax(bad)), chunk.shape)
             sample, where = start + int(position[0]), tuple(int(i) for i in position[1:])
             raise InputError(
-                f"{path}: sample {sample} holds the coordinate {chunk[position]!r} at (coordinate, frame, joint,"
+                f"{path}: sample {sample} holds the coordinate {float(chunk[position])!r} at (coordinate, frame, joint,"
                 f" body) {where}; coordinates must be finite and within +-{MAX_ABS_COORDINATE:g}"
             )
 
