@@ -1,25 +1,31 @@
-"""The documentation site: every ```python block of docs/ runs, and `mkdocs build --strict` succeeds.
+"""The documentation site: every ```python block of docs/ runs, every pipeline command of its ```bash blocks
+parses, and `mkdocs build --strict` succeeds.
 
 The blocks are found and run by the same parser as the README's (tests/test_readme.py): each block on its own, in
 a fresh namespace, in a temporary working directory, with torch seeded; a Python-looking fence other than exactly
-```python, or an unlabelled one, is an error. The strict build fails on any warning: a broken link or anchor, a
-page missing from the nav, a docstring the API reference cannot render.
+```python, or an unlabelled one, is an error. The pipeline commands need data and minutes, so they are parsed by
+the pipeline's own argument parser rather than run: a renamed flag or dataset fails here. The strict build fails
+on any warning: a broken link or anchor, a page missing from the nav, a docstring the API reference cannot render.
 """
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
+import shlex
 import subprocess
 import sys
 import warnings
 from pathlib import Path
 
 import pytest
-from test_readme import CodeBlock, python_blocks, run_block
+from test_readme import CodeBlock, code_blocks, python_blocks, run_block
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 PAGES = sorted(DOCS.glob("*.md"))
+PIPELINE_SCRIPT = ".venv/bin/python examples/skeleton_moco.py"
+"""How the pages invoke the pipeline (the environment's interpreter, from the repository root)."""
 CUSTOM_DATA_PAGE = DOCS / "data.md"
 CUSTOM_DATA_FOLDER = "my_skeletons"
 """The folder the worked example of data.md ("Bring your own data") writes."""
@@ -40,6 +46,34 @@ def test_docs_have_pages_and_python_blocks() -> None:
 def test_docs_block_runs(page: Path, block: CodeBlock, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
     run_block(block, str(page))
+
+
+def _pipeline_commands() -> list[object]:
+    commands = []
+    for page in PAGES:
+        for block in code_blocks(page):
+            if block.language != "bash":
+                continue
+            for offset, line in enumerate(block.code.splitlines(), start=1):
+                if line.startswith(PIPELINE_SCRIPT):
+                    arguments = shlex.split(line[len(PIPELINE_SCRIPT) :], comments=True)
+                    commands.append(pytest.param(arguments, id=f"{page.name}:{block.line + offset}"))
+    return commands
+
+
+def test_docs_show_pipeline_commands() -> None:
+    assert _pipeline_commands(), f"no ```bash line of docs/ starts with {PIPELINE_SCRIPT!r}: the check below is void"
+
+
+@pytest.mark.parametrize("arguments", _pipeline_commands())
+def test_docs_pipeline_command_parses(arguments: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from skeleton.cli import build_parser
+
+    try:
+        parsed = build_parser().parse_args(arguments)
+    except SystemExit:
+        pytest.fail(f"skeleton_moco.py {shlex.join(arguments)}: {capsys.readouterr().err.strip()}")
+    assert isinstance(parsed, argparse.Namespace)
 
 
 def test_custom_data_example_is_read_by_the_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
