@@ -287,7 +287,7 @@ def load_recipe(path: Path, dataset: Optional[str] = None) -> RunConfig:
 def _build(cls: type, data: Any, source: str, where: str) -> Any:
     """A dataclass of ``cls`` from a mapping, with every field's type checked (nested dataclasses recursively)."""
     if not isinstance(data, dict):
-        raise InputError(f"{source}: {where or 'the configuration'} must be a mapping, got {data!r}")
+        raise InputError(f"{source}: {where.rstrip('.') or 'the configuration'} must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     fields = {spec.name: spec for spec in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
@@ -442,6 +442,8 @@ def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[
         notes.append(f"loss.memory_bank_size auto: {loss.memory_bank_size}")
     batches = num_train // p.batch_size
     if p.epochs == AUTO:
+        if p.steps is None:
+            raise InputError("pretrain.epochs auto needs pretrain.steps, the steps to aim at (--pretrain-steps N)")
         p.epochs = max(1, math.ceil(p.steps / batches))
         notes.append(f"pretrain.epochs auto: {p.epochs} ({batches} batches per epoch, about {p.steps} steps)")
     for name in ("linear", "finetune", "supervised"):
