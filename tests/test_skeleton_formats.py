@@ -3,29 +3,26 @@
 import numpy as np
 import pytest
 from einops import rearrange
-from skeleton.data.ntu_format import (
+from raw_files import (
+    recording_from_bodies,
+    write_ntu_skeleton_files,
+    write_pku_labels,
+    write_pku_skeleton,
+    write_pku_split,
+    write_skeleton,
+)
+from skeleton.data.formats.ntu import (
     NtuSampleId,
     SkeletonRecording,
     kept_bodies,
     motion_energy,
     parse_skeleton,
     read_skeleton,
-    recording_from_bodies,
     select_bodies,
-    write_skeleton,
 )
-from skeleton.data.pku_format import (
-    PkuSegment,
-    read_pku_labels,
-    read_pku_skeleton,
-    read_pku_split,
-    write_pku_labels,
-    write_pku_skeleton,
-    write_pku_split,
-)
+from skeleton.data.formats.pku import PkuSegment, read_pku_labels, read_pku_skeleton, read_pku_split
+from skeleton.data.formats.text import SkeletonFormatError
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
-from skeleton.data.synthetic_files import write_ntu_skeleton_files
-from skeleton.data.text_parsing import SkeletonFormatError
 
 JOINT_LINE = (
     "0.2180969 0.1727094 3.785934 275.8023 181.5316 1035.602 519.6083 -0.2504337 -0.1014316 0.9508911 -0.1511244 2"

@@ -6,13 +6,13 @@ import pickle
 
 import numpy as np
 import pytest
-import skeleton.data.prepare as prepare_module
-from skeleton.data.benchmarks import NWUCLA_ACTIONS
+from raw_files import write_nwucla
 from skeleton.data.datasets import load_dataset
+from skeleton.data.formats import nwucla
+from skeleton.data.formats.nwucla import NWUCLA_ACTIONS, NwuclaSampleId, read_nwucla
+from skeleton.data.formats.text import SkeletonFormatError
 from skeleton.data.layouts import KINECT_V1
-from skeleton.data.nwucla_format import NwuclaSampleId, read_nwucla, write_nwucla
 from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, run_prepare
-from skeleton.data.text_parsing import SkeletonFormatError
 
 # A standing Kinect v1 skeleton in camera coordinates (metres): x right, y up, z away from the camera.
 REST_POSE = np.array([
@@ -118,7 +118,7 @@ def test_prepare_nwucla(tmp_path):
     out = tmp_path / "data" / "nwucla"
 
     assert run_prepare(_args("--dataset", "nwucla", "--raw", str(tmp_path / "all_sqe"), "--out", str(out),
-                             "--workers", "2")) == 0  # fmt: skip
+                             "--num-workers", "2")) == 0  # fmt: skip
     summary = json.loads((out / "prepare_summary.json").read_text())
     assert summary["counts"] == {"xview": {"train": 10 * 2 * 2 - 1, "val": 10 * 2}}
     assert len(summary["malformed"]) == 2
@@ -167,11 +167,11 @@ def test_prepare_nwucla(tmp_path):
 
 def test_prepare_nwucla_checks_published_sizes(tmp_path, monkeypatch):
     _write_dataset(tmp_path / "raw", subjects=(1,))
-    monkeypatch.setitem(prepare_module.FULL_FILE_COUNTS, "nwucla", 30)
-    monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("nwucla", "xview"), (20, 10))
+    monkeypatch.setattr(nwucla, "FULL_FILE_COUNT", 30)
+    monkeypatch.setitem(nwucla.NWUCLA.published_sizes, "xview", (20, 10))
     summary = prepare_dataset("nwucla", tmp_path / "raw", tmp_path / "ok", log=lambda _: None)
     assert summary.published_sizes_checked
-    monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("nwucla", "xview"), (21, 9))
+    monkeypatch.setitem(nwucla.NWUCLA.published_sizes, "xview", (21, 9))
     with pytest.raises(PrepareError, match="nwucla xview: 20 train / 10 val"):
         prepare_dataset("nwucla", tmp_path / "raw", tmp_path / "bad", log=lambda _: None)
 
@@ -180,5 +180,5 @@ def test_prepare_nwucla_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match=r"no \*\.json files"):
         prepare_dataset("nwucla", tmp_path / "empty", tmp_path / "out")
-    with pytest.raises(ValueError, match="--ignore-list applies to the NTU datasets only"):
+    with pytest.raises(ValueError, match="--ignore-list applies to --dataset ntu60/ntu120 only, not nwucla"):
         prepare_dataset("nwucla", tmp_path / "empty", tmp_path / "out", ignore_list=tmp_path / "list.txt")

@@ -10,20 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import skeleton.data.prepare as prepare_module
-from skeleton.data.benchmarks import NTU60_XSUB_TRAIN_PERFORMERS
+from raw_files import write_ntu_skeleton_files, write_pku_files, write_pku_labels, write_pku_skeleton, write_pku_split
 from skeleton.data.datasets import load_dataset
-from skeleton.data.pku_format import (
-    SPLIT_FILES,
-    PkuSegment,
-    read_pku_split,
-    write_pku_labels,
-    write_pku_skeleton,
-    write_pku_split,
-)
+from skeleton.data.formats import ntu
+from skeleton.data.formats.ntu import NTU60_XSUB_TRAIN_PERFORMERS, read_ignore_list
+from skeleton.data.formats.pku import SPLIT_FILES, PkuSegment, read_pku_split
 from skeleton.data.prenormalize import prenormalize
-from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, read_ignore_list, run_prepare
+from skeleton.data.prepare import PrepareError, add_prepare_arguments, prepare_dataset, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
-from skeleton.data.synthetic_files import write_ntu_skeleton_files, write_pku_files
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = SyntheticConfig(num_classes=4, num_performers=4, num_cameras=3, repetitions=2, max_frames=30, min_frames=12)
@@ -64,7 +58,7 @@ def _check_against_synthetic(dataset, samples, bodies=2):
 @pytest.mark.parametrize("crlf, exponent, extra_bodies", [(False, False, 0), (True, True, 2)])
 def test_ntu60_round_trip(tmp_path, samples, crlf, exponent, extra_bodies):
     write_ntu_skeleton_files(samples, tmp_path / "raw", crlf=crlf, exponent=exponent, extra_bodies=extra_bodies)
-    summary = _prepare("ntu60", tmp_path / "raw", tmp_path / "data" / "ntu60", workers=2)
+    summary = _prepare("ntu60", tmp_path / "raw", tmp_path / "data" / "ntu60", num_workers=2)
     assert not summary.malformed and not summary.empty and summary.ignored == 0
     performers_train = np.isin(samples.performer, list(NTU60_XSUB_TRAIN_PERFORMERS))
     assert summary.counts["xsub"] == {"train": performers_train.sum(), "val": (~performers_train).sum()}
@@ -126,7 +120,9 @@ def test_malformed_truncated_and_empty_files_are_reported_and_skipped(tmp_path, 
     paths[1].write_text("\n".join(paths[1].read_text().splitlines()[:40]) + "\n")  # truncated
     paths[2].write_text("3\n0\n0\n0\n")  # three frames, no body in any
     (raw / "notes.skeleton").write_text("1\n0\n")
-    code = run_prepare(_args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "out"), "--workers", "2"))
+    code = run_prepare(
+        _args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "out"), "--num-workers", "2")
+    )
     report = capsys.readouterr().out
     assert code == 0
     assert f"{paths[0]}:6: expected 12 values, got 2" in report  # line 6 is the second joint line
@@ -154,7 +150,7 @@ def test_input_errors(tmp_path, capsys):
         _prepare("ntu120", tmp_path / "empty", tmp_path / "out")
     with pytest.raises(FileNotFoundError, match="cross_subject_v2.txt"):
         _prepare("pku2", tmp_path / "empty", tmp_path / "out")
-    with pytest.raises(ValueError, match="NTU datasets only"):
+    with pytest.raises(ValueError, match="--ignore-list applies to --dataset ntu60/ntu120 only, not pku2"):
         _prepare("pku2", tmp_path / "empty", tmp_path / "out", ignore_list=tmp_path / "x")
 
 
@@ -163,11 +159,11 @@ def test_interrupted_run_resumes(tmp_path, samples, monkeypatch):
     _prepare("ntu60", tmp_path / "raw", tmp_path / "whole")
     process, calls = prepare_module._process, []
 
-    def interrupted(jobs):
+    def interrupted(task, jobs):
         calls.append(len(jobs))
         if len(calls) == 11:  # in the second block of 64 samples (8 per batch)
             raise KeyboardInterrupt
-        return process(jobs)
+        return process(task, jobs)
 
     monkeypatch.setattr(prepare_module, "_process", interrupted)
     with pytest.raises(KeyboardInterrupt):
@@ -192,15 +188,15 @@ def test_published_split_sizes_are_asserted_on_the_full_dataset(tmp_path, sample
     write_ntu_skeleton_files(samples, tmp_path / "raw")
     ignore = tmp_path / "missing.txt"
     ignore.write_text("Samples with missing skeletons:\n" + "\n".join(samples.names[:4]) + "\n")
-    monkeypatch.setitem(prepare_module.FULL_FILE_COUNTS, "ntu60", len(samples.names))
-    monkeypatch.setitem(prepare_module.MISSING_COUNTS, "ntu60", 4)
+    monkeypatch.setitem(ntu.FULL_FILE_COUNTS, "ntu60", len(samples.names))
+    monkeypatch.setitem(ntu.MISSING_COUNTS, "ntu60", 4)
     xsub_train = np.isin(samples.performer[4:], list(NTU60_XSUB_TRAIN_PERFORMERS))
     xview_train = np.isin(samples.camera[4:], [2, 3])
     sizes = {"xsub": (xsub_train.sum(), (~xsub_train).sum()), "xview": (xview_train.sum(), (~xview_train).sum())}
     for benchmark, size in sizes.items():
-        monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("ntu60", benchmark), size)
+        monkeypatch.setitem(ntu.NTU60.published_sizes, benchmark, size)
     assert _prepare("ntu60", tmp_path / "raw", tmp_path / "a", ignore_list=ignore).published_sizes_checked
-    monkeypatch.setitem(prepare_module.PUBLISHED_SPLIT_SIZES, ("ntu60", "xview"), (sizes["xview"][0] + 1, 0))
+    monkeypatch.setitem(ntu.NTU60.published_sizes, "xview", (sizes["xview"][0] + 1, 0))
     with pytest.raises(PrepareError, match=r"ntu60 xview: \d+ train / \d+ val samples, but the published split"):
         _prepare("ntu60", tmp_path / "raw", tmp_path / "b", ignore_list=ignore)
     partial = _prepare("ntu60", tmp_path / "raw", tmp_path / "c")  # no ignore list: not the official setting
@@ -292,12 +288,12 @@ def test_pku2_odd_rows_kept_as_released_or_skipped(tmp_path, samples):
         f"{labels}:{rows - 1}: frames [10, 10) outside the video's {frames} frames",
         f"{labels}:{rows}: frames [{frames + 5}, {frames + 9}) outside the video's {frames} frames",
     ]
-    assert skip.empty == ["Z99N01-M_001"] and not skip.odd_rows
+    assert skip.empty == ["Z99N01-M_001"] and not skip.notes
     assert sum(skip.counts["xsub"].values()) == len(samples.names) - 1 - unlisted_rows
 
     released = _prepare("pku2", raw, tmp_path / "released")  # the default
     assert not released.malformed and not released.empty
-    assert released.odd_rows == [
+    assert released.notes == [
         f"{unlisted}: video {unlisted.stem} missing from cross_view_v2.txt: put into val there",
         f"{labels}:{rows - 2}: frames [{start}, {frames + 40}) end beyond the video's {frames}: cut to [{start}, "
         f"{frames})",
@@ -305,7 +301,7 @@ def test_pku2_odd_rows_kept_as_released_or_skipped(tmp_path, samples):
         f"{labels}:{rows}: frames [{frames + 5}, {frames + 9}) hold none of the video's {frames}: kept, 0 frames",
         f"{no_body}:1: no body in any frame: kept, all zero",
     ]
-    assert "kept as the released script keeps them (--pku-odd-rows released): 5" in released.report()
+    assert "kept, with a note: 5" in released.report()
     assert sum(released.counts["xsub"].values()) == len(samples.names) + 3
     # The odd videos are performer 1's and camera L's (x-sub training, x-view val) but for the one without a body,
     # listed for training: skipping drops the cut row, the 2 empty rows, it and the unlisted video's rows.
@@ -342,12 +338,14 @@ def test_pku2_odd_rows_flag_and_fingerprint(tmp_path, samples):
     raw = tmp_path / "raw"
     _odd_pku_folder(samples, raw)
     out = tmp_path / "out"
-    assert _args("--dataset", "pku2", "--raw", str(raw), "--out", str(out)).pku_odd_rows == "released"
+    parser = argparse.ArgumentParser()
+    add_prepare_arguments(parser)
+    assert "(default released)" in " ".join(parser.format_help().split())  # None when not given: the format's default
     assert run_prepare(_args("--dataset", "pku2", "--raw", str(raw), "--out", str(out), "--pku-odd-rows", "skip")) == 0
-    assert not json.loads((out / "prepare_summary.json").read_text())["odd_rows"]
+    assert not json.loads((out / "prepare_summary.json").read_text())["notes"]
     messages = []
     summary = prepare_dataset("pku2", raw, out, log=messages.append)  # other choices: prepared again
-    assert len(summary.odd_rows) == 5 and not any("already prepared" in message for message in messages)
+    assert len(summary.notes) == 5 and not any("already prepared" in message for message in messages)
     with pytest.raises(ValueError, match=r"--pku-odd-rows must be one of \('released', 'skip'\), got 'keep'"):
         _prepare("pku2", raw, out, pku_odd_rows="keep")
 
@@ -378,7 +376,7 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
     write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(10)), tmp_path / "raw")
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "prepare", "--dataset", "ntu60",
-         "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "ntu60"), "--workers", "2", "--quiet"],
+         "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "ntu60"), "--num-workers", "2", "--quiet"],
         capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -391,10 +389,10 @@ def test_command_line_through_skeleton_moco(tmp_path, samples):
 
 
 def test_split_rules_and_published_sizes():
-    from skeleton.data.benchmarks import FULL_FILE_COUNTS, MISSING_COUNTS, PUBLISHED_SPLIT_SIZES, ntu_is_training
-
-    for (dataset, _), (train, val) in PUBLISHED_SPLIT_SIZES.items():
-        assert train + val == FULL_FILE_COUNTS[dataset] - MISSING_COUNTS[dataset]
+    ntu_is_training = ntu.is_training
+    for fmt in (ntu.NTU60, ntu.NTU120):
+        for train, val in fmt.published_sizes.values():
+            assert train + val == ntu.FULL_FILE_COUNTS[fmt.family] - ntu.MISSING_COUNTS[fmt.family]
     assert ntu_is_training("ntu60", "xsub", 1, 1, 38) and not ntu_is_training("ntu60", "xsub", 1, 1, 3)
     assert ntu_is_training("ntu120", "xsub", 20, 1, 103) and not ntu_is_training("ntu60", "xsub", 1, 1, 45)
     assert ntu_is_training("ntu120", "xset", 32, 1, 1) and not ntu_is_training("ntu120", "xset", 31, 2, 1)

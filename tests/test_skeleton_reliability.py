@@ -22,16 +22,16 @@ import skeleton.data.prepare as prepare_module
 import skeleton_moco
 import torch
 from conftest import flushes_denormals
+from raw_files import write_ntu_skeleton_files, write_nwucla, write_pku_files
 from skeleton.bounds import SETTING_BOUNDS
 from skeleton.config import PRESETS, SECTIONS, preset_config
 from skeleton.data.datasets import load_dataset
-from skeleton.data.ntu_format import NtuSampleId, parse_skeleton
-from skeleton.data.nwucla_format import read_nwucla, write_nwucla
+from skeleton.data.formats.ntu import NtuSampleId, parse_skeleton
+from skeleton.data.formats.nwucla import read_nwucla
+from skeleton.data.formats.text import SkeletonFormatError
 from skeleton.data.prenormalize import prenormalize
 from skeleton.data.prepare import add_prepare_arguments, prepare_dataset, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
-from skeleton.data.synthetic_files import write_ntu_skeleton_files, write_pku_files
-from skeleton.data.text_parsing import SkeletonFormatError
 from skeleton.fileio import InputError
 from skeleton.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from skeleton.training.loop import ProgressBar

@@ -4,7 +4,7 @@ import time
 
 import numpy as np
 import pytest
-from skeleton.data.ntu_format import NtuSampleId
+from skeleton.data.formats.ntu import NtuSampleId
 from skeleton.data.prenormalize import prenormalize
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic, sample_ids, split_indices
 

@@ -1,4 +1,4 @@
-"""``prepare``: raw NTU RGB+D 60/120, PKU-MMD II or NW-UCLA files to the prepared layout of CMD/HaLP (SPEC 3.1).
+"""``prepare``: raw skeleton files to the prepared layout of CMD/HaLP, one generic resumable writer for every format.
 
 Usage (through ``examples/skeleton_moco.py``)::
 
@@ -8,26 +8,30 @@ Usage (through ``examples/skeleton_moco.py``)::
         --ignore-list NTU_RGBD120_samples_with_missing_skeletons.txt
     skeleton_moco.py prepare --dataset pku2 --raw PKU --out DATA_ROOT/pku2
     skeleton_moco.py prepare --dataset nwucla --raw all_sqe --out DATA_ROOT/nwucla
+    skeleton_moco.py prepare --dataset sbu --raw SBU --out DATA_ROOT/sbu --fold 1
+    skeleton_moco.py prepare --dataset msr-action3d --raw MSR --out DATA_ROOT/msr-action3d
 
-For NTU, every ``*.skeleton`` under ``RAW`` (searched recursively, so the NTU-60 and NTU-120 archives can sit
-side by side) that belongs to the dataset is read; ``ntu60`` skips setups above 17 and actions above 60.
-For PKU-MMD II, ``PKU`` holds ``skeleton/``, ``label/``, ``cross_subject_v2.txt`` and ``cross_view_v2.txt``;
-``--pku-odd-rows`` says what becomes of the label rows and videos the released script keeps without a check
-(:mod:`skeleton.data.pku_format`): ``released`` (default) keeps them as it does, ``skip`` leaves them out, and
-either way each is reported with its file and line.
-For NW-UCLA, every ``aAA_sSS_eEE_vVV.json`` under ``all_sqe`` is read into ``xview/`` (views 1 and 2 train,
-view 3 validates) with its native 20 Kinect v1 joints and one body: samples of shape (3, 300, 20, 1).
+What each format expects under ``--raw`` and how its samples are named and split is in its adapter module
+(:mod:`skeleton.data.formats`); the adapters are listed in :data:`skeleton.data.registry.FORMATS`.
 
-Files are parsed and pre-normalized in ``--workers`` processes; samples stream into ``.npy`` files opened
+The prepared layout, shared with the loader (:mod:`skeleton.data.datasets`): one folder per benchmark (e.g.
+``ntu60/xsub``) holding, for each split ``train`` / ``val``, ``{split}_data_joint.npy`` float32 (N, 3, 300, V, M),
+``{split}_num_frame.npy`` (N,) valid frame counts and ``{split}_label.pkl`` = ``(sample_names, labels)`` with
+0-based labels — the layout of the CMD and HaLP repositories — and beside the benchmark folders
+``prepare_summary.json``: the family (``dataset``), its layout name, the counts and every file skipped.
+
+Files are parsed and pre-normalized in ``--num-workers`` processes; samples stream into ``.npy`` files opened
 with ``np.lib.format.open_memmap`` (re-opened per block, so memory stays bounded whatever the dataset size).
 Progress is saved after every block in ``OUT/.prepare/state.npz`` (one file, replaced atomically): an interrupted
-run resumes where it stopped when started again with the same arguments. Malformed files are reported with file name and line, skipped and
-listed in the final summary; the exit code is 0 unless ``--strict`` is given and something was skipped.
+run resumes where it stopped when started again with the same arguments. Malformed files are reported with file
+name and line, skipped and listed in the final summary; the exit code is 0 unless ``--strict`` is given and
+something was skipped.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -37,9 +41,9 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
 from einops import rearrange
@@ -47,39 +51,18 @@ from tqdm import tqdm
 
 from ..console import interactive
 from ..fileio import atomic_write
-from .benchmarks import (
-    BENCHMARKS,
-    FULL_FILE_COUNTS,
-    MAX_FRAMES,
-    MISSING_COUNTS,
-    NTU60_MAX_ACTION,
-    NTU60_MAX_SETUP,
-    NUM_CLASSES,
-    NWUCLA_TRAIN_VIEWS,
-    PREPARED_SLOTS,
-    PUBLISHED_SPLIT_SIZES,
-    SPLITS,
-    ntu_is_training,
-)
-from .files import SUMMARY_FILE, data_file, label_file, num_frame_file, pack_sample, sample_shape
-from .ntu_format import NTU_NAME, NtuSampleId, kept_bodies, read_skeleton
-from .nwucla_format import NwuclaSampleId, read_nwucla
-from .pku_format import (
-    FRAME_CONVENTIONS,
-    ODD_ROWS,
-    SPLIT_FILES,
-    read_pku_labels,
-    read_pku_skeleton,
-    read_pku_split,
-    sample_name,
-)
+from .formats import MAX_FRAMES, NUM_COORDS, FileJob, RawFormat, Reader, Scan
+from .formats.text import SkeletonFormatError
+from .layouts import BUILT_IN_LAYOUTS
 from .prenormalize import prenormalize
-from .text_parsing import SkeletonFormatError
+from .registry import FORMATS
 
-DATASETS = tuple(BENCHMARKS)
+SPLITS: tuple[str, ...] = ("train", "val")
+SUMMARY_FILE = "prepare_summary.json"
+"""What ``prepare`` wrote into a family folder (``DATA_ROOT/ntu60``): its family, layout, counts and skipped files."""
 PENDING, DONE, MALFORMED, EMPTY = 0, 1, 2, 3
 WORK_DIR = ".prepare"
-STATE_FILE = "state.npz"  # in WORK_DIR: per candidate status and frame count, the fingerprint and the messages
+STATE_FILE = "state.npz"  # in WORK_DIR: per sample status and frame count, the fingerprint and the messages
 SAMPLES_PER_BATCH = 8  # files a worker parses and pre-normalizes per task
 SAMPLES_PER_WORKER_BLOCK = 64  # samples in flight per worker between two saves of the progress
 
@@ -88,32 +71,69 @@ class PrepareError(RuntimeError):
     """The prepared data fails a consistency check (e.g. split sizes differ from the published ones)."""
 
 
+def data_file(split: str) -> str:
+    """File name of a split's joint array."""
+    return f"{split}_data_joint.npy"
+
+
+def num_frame_file(split: str) -> str:
+    """File name of a split's valid-frame counts."""
+    return f"{split}_num_frame.npy"
+
+
+def label_file(split: str) -> str:
+    """File name of a split's ``(sample_names, labels)`` pickle."""
+    return f"{split}_label.pkl"
+
+
+def sample_shape(num_joints: int, num_bodies: int) -> tuple[int, int, int, int]:
+    """Shape (3, 300, V, M) of one prepared sample."""
+    return (NUM_COORDS, MAX_FRAMES, num_joints, num_bodies)
+
+
+def pack_sample(bodies: np.ndarray, num_joints: int, num_bodies: int) -> np.ndarray:
+    """Place a recording's bodies into one sample of the prepared layout.
+
+    Args:
+        bodies: array (B, F, V, 3) with B <= ``num_bodies`` bodies, F frames (any F >= 0) and V = ``num_joints``.
+        num_joints: V, the joints of the prepared sample.
+        num_bodies: M, the body slots of the prepared sample.
+
+    Returns:
+        float32 (3, 300, V, M), zero-padded in time and bodies, keeping the first 300 frames.
+
+    Raises:
+        ValueError: if ``bodies`` does not have shape (B <= num_bodies, F, num_joints, 3).
+    """
+    if bodies.ndim != 4 or bodies.shape[0] > num_bodies or bodies.shape[2:] != (num_joints, NUM_COORDS):
+        expected = f"(B<={num_bodies}, F, {num_joints}, {NUM_COORDS})"
+        raise ValueError(f"bodies must have shape {expected}, got {bodies.shape}")
+    num_frames = min(bodies.shape[1], MAX_FRAMES)
+    sample = np.zeros(sample_shape(num_joints, num_bodies), dtype=np.float32)
+    sample[:, :num_frames, :, : bodies.shape[0]] = rearrange(bodies[:, :num_frames], "m t v c -> c t v m")
+    return sample
+
+
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the ``prepare`` options to an argument parser."""
-    parser.add_argument("--dataset", required=True, choices=DATASETS, help="which raw dataset --raw holds")
-    parser.add_argument("--raw", required=True, type=Path, help="folder of the raw files (see module docstring)")
+    """Add the ``prepare`` options to an argument parser: the common ones, then each format's own."""
+    families = ", ".join(f"{family} ({fmt.raw_help})" for family, fmt in FORMATS.items())
+    parser.add_argument("--dataset", required=True, choices=tuple(FORMATS), help="which raw dataset --raw holds")
+    parser.add_argument("--raw", required=True, type=Path, help=f"folder of the raw files: {families}")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. DATA_ROOT/ntu60")
-    parser.add_argument(
-        "--ignore-list",
-        type=Path,
-        help="NTU missing-skeleton list (samples to leave out); a prose header before the ids is fine",
-    )
-    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
+    parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--strict", action="store_true", help="exit with 1 if any file was malformed")
-    parser.add_argument(
-        "--pku-frames",
-        choices=FRAME_CONVENTIONS,
-        default="reference",
-        help="PKU label frames: [start, end) 0-based as the reference (default) or 1-based inclusive",
-    )
-    parser.add_argument(
-        "--pku-odd-rows",
-        choices=ODD_ROWS,
-        default="released",
-        help="PKU segments ending beyond the video, empty segments and videos missing from a split file: kept as "
-        "the released script keeps them (cut, zero samples, val; default) or skipped; reported either way",
-    )
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    for flag, (option, owners) in _format_options().items():
+        option.add_to(parser, "/".join(owners))
+
+
+def _format_options() -> dict[str, tuple[Any, list[str]]]:
+    """Each format option by flag, with the families that declare it (NTU-60 and NTU-120 share theirs)."""
+    options: dict[str, tuple[Any, list[str]]] = {}
+    for family, fmt in FORMATS.items():
+        for option in fmt.options:
+            options.setdefault(option.flag, (option, []))[1].append(family)
+    return options
 
 
 def run_prepare(args: argparse.Namespace) -> int:
@@ -124,16 +144,10 @@ def run_prepare(args: argparse.Namespace) -> int:
         skipped as malformed, 2 on an error (missing input, bad arguments, an ``--out`` that cannot be written, a
         failed consistency check, or any other file-system error, which names its file).
     """
+    options = {option.name: getattr(args, option.name) for option, _ in _format_options().values()}
     try:
         summary = prepare_dataset(
-            args.dataset,
-            args.raw,
-            args.out,
-            ignore_list=args.ignore_list,
-            workers=args.workers,
-            pku_frames=args.pku_frames,
-            pku_odd_rows=args.pku_odd_rows,
-            progress=not args.quiet,
+            args.dataset, args.raw, args.out, num_workers=args.num_workers, progress=not args.quiet, **options
         )
     except (OSError, ValueError, PrepareError) as error:
         print(f"prepare: error: {error}", file=sys.stderr)
@@ -142,36 +156,32 @@ def run_prepare(args: argparse.Namespace) -> int:
     return 1 if args.strict and summary.malformed else 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point of this module alone (``skeleton_moco.py prepare`` is the usual one)."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    add_prepare_arguments(parser)
-    return run_prepare(parser.parse_args(argv))
-
-
 @dataclass
 class PrepareSummary:
     """What a ``prepare`` run produced and skipped.
 
     Attributes:
-        dataset: ``ntu60``, ``ntu120``, ``pku2`` or ``nwucla``.
+        dataset: the family, as ``prepare --dataset`` names it (e.g. ``ntu60`` or ``sbu``).
+        layout: name of the skeleton layout of the samples (``kinect_v2``, ``kinect_v1``, ``openni15``).
         out: output folder.
-        counts: ``{benchmark: {"train": n, "val": n}}``.
+        counts: ``{benchmark: {"train": n, "val": n}}`` of the benchmarks this run wrote.
         malformed: ``file:line: message`` of every skipped malformed or unreadable input.
-        odd_rows: ``file[:line]: message`` of every PKU label row or video kept as the released script keeps it
-            (``--pku-odd-rows released``): cut at the video's end, kept with no frame or no body, put into val.
+        notes: ``file[:line]: message`` of every sample or file kept though odd, with what was done to it (PKU
+            label rows kept as the released script keeps them, MSR Action3D frames without any tracked joint
+            dropped, ...).
         empty: names of samples dropped because no body appears in any frame.
-        ignored: samples left out through ``--ignore-list``.
-        outside: NTU files that belong to another dataset (e.g. NTU-120 setups in an ``ntu60`` run).
+        ignored: samples left out through an ignore list (NTU ``--ignore-list``).
+        outside: files that belong to another dataset (e.g. NTU-120 setups in an ``ntu60`` run).
         truncated: samples longer than 300 frames (their first 300 are kept).
         published_sizes_checked: whether the split sizes were checked against the published ones.
     """
 
     dataset: str
+    layout: str
     out: str
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
     malformed: list[str] = field(default_factory=list)
-    odd_rows: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     empty: list[str] = field(default_factory=list)
     ignored: int = 0
     outside: int = 0
@@ -180,19 +190,20 @@ class PrepareSummary:
 
     def report(self) -> str:
         """A human-readable multi-line summary."""
-        lines = [f"prepared {self.dataset} into {self.out}"]
+        lines = [f"prepared {self.dataset} ({self.layout} layout) into {self.out}"]
         for benchmark, counts in self.counts.items():
             lines.append(f"  {benchmark}: train {counts['train']}, val {counts['val']}")
         if self.published_sizes_checked:
             lines.append("  split sizes equal the published ones")
-        lines.append(f"  left out by --ignore-list: {self.ignored}")
+        if self.ignored:
+            lines.append(f"  left out by --ignore-list: {self.ignored}")
         if self.outside:
             lines.append(f"  files of another dataset, not used: {self.outside}")
         if self.truncated:
             lines.append(f"  longer than {MAX_FRAMES} frames, first {MAX_FRAMES} kept: {self.truncated}")
-        if self.odd_rows:
-            lines.append(f"  kept as the released script keeps them (--pku-odd-rows released): {len(self.odd_rows)}")
-            lines.extend(f"    {message}" for message in self.odd_rows)
+        if self.notes:
+            lines.append(f"  kept, with a note: {len(self.notes)}")
+            lines.extend(f"    {message}" for message in self.notes)
         lines.append(f"  dropped, no body in any frame: {len(self.empty)}")
         lines.extend(f"    {name}" for name in self.empty)
         lines.append(f"  skipped, malformed: {len(self.malformed)}")
@@ -200,115 +211,76 @@ class PrepareSummary:
         return "\n".join(lines)
 
 
-@dataclass(frozen=True)
-class _Candidate:
-    """One sample to prepare."""
-
-    name: str
-    label: int  # 0-based
-    train: tuple[bool, ...]  # per benchmark of the dataset
-    segment: tuple[int, int] | None  # PKU: 0-based [first, stop) in the video; NTU: the whole file
-    where: str  # location for error messages about this sample
-
-
-@dataclass(frozen=True)
-class _Job:
-    """One file to read and the candidates cut from it."""
-
-    kind: str  # "ntu", "pku" or "nwucla"
-    path: str
-    items: tuple[tuple[int, _Candidate], ...]  # (candidate index, candidate)
-    keep_odd_rows: bool = False  # PKU: cut segments at the video's end, keep empty ones (--pku-odd-rows released)
-
-
-SampleId = TypeVar("SampleId", NtuSampleId, NwuclaSampleId)
-
-_JOB_SLOTS = {"ntu": PREPARED_SLOTS["ntu60"], "pku": PREPARED_SLOTS["pku2"], "nwucla": PREPARED_SLOTS["nwucla"]}
-"""(joints, bodies) of the samples cut from each kind of file."""
-
-
-@dataclass
-class _Scan:
-    """What was found under --raw: the samples to prepare, grouped by file, and what was left out."""
-
-    candidates: list[_Candidate] = field(default_factory=list)
-    jobs: list[_Job] = field(default_factory=list)
-    malformed: list[str] = field(default_factory=list)
-    keep_odd_rows: bool = False  # PKU, --pku-odd-rows released
-    odd_rows: list[str] = field(default_factory=list)  # videos missing from a split file, put into val
-    ignored: int = 0
-    outside: int = 0
-    files_in_scope: int = 0
-    ignore_ids_in_scope: int = 0
-
-
 def prepare_dataset(
-    dataset: str,
+    family: str,
     raw: str | os.PathLike,
     out: str | os.PathLike,
     *,
-    ignore_list: str | os.PathLike | None = None,
-    workers: int = 1,
-    pku_frames: str = "reference",
-    pku_odd_rows: str = "released",
+    num_workers: int = 1,
     progress: bool = False,
     log: Callable[[str], None] = print,
+    **options: Any,
 ) -> PrepareSummary:
     """Convert a raw dataset to ``out/<benchmark>/{train,val}_{data_joint.npy,num_frame.npy,label.pkl}``.
 
     Args:
-        dataset: ``"ntu60"``, ``"ntu120"``, ``"pku2"`` or ``"nwucla"``.
-        raw: folder of the raw files (see the module docstring).
+        family: a family of :data:`~skeleton.data.registry.FORMATS` (``"ntu60"``, ``"pku2"``, ``"sbu"``, ...).
+        raw: folder of the raw files (see the format's module).
         out: output folder; ``out/.prepare`` holds the progress of an unfinished run.
-        ignore_list: NTU missing-skeleton list; its samples are left out.
-        workers: processes parsing files; 1 parses in this process.
-        pku_frames: frame convention of PKU label files (see :mod:`skeleton.data.pku_format`).
-        pku_odd_rows: ``"released"`` keeps the PKU segments ending beyond their video (cut to the video), the
-            segments with no frame or no body (all-zero samples) and the videos missing from a split file (in
-            that benchmark's val split), as the released script does; ``"skip"`` leaves them out as malformed.
-            Either way each one is reported. A negative start is malformed under both.
+        num_workers: processes parsing files; 1 parses in this process.
         progress: show a progress bar.
         log: receives one-line status messages.
+        **options: the format's own options by keyword (``ignore_list`` for NTU, ``pku_frames`` and
+            ``pku_odd_rows`` for PKU-MMD, ``fold`` for SBU); None or absent means the format's default.
 
     Returns:
         The summary (also saved as ``out/prepare_summary.json``).
 
     Raises:
         FileNotFoundError: if ``raw`` or a required file in it is missing, or it holds no skeleton file.
-        ValueError: for invalid arguments, an ``out`` that is a file or cannot be created or written, or an
-            unreadable ignore list / PKU split file.
+        ValueError: for invalid arguments (an option another format declares, a value outside its choices), an
+            ``out`` that is a file or cannot be created or written, or an unreadable ignore list / split file.
         OSError: if writing the outputs fails later (e.g. the disk is full).
-        PrepareError: if, on the complete NTU (with the official ignore list) or NW-UCLA dataset, a split size differs
-            from the published one.
+        PrepareError: if, on a complete release, a split size differs from the published one.
+
+    Example:
+        >>> prepare_dataset("sbu", "shared/data/sbu-kinect-interaction", "data/sbu", fold=2)  # doctest: +SKIP
     """
-    if dataset not in DATASETS:
-        raise ValueError(f"--dataset must be one of {DATASETS}, got {dataset!r}")
-    if workers < 1:
-        raise ValueError(f"--workers must be >= 1, got {workers}")
-    if pku_frames not in FRAME_CONVENTIONS:
-        raise ValueError(f"--pku-frames must be one of {FRAME_CONVENTIONS}, got {pku_frames!r}")
-    if pku_odd_rows not in ODD_ROWS:
-        raise ValueError(f"--pku-odd-rows must be one of {ODD_ROWS}, got {pku_odd_rows!r}")
+    if family not in FORMATS:
+        raise ValueError(f"--dataset must be one of {tuple(FORMATS)}, got {family!r}")
+    fmt = FORMATS[family]
+    if num_workers < 1:
+        raise ValueError(f"--num-workers must be >= 1, got {num_workers}")
+    resolved = _resolve_options(fmt, options)
     raw = Path(raw)
     if not raw.is_dir():
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
-    if dataset in ("pku2", "nwucla") and ignore_list is not None:
-        raise ValueError("--ignore-list applies to the NTU datasets only")
     _check_writable(Path(out))
-    if dataset == "pku2":
-        scan = _scan_pku(raw, pku_frames, pku_odd_rows == "released")
-    elif dataset == "nwucla":
-        scan = _scan_nwucla(raw)
-    else:
-        ignore = read_ignore_list(ignore_list) if ignore_list is not None else set()
-        scan = _scan_ntu(dataset, raw, ignore)
-    writer = _Writer(dataset, Path(out), scan, log)
+    scan = fmt.scan(raw, resolved)
+    writer = _Writer(fmt, Path(out), scan, log)
     summary = writer.finished_summary()
     if summary is not None:
         log(f"{out} is already prepared with these inputs (delete it to prepare again)")
         return summary
-    writer.process(workers, progress)
+    writer.process(num_workers, progress)
     return writer.finalize()
+
+
+def _resolve_options(fmt: RawFormat, options: dict[str, Any]) -> dict[str, Any]:
+    """The format's options with defaults filled in.
+
+    Raises:
+        ValueError: for an option the format does not declare (given, not None), or a value outside its choices.
+    """
+    own = {option.name: option for option in fmt.options}
+    for name, value in options.items():
+        if name in own or value is None:
+            continue
+        owners = _format_options().get("--" + name.replace("_", "-"))
+        if owners is None:
+            raise ValueError(f"unknown prepare option {name!r}")
+        raise ValueError(f"{owners[0].flag} applies to --dataset {'/'.join(owners[1])} only, not {fmt.family}")
+    return {name: option.resolve(options.get(name)) for name, option in own.items()}
 
 
 def _check_writable(out: Path) -> None:
@@ -327,280 +299,101 @@ def _check_writable(out: Path) -> None:
         raise ValueError(f"--out {out}: cannot write there ({error.strerror}: {error.filename or out})") from None
 
 
-def read_ignore_list(path: str | os.PathLike) -> set[str]:
-    """Read an NTU missing-skeleton list: sample names, one per line, after an optional prose header.
+@dataclass(frozen=True)
+class _Task:
+    """What a worker needs besides the jobs: how to read them, the prepared sample's shape and its layout."""
 
-    Raises:
-        FileNotFoundError: if the file does not exist.
-        ValueError: on a line after the first sample name that is neither blank nor a sample name, or a
-            file without any sample name.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"--ignore-list {path} does not exist")
-    names: set[str] = set()
-    with open(path, encoding="utf-8", errors="replace") as handle:
-        for line, text in enumerate(handle.read().splitlines(), start=1):
-            token = text.strip().removesuffix(".skeleton")
-            if NTU_NAME.fullmatch(token):
-                names.add(token)
-            elif names and token:  # prose is only allowed before the first sample name
-                raise ValueError(f"{path}:{line}: expected a sample name like S001C002P003R002A013, got {text!r}")
-    if not names:
-        raise ValueError(f"{path}: no sample name (SsssCcccPpppRrrrAaaa) found")
-    return names
+    reader: Reader
+    num_joints: int
+    num_bodies: int
+    layout: str
 
 
-def _find_files(raw: Path, suffix: str, scan: _Scan) -> list[Path]:
-    """The files named ``*<suffix>`` under ``raw``, searched recursively, sorted.
-
-    A folder that cannot be listed (no permission, an I/O error) is reported in ``scan.malformed``; the search
-    goes on without it (``Path.rglob`` would skip it silently, and its samples would be missing unannounced).
-
-    Raises:
-        FileNotFoundError: if no such file is found.
-    """
-
-    def unreadable(error: OSError) -> None:
-        scan.malformed.append(f"{error.filename}: folder not searched, it cannot be read ({error.strerror})")
-
-    files = [
-        Path(folder) / name
-        for folder, _, names in os.walk(raw, onerror=unreadable)
-        for name in names
-        if name.endswith(suffix)
-    ]
-    if not files:
-        unread = f" ({'; '.join(scan.malformed)})" if scan.malformed else ""
-        raise FileNotFoundError(f"no *{suffix} files under --raw {raw}{unread}")
-    return sorted(files)
-
-
-def _scan_ntu(dataset: str, raw: Path, ignore: set[str]) -> _Scan:
-    scan = _Scan()
-    for path, sample in _unique_samples(_find_files(raw, ".skeleton", scan), NtuSampleId.parse, scan,
-                                        lambda sample: _in_scope(dataset, sample)):  # fmt: skip
-        if sample.name in ignore:
-            scan.ignored += 1
-            continue
-        train = tuple(
-            ntu_is_training(dataset, benchmark, sample.setup, sample.camera, sample.performer)
-            for benchmark in BENCHMARKS[dataset]
-        )
-        candidate = _Candidate(sample.name, sample.action - 1, train, None, str(path))
-        scan.jobs.append(_Job("ntu", str(path), ((len(scan.candidates), candidate),)))
-        scan.candidates.append(candidate)
-    for name in ignore:
-        try:
-            scan.ignore_ids_in_scope += _in_scope(dataset, NtuSampleId.parse(name))
-        except ValueError:  # an id outside NTU's ranges names no file of any NTU dataset
-            pass
-    return scan
-
-
-def _in_scope(dataset: str, sample: NtuSampleId) -> bool:
-    """Whether an NTU sample belongs to ``dataset`` (NTU-120 contains NTU-60)."""
-    return dataset == "ntu120" or (sample.setup <= NTU60_MAX_SETUP and sample.action <= NTU60_MAX_ACTION)
-
-
-def _scan_pku(raw: Path, frames: str, keep_odd_rows: bool) -> _Scan:
-    required = [raw / "skeleton", raw / "label", *(raw / name for name in SPLIT_FILES.values())]
-    missing = [str(path) for path in required if not path.exists()]
-    if missing:
-        raise FileNotFoundError(
-            f"--raw {raw} is not a PKU-MMD II folder: missing {', '.join(missing)}"
-            f" (expected skeleton/, label/, {', '.join(SPLIT_FILES.values())})"
-        )
-    try:
-        splits = {b: tuple(map(set, read_pku_split(raw / name))) for b, name in SPLIT_FILES.items()}
-    except SkeletonFormatError as error:
-        raise ValueError(f"unreadable split file: {error}") from None
-    videos = sorted((raw / "skeleton").glob("*.txt"))
-    if not videos:
-        raise FileNotFoundError(f"no skeleton files (*.txt) under {raw / 'skeleton'}")
-    scan = _Scan(keep_odd_rows=keep_odd_rows)
-    for path in videos:
-        video = path.stem
-        label_path = raw / "label" / path.name
-        # As the released script, a video is a training video of a benchmark if that list names it, else val.
-        train = tuple(video in splits[benchmark][0] for benchmark in BENCHMARKS["pku2"])
-        unlisted = [SPLIT_FILES[b] for b in BENCHMARKS["pku2"] if video not in splits[b][0] | splits[b][1]]
-        if unlisted:
-            message = f"{path}: video {video} missing from {', '.join(unlisted)}"
-            if not keep_odd_rows:
-                scan.malformed.append(message)
-                continue
-            scan.odd_rows.append(f"{message}: put into val there")
-        try:
-            segments = read_pku_labels(label_path)
-        except FileNotFoundError:
-            scan.malformed.append(f"{label_path}: label file missing")
-            continue
-        except SkeletonFormatError as error:
-            scan.malformed.append(str(error))
-            continue
-        items = []
-        for number, segment in enumerate(segments, start=1):
-            if segment.action > NUM_CLASSES["pku2"]:
-                classes = NUM_CLASSES["pku2"]
-                scan.malformed.append(f"{label_path}:{segment.line}: action {segment.action} > {classes}")
-                continue
-            candidate = _Candidate(
-                sample_name(video, number), segment.action - 1, train, segment.frames(frames),
-                f"{label_path}:{segment.line}",
-            )  # fmt: skip
-            items.append((len(scan.candidates), candidate))
-            scan.candidates.append(candidate)
-        scan.files_in_scope += 1
-        if items:
-            scan.jobs.append(_Job("pku", str(path), tuple(items), keep_odd_rows))
-    return scan
-
-
-def _scan_nwucla(raw: Path) -> _Scan:
-    scan = _Scan()
-    for path, sample in _unique_samples(_find_files(raw, ".json", scan), NwuclaSampleId.parse, scan):
-        candidate = _Candidate(sample.name, sample.label, (sample.view in NWUCLA_TRAIN_VIEWS,), None, str(path))
-        scan.jobs.append(_Job("nwucla", str(path), ((len(scan.candidates), candidate),)))
-        scan.candidates.append(candidate)
-    return scan
-
-
-def _unique_samples(
-    files: list[Path],
-    parse: Callable[[str], SampleId],
-    scan: _Scan,
-    in_scope: Callable[[SampleId], bool] = lambda sample: True,
-) -> Iterator[tuple[Path, SampleId]]:
-    """The files whose names parse to a sample id in scope, each sample once; the others are counted in ``scan``
-    (a name that does not parse or a second file of a sample as malformed, a sample out of scope as outside)."""
-    seen: dict[str, Path] = {}
-    for path in files:
-        try:
-            sample = parse(path.name)
-        except ValueError as error:
-            scan.malformed.append(f"{path}: {error}")
-            continue
-        if not in_scope(sample):
-            scan.outside += 1
-            continue
-        if sample.name in seen:
-            scan.malformed.append(f"{path}: duplicate of {seen[sample.name]}, skipped")
-            continue
-        seen[sample.name] = path
-        scan.files_in_scope += 1
-        yield path, sample
-
-
-def _cut_segment(video: np.ndarray, candidate: _Candidate, keep_odd_rows: bool) -> tuple[np.ndarray | None, str]:
-    """The bodies (2, F, 25, 3) of a PKU segment, and a message.
+def _process(task: _Task, jobs: list[FileJob]) -> tuple[list[tuple[int, int, int, str]], np.ndarray]:
+    """Worker task: read files, pack their samples, pre-normalize them together.
 
     Returns:
-        ``(bodies, "")`` for a segment inside the video; ``(None, why)`` for one that is malformed; with
-        ``keep_odd_rows``, ``(bodies, what was done)`` for a segment ending beyond the video (cut at its end) or
-        holding none of its frames (F = 0), as the released script's unchecked ``video[start:end]``.
-    """
-    first, stop = candidate.segment
-    frames = len(video)
-    inside = 0 <= first < stop <= frames
-    if not inside and (not keep_odd_rows or first < 0):  # a negative start would count from the video's end
-        return None, f"{candidate.where}: frames [{first}, {stop}) outside the video's {frames} frames"
-    bodies = rearrange(video[first:stop], "t m v c -> m t v c")
-    if inside:
-        return bodies, ""
-    if bodies.shape[1]:
-        kept = f"end beyond the video's {frames}: cut to [{first}, {frames})"
-    else:
-        kept = f"hold none of the video's {frames}: kept, 0 frames"
-    return bodies, f"{candidate.where}: frames [{first}, {stop}) {kept}"
-
-
-def _process(jobs: list[_Job]) -> tuple[list[tuple[int, int, int, str]], np.ndarray]:
-    """Worker task: read files, cut and pack samples, pre-normalize them together.
-
-    Returns:
-        ``(results, samples)``: per candidate ``(index, status, frames in the source, message)``, and the
-        pre-normalized float32 samples of the candidates with status DONE, in order. The message says why a
-        sample is MALFORMED or EMPTY, or what was done to a DONE one kept by ``--pku-odd-rows released``.
+        ``(results, samples)``: per sample ``(index, status, frames in the source, message)``, and the
+        pre-normalized float32 samples of those with status DONE, in order. The message says why a sample is
+        MALFORMED or EMPTY, or what was done to a DONE one (a note).
     """
     results, samples = [], []
     for job in jobs:
         try:
-            if job.kind == "ntu":
-                recording = read_skeleton(job.path)
-                whole = (kept_bodies(recording), recording.num_frames)
-            elif job.kind == "nwucla":
-                joints = read_nwucla(job.path)
-                whole = (joints[None], len(joints))
-            else:
-                video = read_pku_skeleton(job.path)
+            cuts = task.reader(job)
         except (SkeletonFormatError, OSError) as error:
             results += [(index, MALFORMED, 0, str(error)) for index, _ in job.items]
             continue
-        for index, candidate in job.items:
-            message = ""
-            if candidate.segment is None:
-                bodies, total = whole
-            else:
-                cut, message = _cut_segment(video, candidate, job.keep_odd_rows)
-                if cut is None:
-                    results.append((index, MALFORMED, 0, message))
-                    continue
-                bodies, total = cut, cut.shape[1]
-            sample, _ = pack_sample(bodies, num_bodies=_JOB_SLOTS[job.kind][1])
+        for cut, (_, sample_ref) in zip(cuts, job.items):
+            if cut.bodies is None:
+                results.append((cut.index, MALFORMED, 0, cut.message))
+                continue
+            sample = pack_sample(cut.bodies, task.num_joints, task.num_bodies)
+            message = cut.message
             if not sample.any():
-                if not job.keep_odd_rows:
-                    results.append((index, EMPTY, total, f"{candidate.where}: no body in any frame"))
+                if not cut.keep_empty:
+                    results.append((cut.index, EMPTY, cut.num_frames, f"{sample_ref.where}: no body in any frame"))
                     continue
-                message = message or f"{candidate.where}: no body in any frame: kept, all zero"
-            results.append((index, DONE, total, message))
+                message = message or f"{sample_ref.where}: no body in any frame: kept, all zero"
+            results.append((cut.index, DONE, cut.num_frames, message))
             samples.append(sample)
-    empty_shape = (0, *sample_shape(*_JOB_SLOTS[jobs[0].kind])) if jobs else (0, *sample_shape())
-    stacked = np.stack(samples) if samples else np.zeros(empty_shape, dtype=np.float32)
-    return results, prenormalize(stacked)
+    shape = (len(samples), *sample_shape(task.num_joints, task.num_bodies))
+    stacked = np.stack(samples) if samples else np.zeros(shape, dtype=np.float32)
+    return results, prenormalize(stacked, BUILT_IN_LAYOUTS[task.layout])
 
 
 class _Writer:
     """Streams processed samples into the output files and keeps the resumable progress."""
 
-    def __init__(self, dataset: str, out: Path, scan: _Scan, log: Callable[[str], None]) -> None:
-        self.dataset = dataset
+    def __init__(self, fmt: RawFormat, out: Path, scan: Scan, log: Callable[[str], None]) -> None:
+        self.fmt = fmt
         self.out = out
         self.scan = scan
         self.log = log
-        self.benchmarks = BENCHMARKS[dataset]
+        self.benchmarks = scan.benchmarks
         self.work = out / WORK_DIR
-        candidates = [(c.name, c.label, c.train, c.segment, c.where) for c in scan.candidates]
-        # Kept odd rows are the only choice the candidates do not show; the other fingerprints stay as they were.
-        inputs = [dataset, candidates, *(["--pku-odd-rows released"] if scan.keep_odd_rows else [])]
-        self.fingerprint = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
-        train = np.array([c.train for c in scan.candidates], dtype=bool).reshape(-1, len(self.benchmarks))
-        # members[(benchmark, split)]: boolean mask of the candidates of that split
+        samples = [(s.name, s.label, s.train, s.segment, s.where) for s in scan.samples]
+        self.fingerprint = hashlib.sha256(json.dumps([fmt.family, samples, *scan.settings]).encode()).hexdigest()
+        train = np.array([s.train for s in scan.samples], dtype=bool).reshape(-1, len(self.benchmarks))
+        # members[(benchmark, split)]: boolean mask of the samples of that split
         self.members = {
             (benchmark, split): train[:, b] if split == "train" else ~train[:, b]
             for b, benchmark in enumerate(self.benchmarks)
             for split in SPLITS
         }
-        self.status = np.zeros(len(scan.candidates), dtype=np.int8)
-        self.num_frames = np.zeros(len(scan.candidates), dtype=np.int64)
+        self.status = np.zeros(len(scan.samples), dtype=np.int8)
+        self.num_frames = np.zeros(len(scan.samples), dtype=np.int64)
         self.messages: dict[str, str] = {}
 
     def _partial(self, benchmark: str, split: str) -> Path:
         return self.out / benchmark / (data_file(split) + ".partial")
 
     def finished_summary(self) -> PrepareSummary | None:
-        """The saved summary if ``out`` already holds a finished preparation of the same inputs."""
+        """The saved summary if ``out`` already holds a finished preparation of the same inputs.
+
+        A summary that cannot be read, or was written by another version (other fields), is not one: the
+        preparation runs again and replaces it.
+        """
         path = self.out / SUMMARY_FILE
         if not path.is_file():
             return None
-        saved = json.loads(path.read_text())
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            self.log(f"{path} is unreadable ({error}); preparing again")
+            return None
+        if not isinstance(saved, dict) or saved.pop("fingerprint", None) != self.fingerprint:
+            return None
+        if set(saved) != {f.name for f in fields(PrepareSummary)}:
+            self.log(f"{path} was written with other fields ({', '.join(sorted(saved))}); preparing again")
+            return None
         outputs = [
             self.out / benchmark / name(split)
             for benchmark in self.benchmarks
             for split in SPLITS
             for name in (data_file, num_frame_file, label_file)
         ]
-        if saved.pop("fingerprint", None) != self.fingerprint or not all(p.is_file() for p in outputs):
+        if not all(p.is_file() for p in outputs):
             return None
         return PrepareSummary(**saved)
 
@@ -624,10 +417,8 @@ class _Writer:
         (self.out / SUMMARY_FILE).unlink(missing_ok=True)
         for (benchmark, split), mask in self.members.items():
             (self.out / benchmark).mkdir(parents=True, exist_ok=True)
-            shape = (
-                int(mask.sum()),
-                *sample_shape(*PREPARED_SLOTS[self.dataset]),
-            )  # upper bound; shrunk to the kept samples at the end
+            # An upper bound of the rows; shrunk to the kept samples at the end.
+            shape = (int(mask.sum()), *sample_shape(self.fmt.num_joints, self.fmt.num_bodies))
             np.lib.format.open_memmap(self._partial(benchmark, split), mode="w+", dtype=np.float32, shape=shape)
         self._save_state()
 
@@ -641,23 +432,24 @@ class _Writer:
             lambda handle: np.savez(handle, status=self.status, num_frames=self.num_frames, meta=meta),
         )
 
-    def process(self, workers: int, progress: bool) -> None:
-        """Process every pending candidate, in order, saving progress after each block."""
+    def process(self, num_workers: int, progress: bool) -> None:
+        """Process every pending sample, in order, saving progress after each block."""
         if not self._resume():
             self._start()
-        # Candidates complete in order, so the finished ones are a prefix and the next write positions are
+        # Samples complete in order, so the finished ones are a prefix and the next write positions are
         # the counts of finished samples per split.
         done = int(np.argmin(self.status != PENDING)) if (self.status == PENDING).any() else len(self.status)
         position = {key: int((self.status[:done] == DONE)[mask[:done]].sum()) for key, mask in self.members.items()}
         jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
-        block = SAMPLES_PER_WORKER_BLOCK * workers
-        pool = multiprocessing.Pool(workers) if workers > 1 else None  # before tqdm starts its monitor thread
-        bar = _Progress(len(self.status), done, f"prepare {self.dataset}", progress, self.log)
+        process = functools.partial(_process, _Task(self.scan.reader, self.fmt.num_joints, self.fmt.num_bodies, self.fmt.layout))
+        block = SAMPLES_PER_WORKER_BLOCK * num_workers
+        pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None  # before tqdm starts its thread
+        bar = _Progress(len(self.status), done, f"prepare {self.fmt.family}", progress, self.log)
         try:
             for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
                 outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}
                 try:
-                    for results, samples in pool.imap(_process, batches) if pool else map(_process, batches):
+                    for results, samples in pool.imap(process, batches) if pool else map(process, batches):
                         kept = iter(samples)
                         for index, status, total, message in results:
                             if status == DONE:
@@ -682,14 +474,14 @@ class _Writer:
 
     def finalize(self) -> PrepareSummary:
         """Check the split sizes, write the final files, the summary, and remove the progress."""
-        summary = PrepareSummary(dataset=self.dataset, out=str(self.out), ignored=self.scan.ignored)
-        summary.outside = self.scan.outside
+        summary = PrepareSummary(dataset=self.fmt.family, layout=self.fmt.layout, out=str(self.out))
+        summary.ignored, summary.outside = self.scan.ignored, self.scan.outside
         summary.truncated = int(((self.status == DONE) & (self.num_frames > MAX_FRAMES)).sum())
         skipped = [self.messages[str(i)] for i in np.flatnonzero(self.status == MALFORMED)]
         summary.malformed = list(dict.fromkeys(self.scan.malformed + skipped))  # a bad video fails all its samples
         kept_odd = [self.messages[str(i)] for i in np.flatnonzero(self.status == DONE) if str(i) in self.messages]
-        summary.odd_rows = self.scan.odd_rows + kept_odd
-        summary.empty = [self.scan.candidates[i].name for i in np.flatnonzero(self.status == EMPTY)]
+        summary.notes = self.scan.notes + kept_odd
+        summary.empty = [self.scan.samples[i].name for i in np.flatnonzero(self.status == EMPTY)]
         for benchmark in self.benchmarks:
             summary.counts[benchmark] = {
                 split: int((self.status == DONE)[self.members[benchmark, split]].sum()) for split in SPLITS
@@ -701,8 +493,8 @@ class _Writer:
             _truncate_rows(self._partial(benchmark, split), len(kept))
             frames = np.minimum(self.num_frames[kept], MAX_FRAMES)
             atomic_write(folder / num_frame_file(split), lambda handle, f=frames: np.save(handle, f))
-            names = [self.scan.candidates[i].name for i in kept]
-            labels = [self.scan.candidates[i].label for i in kept]
+            names = [self.scan.samples[i].name for i in kept]
+            labels = [self.scan.samples[i].label for i in kept]
             atomic_write(folder / label_file(split), lambda handle, v=(names, labels): pickle.dump(v, handle))
             os.replace(self._partial(benchmark, split), folder / data_file(split))
         saved = {**asdict(summary), "fingerprint": self.fingerprint}
@@ -711,25 +503,21 @@ class _Writer:
         return summary
 
     def _check_published_sizes(self, summary: PrepareSummary) -> bool:
-        """On a complete NTU (with its official ignore list) or NW-UCLA dataset, the split sizes must be the published
-        ones."""
-        if self.dataset not in FULL_FILE_COUNTS:
-            return False
-        complete = (
-            self.scan.files_in_scope == FULL_FILE_COUNTS[self.dataset]
-            and self.scan.ignore_ids_in_scope == MISSING_COUNTS[self.dataset]
-            and not summary.malformed
-        )
-        if not complete:
+        """On a complete release (the scan found every file; nothing malformed but the samples the release is
+        known to break), the split sizes must be the published ones."""
+        broken = {self.scan.samples[i].name for i in np.flatnonzero(self.status == MALFORMED)}
+        if not (self.scan.complete and not self.scan.malformed and broken <= self.fmt.known_broken):
             return False
         for benchmark in self.benchmarks:
-            expected = PUBLISHED_SPLIT_SIZES[self.dataset, benchmark]
+            expected = self.fmt.published_sizes.get(benchmark)
+            if expected is None:
+                return False
             found = (summary.counts[benchmark]["train"], summary.counts[benchmark]["val"])
             if found != expected:
                 raise PrepareError(
-                    f"{self.dataset} {benchmark}: {found[0]} train / {found[1]} val samples, but the published split"
-                    f" has {expected[0]} / {expected[1]}; {len(summary.empty)} samples without body were dropped"
-                    f" (progress kept in {self.work})"
+                    f"{self.fmt.family} {benchmark}: {found[0]} train / {found[1]} val samples, but the published"
+                    f" split has {expected[0]} / {expected[1]}; {len(summary.empty)} samples without body were"
+                    f" dropped (progress kept in {self.work})"
                 )
         return True
 
@@ -769,10 +557,10 @@ class _Progress:
         self.bar.close()
 
 
-def _blocks(jobs: list[_Job], per_batch: int, per_block: int) -> Iterator[list[list[_Job]]]:
+def _blocks(jobs: list[FileJob], per_batch: int, per_block: int) -> Iterator[list[list[FileJob]]]:
     """Group jobs into worker batches of about ``per_batch`` samples, and batches into blocks of ``per_block``."""
-    block: list[list[_Job]] = []
-    batch: list[_Job] = []
+    block: list[list[FileJob]] = []
+    batch: list[FileJob] = []
     batch_size = block_size = 0
     for job in jobs:
         batch.append(job)
@@ -808,7 +596,3 @@ def _truncate_rows(path: Path, rows: int) -> None:
         handle.seek(prefix)
         handle.write((header.ljust(room) + "\n").encode("latin1"))
     os.truncate(path, data_start + rows * int(np.prod(shape[1:])) * dtype.itemsize)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,8 @@ A *family* is one raw dataset as ``prepare --dataset`` reads it and as its prepa
 (``DATA_ROOT/<family>/<benchmark>/``); a *dataset name* (``--dataset`` of the training commands) is a family with
 one of its evaluation benchmarks, e.g. ``ntu60-xsub`` or ``sbu-fold3``. Families with a single protocol also
 answer to their bare name (``nwucla``, ``msr-action3d``; ``sbu`` is its first fold). ``custom`` is any folder in
-the prepared layout, ``synthetic`` the generated data set.
+the prepared layout, ``synthetic`` the generated data set. What ``prepare`` reads for each family is declared by
+its adapter (:data:`FORMATS`).
 
 Example:
     >>> spec = dataset_spec("nwucla")
@@ -16,6 +17,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
+
+from .formats import RawFormat
+from .formats.msr_action3d import MSR_ACTION3D
+from .formats.ntu import NTU60, NTU120
+from .formats.nwucla import NWUCLA
+from .formats.pku import PKU2
+from .formats.sbu import SBU
 
 RELEASED_RECIPE = "released"
 """The published NTU / PKU-MMD training recipe."""
@@ -55,29 +63,16 @@ class DatasetSpec:
     @property
     def is_prepared(self) -> bool:
         """Whether the dataset is a family that ``prepare`` writes (not custom or synthetic data)."""
-        return self.family in FAMILIES
+        return self.family in FORMATS
 
 
-@dataclass(frozen=True)
-class _Family:
-    """A raw dataset: its benchmarks and the shape and label space of its prepared samples."""
+FORMATS: dict[str, RawFormat] = {fmt.family: fmt for fmt in (NTU60, NTU120, PKU2, NWUCLA, SBU, MSR_ACTION3D)}
+"""The raw formats ``prepare`` reads, by family: each declares its benchmarks, classes, layout and bodies."""
+FAMILIES: tuple[str, ...] = tuple(FORMATS)
+"""The family names: ``prepare --dataset`` choices and prepared folder names."""
 
-    benchmarks: tuple[str, ...]
-    num_classes: int
-    layout: str
-    num_bodies: int
-    recipe: str
-
-
-FAMILIES: dict[str, _Family] = {
-    "ntu60": _Family(("xsub", "xview"), 60, "kinect_v2", 2, RELEASED_RECIPE),
-    "ntu120": _Family(("xsub", "xset"), 120, "kinect_v2", 2, RELEASED_RECIPE),
-    "pku2": _Family(("xsub", "xview"), 51, "kinect_v2", 2, RELEASED_RECIPE),  # 51: the reference's head
-    "nwucla": _Family(("xview",), 10, "kinect_v1", 1, SMALL_RECIPE),
-    "sbu": _Family(tuple(f"fold{fold}" for fold in range(1, 6)), 8, "openni15", 2, SMALL_RECIPE),
-    "msr-action3d": _Family(("xsub",), 20, "kinect_v1", 1, SMALL_RECIPE),
-}
-"""The raw datasets ``prepare`` reads, by family name."""
+RELEASED_RECIPE_FAMILIES = frozenset({"ntu60", "ntu120", "pku2"})
+"""The families the published recipe was made for; every other dataset defaults to the small-data recipe."""
 
 ALIASES: dict[str, str] = {"nwucla": "nwucla-xview", "msr-action3d": "msr-action3d-xsub", "sbu": "sbu-fold1"}
 """Short names of datasets with one protocol (SBU: its first fold) -> canonical names."""
@@ -88,12 +83,11 @@ def _build() -> dict[str, DatasetSpec]:
         "synthetic": DatasetSpec("synthetic", "synthetic", "", None, None, None, SMALL_RECIPE),
         "custom": DatasetSpec("custom", "custom", "", None, None, None, SMALL_RECIPE),
     }
-    for family, info in FAMILIES.items():
-        for benchmark in info.benchmarks:
+    for family, fmt in FORMATS.items():
+        recipe = RELEASED_RECIPE if family in RELEASED_RECIPE_FAMILIES else SMALL_RECIPE
+        for benchmark in fmt.benchmarks:
             name = f"{family}-{benchmark}"
-            specs[name] = DatasetSpec(
-                name, family, benchmark, info.num_classes, info.layout, info.num_bodies, info.recipe
-            )
+            specs[name] = DatasetSpec(name, family, benchmark, fmt.num_classes, fmt.layout, fmt.num_bodies, recipe)
     for alias, name in ALIASES.items():
         specs[alias] = specs[name]
     return specs
@@ -128,7 +122,7 @@ def family_spec(family: str, benchmark: str) -> DatasetSpec:
     Raises:
         ValueError: if ``family`` has no such benchmark.
     """
-    if family not in FAMILIES or benchmark not in FAMILIES[family].benchmarks:
-        known = ", ".join(f"{f}: {'/'.join(info.benchmarks)}" for f, info in FAMILIES.items())
+    if family not in FORMATS or benchmark not in FORMATS[family].benchmarks:
+        known = ", ".join(f"{f}: {'/'.join(fmt.benchmarks)}" for f, fmt in FORMATS.items())
         raise ValueError(f"unknown benchmark {family!r}/{benchmark!r}; expected one of {known}")
     return DATASETS[f"{family}-{benchmark}"]

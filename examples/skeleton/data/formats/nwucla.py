@@ -3,7 +3,10 @@
 A file ``aAA_sSS_eEE_vVV.json`` (action, subject, repetition, view) holds
 ``{"file_name": "aAA_sSS_eEE_vVV", "skeletons": [[[x, y, z] * 20] * T], "label": 1..10}``: one person, T >= 1
 frames of the 20 Kinect v1 joints in metres (:data:`~skeleton.data.layouts.KINECT_V1`, the same order as NTU's
-joints 1-20). The label is the action's position in :data:`~skeleton.data.benchmarks.NWUCLA_ACTIONS`, plus one.
+joints 1-20). The label is the action's position in :data:`NWUCLA_ACTIONS`, plus one.
+
+``prepare --dataset nwucla --raw all_sqe`` reads every such file under ``all_sqe`` into ``xview/`` (views 1 and 2
+train, view 3 validates), one body: samples of shape (3, 300, 20, 1).
 """
 
 from __future__ import annotations
@@ -11,17 +14,26 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .benchmarks import NWUCLA_ACTIONS, NWUCLA_JOINTS
-from .layouts import NUM_COORDS
-from .text_parsing import SkeletonFormatError, describe_out_of_range, out_of_range
+from . import NUM_COORDS, Cut, FileJob, RawFormat, SampleRef, Scan, find_files, unique_samples
+from .text import SkeletonFormatError, describe_out_of_range, out_of_range
 
 NWUCLA_NAME = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})_v(\d{2})")
 NUM_VIEWS = 3
+NWUCLA_JOINTS = 20
+"""Kinect v1 joints."""
+NWUCLA_ACTIONS: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 9, 11, 12)
+"""NW-UCLA action ids (``aAA`` in file names); label = position in this tuple (a07 and a10 do not exist)."""
+TRAIN_VIEWS: frozenset[int] = frozenset({1, 2})
+"""Cross-view protocol: views 1 and 2 train, view 3 tests."""
+FULL_FILE_COUNT = 1_484
+"""Files of the complete release."""
 
 
 @dataclass(frozen=True)
@@ -74,7 +86,7 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
     Raises:
         SkeletonFormatError: for a file that is not UTF-8 or not valid JSON (e.g. a truncated file; the line is the
             parser's), a missing or ragged ``skeletons`` array, a frame without 20 joints of 3 values, non-numeric,
-            non-finite or out-of-range coordinates (see :data:`~skeleton.data.text_parsing.MAX_ABS_VALUE`), no frame
+            non-finite or out-of-range coordinates (see :data:`~skeleton.data.formats.text.MAX_ABS_VALUE`), no frame
             at all, or a ``label`` that disagrees with the file name.
         ValueError: if the file name does not follow the NW-UCLA scheme.
         OSError: if the file cannot be read.
@@ -117,22 +129,6 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
     return joints
 
 
-def write_nwucla(path: str | os.PathLike, joints: np.ndarray) -> Path:
-    """Write ``joints`` (T, 20, 3) as an NW-UCLA JSON file; the label comes from the file name.
-
-    Raises:
-        ValueError: for a file name outside the NW-UCLA scheme or joints of the wrong shape.
-    """
-    path = Path(path)
-    sample = NwuclaSampleId.parse(path.name)
-    joints = np.asarray(joints, dtype=np.float64)
-    if joints.ndim != 3 or joints.shape[1:] != (NWUCLA_JOINTS, NUM_COORDS):
-        raise ValueError(f"joints must have shape (T, {NWUCLA_JOINTS}, {NUM_COORDS}), got {joints.shape}")
-    content = {"file_name": sample.name, "skeletons": joints.tolist(), "label": sample.label + 1}
-    path.write_text(json.dumps(content))
-    return path
-
-
 def _is_frame(frame: object) -> bool:
     return (
         isinstance(frame, list)
@@ -158,3 +154,34 @@ def _describe(value: object) -> str:
     if isinstance(value, list):
         return "an empty list"
     return type(value).__name__
+
+
+def read_job(job: FileJob) -> list[Cut]:
+    """Read one NW-UCLA file: one body (1, T, 20, 3)."""
+    joints = read_nwucla(job.path)
+    ((index, _),) = job.items
+    return [Cut(index, joints[None], len(joints))]
+
+
+def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
+    """Find the NW-UCLA files under ``raw`` (no options)."""
+    found = Scan(benchmarks=("xview",), reader=read_job)
+    for path, sample in unique_samples(
+        find_files(raw, ".json", found), lambda path: NwuclaSampleId.parse(path.name), lambda s: s.name, found
+    ):
+        found.add(path, [SampleRef(sample.name, sample.label, (sample.view in TRAIN_VIEWS,), None, str(path))])
+    found.complete = len(found.samples) == FULL_FILE_COUNT and not found.malformed
+    return found
+
+
+NWUCLA = RawFormat(
+    family="nwucla",
+    raw_help="every aAA_sSS_eEE_vVV.json under --raw (the all_sqe folder)",
+    benchmarks=("xview",),
+    num_classes=len(NWUCLA_ACTIONS),
+    layout="kinect_v1",
+    num_joints=NWUCLA_JOINTS,
+    num_bodies=1,
+    scan=scan,
+    published_sizes={"xview": (1_020, 464)},
+)

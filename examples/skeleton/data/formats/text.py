@@ -23,8 +23,10 @@ class SkeletonFormatError(ValueError):
         super().__init__(f"{self.path}:{line}: {message}")
 
 
-def parse_number_lines(lines: list[str], indices: list[int], width: int, source: str | os.PathLike) -> np.ndarray:
-    """Parse lines of ``width`` whitespace-separated numbers each into a (len(indices), width) float64 array.
+def parse_number_lines(
+    lines: list[str], indices: list[int], width: int, source: str | os.PathLike, separator: str | None = None
+) -> np.ndarray:
+    """Parse lines of ``width`` numbers each into a (len(indices), width) float64 array.
 
     The whole block is converted at once; only when that fails are the lines parsed one by one, which
     names the first offending line.
@@ -34,12 +36,15 @@ def parse_number_lines(lines: list[str], indices: list[int], width: int, source:
         indices: 0-based indices of the lines to parse.
         width: values expected on each line.
         source: file name for error messages.
+        separator: what separates the values: None for runs of whitespace, or a character such as ``","``
+            (spaces around the values are allowed; an empty field is a non-numeric value).
 
     Raises:
         SkeletonFormatError: on a line with another number of values, or a non-numeric, non-finite or out-of-range
             (:data:`MAX_ABS_VALUE`) value.
     """
-    tokens = " ".join(lines[i] for i in indices).split()
+    joiner = " " if separator is None else separator
+    tokens = joiner.join(lines[i] for i in indices).split(separator) if indices else []
     if len(tokens) == width * len(indices):
         try:
             values = np.array(tokens, dtype=np.float64).reshape(len(indices), width)
@@ -49,7 +54,7 @@ def parse_number_lines(lines: list[str], indices: list[int], width: int, source:
             return values
     rows = []
     for index in indices:
-        row = lines[index].split()
+        row = lines[index].split(separator)
         if len(row) != width:
             raise SkeletonFormatError(source, index + 1, f"expected {width} values, got {len(row)}")
         rows.append(parse_floats(row, source, index + 1))
@@ -64,6 +69,8 @@ def parse_floats(tokens: list[str], source: str | os.PathLike, line: int) -> lis
     """
     values = []
     for token in tokens:
+        if not token.strip():
+            raise SkeletonFormatError(source, line, "empty value (two separators in a row?)")
         try:
             value = float(token)
         except ValueError:
