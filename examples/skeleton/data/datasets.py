@@ -8,7 +8,7 @@ Data-root convention: ``data_root`` is the folder that holds one sub-folder per 
     DATA_ROOT/nwucla/xview/         DATA_ROOT/sbu/fold1..fold5/     DATA_ROOT/msr-action3d/xsub/
 
 Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_frame.npy`` and
-``{train,val}_label.pkl`` (see :mod:`skeleton.data.files`). ``data_root`` may also point at a family folder
+``{train,val}_label.pkl`` (see :mod:`skeleton.data.prepare`). ``data_root`` may also point at a family folder
 (``DATA_ROOT/ntu60``) or straight at a benchmark folder (``DATA_ROOT/ntu60/xsub``). Folders in the
 SkeletonCLR / AimCLR layout (``{split}_position.npy`` or ``{split}_data.npy`` or a ``{split}_data_joint.npy``
 without ``num_frame`` file, plus ``{split}_label.pkl``; 50 or 300 frames) are accepted too; their valid
@@ -61,8 +61,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ..fileio import InputError, load_npy
-from .benchmarks import NTU60_MAX_ACTION, NTU60_MAX_SETUP, SPLITS
-from .files import SUMMARY_FILE, data_file, label_file, num_frame_file
+from .formats.ntu import NTU60_MAX_ACTION, NTU60_MAX_SETUP, NtuSampleId
 from .layouts import (
     BUILT_IN_LAYOUTS,
     COORDINATE_COUNTS,
@@ -75,8 +74,8 @@ from .layouts import (
     read_layout,
     resolve_layout,
 )
-from .ntu_format import NtuSampleId
 from .prenormalize import coordinate_frame, prenormalize
+from .prepare import SPLITS, SUMMARY_FILE, data_file, label_file, num_frame_file
 from .registry import FAMILIES, DatasetSpec, dataset_spec
 from .synthetic import SyntheticConfig, generate_synthetic, split_indices
 
