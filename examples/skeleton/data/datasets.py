@@ -429,13 +429,15 @@ def _custom_num_classes(folder: Path) -> int:
     paths = [path for path in (_labels_path(folder, split) for split in SPLITS) if path is not None]
     used = np.unique(np.concatenate([read_labels(path)[1] for path in paths]))
     if used.size and (used[0] != 0 or used[-1] != used.size - 1):
-        missing = sorted(set(range(int(used[-1]) + 1)) - set(used.tolist()))
+        low, high = int(used[0]), int(used[-1])
+        missing = sorted(set(range(high + 1)) - set(used.tolist()))
         shown = ", ".join(map(str, missing[:10])) + (", ..." if len(missing) > 10 else "")
-        hint = f" (numbered from 1? subtract {used[0]})" if used[-1] - used[0] == used.size - 1 else ""
         raise InputError(
             f"{' and '.join(map(str, paths))}: labels must be 0-based class indices without gaps (the splits"
-            f" together using 0..K-1), found {used.size} distinct labels from {used[0]} to {used[-1]}, missing"
-            f" {shown or 'none below ' + str(used[0])}{hint}; renumber them as 0..{used.size - 1}"
+            f" together using 0..K-1), found {used.size} distinct labels from {low} to {high}"
+            + (f", missing {shown}" if missing else "")
+            + (f" (numbered from {low}? subtract {low})" if low > 0 and high - low == used.size - 1 else "")
+            + f"; renumber them as 0..{used.size - 1}"
         )
     return int(used.size)
 

@@ -269,8 +269,8 @@ def resolve_layout(spec: LayoutSpec) -> SkeletonLayout:
     """A layout from a built-in name, a layout file's path, or a layout (returned as it is).
 
     Raises:
-        ValueError: for a string that is neither a built-in name nor an existing file.
-        InputError: (a ``ValueError``) naming the file and field, for an invalid layout file.
+        InputError: (a ``ValueError``) for a string that is neither a built-in name nor an existing file, or, naming
+            the file and field, for an invalid layout file.
     """
     if isinstance(spec, SkeletonLayout):
         return spec
@@ -278,7 +278,7 @@ def resolve_layout(spec: LayoutSpec) -> SkeletonLayout:
         return BUILT_IN_LAYOUTS[spec]
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(
+        raise InputError(
             f"layout {str(spec)!r} is neither a built-in layout ({', '.join(BUILT_IN_LAYOUTS)}) nor a layout file"
         )
     return read_layout(path)
