@@ -373,7 +373,7 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
 
 
 def test_command_line_through_skeleton_moco(tmp_path, samples):
-    write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(10)), tmp_path / "raw")
+    write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(0, 96, 10)), tmp_path / "raw")
     result = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "prepare", "--dataset", "ntu60",
          "--raw", str(tmp_path / "raw"), "--out", str(tmp_path / "ntu60"), "--num-workers", "2", "--quiet"],
@@ -399,3 +399,48 @@ def test_split_rules_and_published_sizes():
     assert ntu_is_training("ntu60", "xview", 1, 2, 3) and not ntu_is_training("ntu60", "xview", 1, 1, 1)
     with pytest.raises(ValueError, match="unknown NTU benchmark"):
         ntu_is_training("ntu60", "xset", 1, 1, 1)
+
+
+def test_symlinked_subfolders_are_followed_and_loops_reported(tmp_path, samples):
+    """Issue 19 item 4: os.walk does not follow links, so a linked subfolder of --raw was skipped silently."""
+    paths = write_ntu_skeleton_files(samples, tmp_path / "elsewhere")
+    raw = tmp_path / "raw"
+    (raw / "real").mkdir(parents=True)
+    for path in paths[: len(paths) // 2]:
+        path.rename(raw / "real" / path.name)
+    (raw / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (raw / "real" / "loop").symlink_to(raw, target_is_directory=True)  # back up into the folder being searched
+    (raw / "gone.skeleton").symlink_to(tmp_path / "nothing.skeleton")
+    summary = _prepare("ntu60", raw, tmp_path / "out")
+    assert sum(summary.counts["xsub"].values()) == len(samples.names)  # both halves
+    assert summary.malformed == [
+        f"{raw / 'gone.skeleton'}: broken link to {tmp_path / 'nothing.skeleton'}, not read",
+        f"{raw / 'real' / 'loop'}: link to {raw.resolve()}, a folder it is in: not searched (a loop)",
+    ]
+
+
+def test_a_corrupt_or_foreign_summary_is_prepared_again(tmp_path, samples):
+    write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(0, 96, 10)), tmp_path / "raw")
+    out = tmp_path / "out"
+    first = _prepare("ntu60", tmp_path / "raw", out)
+    summary = out / "prepare_summary.json"
+    for content in ("{not json", json.dumps({**json.loads(summary.read_text()), "extra": 1}), "[1, 2]"):
+        summary.write_text(content)
+        messages = []
+        again = prepare_dataset("ntu60", tmp_path / "raw", out, log=messages.append)
+        assert again == first and not any("already prepared" in message for message in messages)
+    messages = []
+    prepare_dataset("ntu60", tmp_path / "raw", out, log=messages.append)
+    assert "already prepared" in messages[0]
+
+
+def test_options_of_another_format_and_unknown_options(tmp_path):
+    (tmp_path / "raw").mkdir()
+    with pytest.raises(ValueError, match="--pku-frames applies to --dataset pku2 only, not ntu60"):
+        _prepare("ntu60", tmp_path / "raw", tmp_path / "out", pku_frames="inclusive")
+    with pytest.raises(ValueError, match="unknown prepare option 'frames'"):
+        _prepare("ntu60", tmp_path / "raw", tmp_path / "out", frames=3)
+    with pytest.raises(ValueError, match="--num-workers must be >= 1, got 0"):
+        _prepare("ntu60", tmp_path / "raw", tmp_path / "out", num_workers=0)
+    with pytest.raises(ValueError, match=r"--dataset must be one of \('ntu60', 'ntu120', 'pku2', 'nwucla', 'sbu'"):
+        _prepare("ucla", tmp_path / "raw", tmp_path / "out")
