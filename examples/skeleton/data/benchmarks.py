@@ -1,8 +1,7 @@
-"""Former home of the benchmark constants, now declared by the format adapters (:mod:`skeleton.data.formats`) and
-the prepared layout (:mod:`skeleton.data.prepare`). Re-exports the names ``datasets`` and ``synthetic`` still
-import from here; removed once they import the new homes."""
+"""Former home of the benchmark constants, now declared by the format adapters (:mod:`skeleton.data.formats`).
+Re-exports the names ``synthetic`` still imports from here; removed once it imports them from
+:mod:`skeleton.data.formats.ntu`."""
 
-from .formats.ntu import NTU60_MAX_ACTION, NTU60_MAX_SETUP, NUM_BODIES, NUM_JOINTS
-from .prepare import SPLITS
+from .formats.ntu import NUM_BODIES, NUM_JOINTS
 
-__all__ = ["NTU60_MAX_ACTION", "NTU60_MAX_SETUP", "NUM_BODIES", "NUM_JOINTS", "SPLITS"]
+__all__ = ["NUM_BODIES", "NUM_JOINTS"]
