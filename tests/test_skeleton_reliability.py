@@ -1,9 +1,9 @@
-"""Reliability of the skeleton pipeline (issue 10, items 8-12; issue 11, items 5-6): every bad input gets a clear
-error naming its file, line or flag; nothing non-finite or out of range is ever written; interrupted writes leave
-nothing half-done; logs stay small off a terminal."""
+"""Reliability of the skeleton pipeline (issue 10, items 8-12; issue 11, items 5-6; issue 19, items 1, 14, 15): every
+bad input gets a clear error naming its file, line or flag; nothing non-finite or out of range is ever written, and
+no accuracy is computed from a non-finite model; interrupted writes leave nothing half-done; a SIGTERM to the process
+group saves a checkpoint; logs stay small off a terminal."""
 
 import argparse
-import dataclasses
 import io
 import json
 import os
@@ -11,20 +11,18 @@ import pickle
 import re
 import shutil
 import subprocess
+import signal
 import sys
-import typing
 import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import skeleton.data.prepare as prepare_module
-import skeleton_moco
 import torch
 from conftest import flushes_denormals
 from raw_files import write_ntu_skeleton_files, write_nwucla, write_pku_files
-from skeleton.bounds import SETTING_BOUNDS
-from skeleton.config import PRESETS, SECTIONS, preset_config
+from skeleton.cli import main
 from skeleton.data.datasets import load_dataset
 from skeleton.data.formats.ntu import NtuSampleId, parse_skeleton
 from skeleton.data.formats.nwucla import read_nwucla
@@ -36,7 +34,8 @@ from skeleton.fileio import InputError
 from skeleton.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint
 from skeleton.training.loop import ProgressBar
 from skeleton.training.runlog import update_metrics
-from test_skeleton_pipeline import TINY_FLAGS, TINY_MODEL_FLAGS, TINY_PRETRAIN_FLAGS
+from test_skeleton_cli import one_line_error
+from test_skeleton_pipeline import TINY, TINY_FLAGS, pretrain_checkpoint, write_custom_folder
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -304,14 +303,15 @@ def test_a_kill_at_any_file_replacement_then_a_rerun_gives_the_uninterrupted_out
 
 def test_ntu120_named_on_prepared_ntu60_is_refused(prepared, tmp_path, capsys):
     _, out = prepared
-    with pytest.raises(InputError, match=f"dataset ntu120-xsub, but {re.escape(str(out / 'xsub'))} was prepared"):
+    summary = re.escape(str(out / "prepare_summary.json"))
+    with pytest.raises(InputError, match=f"dataset ntu120-xsub, but its folder was prepared from ntu60 \\(see {summary}\\)"):
         load_dataset("ntu120-xsub", "train", out)
     copied = tmp_path / "copied"
     shutil.copytree(out / "xsub", copied / "xsub")  # without prepare_summary.json: judged by its content
     with pytest.raises(InputError, match=r"holds NTU-60 data: labels 0-3 and setups up to S001 \(NTU-120 has 120"):
         load_dataset("ntu120-xsub", "val", copied)
     run = ["--device", "cpu", "--out", str(tmp_path / "run")]
-    assert skeleton_moco.main(["pretrain", "--dataset", "ntu120-xsub", "--data-root", str(out), *run]) == 2
+    assert main(["pretrain", "--dataset", "ntu120-xsub", "--data-root", str(out), *run]) == 2
     assert "pretrain: error: dataset ntu120-xsub, but " in capsys.readouterr().err
     assert len(load_dataset("ntu60-xsub", "train", copied)) > 0  # the right name still loads
 
@@ -327,7 +327,7 @@ def test_other_layouts_and_label_ranges_are_refused(tmp_path, samples):
     with pytest.raises(InputError, match="was prepared from nwucla"):
         load_dataset("ntu60-xview", "train", tmp_path / "nwucla")
     shutil.copytree(tmp_path / "nwucla" / "xview", tmp_path / "copied" / "xview")
-    with pytest.raises(InputError, match=r"dataset ntu60-xview has 25 joints x 2 bodies, but .* holds 20 x 1"):
+    with pytest.raises(InputError, match=r"copied/xview/train_data_joint.npy.*20 joints, but layout kinect_v2 has 25"):
         load_dataset("ntu60-xview", "train", tmp_path / "copied")
     write_ntu_skeleton_files(
         samples._replace(names=[f"{n[:-3]}{60 + int(n[-3:]):03d}" for n in samples.names]), tmp_path / "raw120"
@@ -351,7 +351,8 @@ def test_skeletonclr_gendata_output_in_camera_coordinates_is_prenormalized_on_re
     _write_pickle(tmp_path / "train_label.pkl", ([f"{n}.skeleton" for n in samples.names], samples.labels.tolist()))
     with pytest.warns(
         UserWarning,
-        match=r"train_data.npy is in camera coordinates, not pre-normalized .*: every sample is pre-normalized as it is read",
+        match=r"train_data.npy holds 3-D data in camera coordinates, not pre-normalized .*; every sample is pre-normalized "
+        "as it is read",
     ):
         dataset = load_dataset("ntu60-xview", "train", tmp_path)
     expected = prenormalize(samples.data)
@@ -390,41 +391,38 @@ def test_prepared_data_loads_without_warnings(prepared):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["pretrain", "--batch-size", "0"], "argument --batch-size: expected an integer >= 1, got '0'"),
-        (["pretrain", "--epochs", "-3"], "argument --epochs: expected an integer >= 1, got '-3'"),
-        (["pretrain", "--lr", "nan"], "argument --lr: expected a finite number > 0, got 'nan'"),
-        (["pretrain", "--lam", "1.5"], "argument --lam: expected a finite number in [0, 1], got '1.5'"),
-        (["pretrain", "--temperature", "0"], "argument --temperature: expected a finite number >= 1e-06, got '0'"),
-        (["pretrain", "--lr-milestones", "10", "-1"], "argument --lr-milestones: expected an integer >= 0, got '-1'"),
-        (["pretrain", "--queue-size", "many"], "argument --queue-size: expected an integer >= 1, got 'many'"),
-        (["--linear-batch-size", "0"], "argument --linear-batch-size: expected an integer >= 1, got '0'"),
-        (["semi", "--ratio", "0"], "argument --ratio: expected a finite number in (0, 1], got '0'"),
+        (["pretrain", "--pretrain-batch-size", "1"], "argument --pretrain-batch-size: expected an integer >= 2 or 'auto', got '1'"),
+        (["pretrain", "--pretrain-epochs", "-3"], "argument --pretrain-epochs: expected an integer >= 1 or 'auto', got '-3'"),
+        (["pretrain", "--pretrain-lr", "nan"], "argument --pretrain-lr: expected a finite number > 0, got 'nan'"),
+        (["pretrain", "--pretrain-lr-milestones", "10", "-1"],
+         "argument --pretrain-lr-milestones: expected an integer >= 0, got '-1'"),
+        (["pretrain", "--memory-bank-size", "many"], "argument --memory-bank-size: expected an integer >= 1 or 'auto', got 'many'"),
+        (["pretrain", "--lam", "x"], "argument --lam: expected a finite number, got 'x'"),
+        (["--linear-batch-size", "0"], "argument --linear-batch-size: expected an integer >= 2, got '0'"),
+        (["semi", "--semi-ratio", "0"], "argument --semi-ratio: expected a finite number in (0, 1], got '0'"),
         (["knn", "--num-workers", "-1"], "argument --num-workers: expected an integer >= 0, got '-1'"),
         (["pretrain", "--seed", "-1"], "argument --seed: expected an integer >= 0, got '-1'"),
         (["supervised", "--max-steps", "0"], "argument --max-steps: expected an integer >= 1, got '0'"),
     ],
-)
+)  # fmt: skip
 def test_nonsense_numeric_flags_are_argparse_errors_naming_the_flag(argv, message, capsys):
-    with pytest.raises(SystemExit) as stop:
-        skeleton_moco.main(argv)
-    assert stop.value.code == 2 and message in capsys.readouterr().err
+    assert message in one_line_error(argv, capsys)
 
 
-def test_every_numeric_setting_has_bounds_that_hold_the_presets():
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for spec in dataclasses.fields(cls):
-            numeric = hints[spec.name] in (int, float) or typing.get_origin(hints[spec.name]) is tuple
-            if spec.metadata["flag"] and numeric:
-                assert spec.name in SETTING_BOUNDS, f"{section}.{spec.name} has a flag but no bounds"
-    for preset in PRESETS:
-        for dataset in ("synthetic", "ntu60-xsub", "pku2-xsub", "nwucla"):
-            cfg = preset_config(preset, dataset)
-            for section in SECTIONS:
-                for name, value in dataclasses.asdict(getattr(cfg, section)).items():
-                    for item in value if isinstance(value, (tuple, list)) else (value,):
-                        if name in SETTING_BOUNDS:
-                            assert SETTING_BOUNDS[name].contains(item), (preset, dataset, section, name, item)
+@pytest.mark.parametrize(
+    "argv, flag",
+    [
+        (["--lam", "1.5"], "--lam"),
+        (["--temperature", "0"], "--temperature"),
+        (["--num-positives", "0"], "--num-positives"),
+        (["--prototype-window", "2"], "--prototype-window"),  # fewer keys than the 4 prototypes
+    ],
+)
+def test_loss_settings_the_criterion_refuses_are_one_line_naming_the_flag(argv, flag, tmp_path, capsys):
+    """The loss's settings are validated by the criterion itself, before any work."""
+    err = one_line_error(["pretrain", *TINY, *argv, "--out", str(tmp_path / "run")], capsys)
+    assert f"error: {flag}: " in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
 
 
 @pytest.mark.parametrize(
@@ -432,7 +430,7 @@ def test_every_numeric_setting_has_bounds_that_hold_the_presets():
     [
         (b"", r"is unreadable \(EOFError: "),
         (bytes(range(256)) * 4, "is unreadable"),
-        ({"model": {}}, "lacks 'config', 'criterion'"),
+        ({"model": {}}, "lacks 'config', 'input', 'criterion'"),
         ([1, 2], "holds a list"),
     ],
 )
@@ -444,9 +442,9 @@ def test_resume_or_init_from_a_bad_checkpoint_names_the_file(tmp_path, capsys, c
         torch.save(content, path)
     with pytest.raises(InputError, match=f"checkpoint {re.escape(str(path))} {message}"):
         load_checkpoint(path)
-    assert skeleton_moco.main(["pretrain", "--resume", str(path), "--device", "cpu"]) == 2
+    assert main(["pretrain", "--resume", str(path), "--device", "cpu"]) == 2
     assert f"pretrain: error: checkpoint {path} " in capsys.readouterr().err
-    assert skeleton_moco.main(["knn", "--init-from", str(path), "--device", "cpu"]) == 2
+    assert main(["knn", "--init-from", str(path), "--device", "cpu"]) == 2
     assert f"knn: error: checkpoint {path} " in capsys.readouterr().err
 
 
@@ -473,7 +471,7 @@ def test_truncated_files_are_errors_that_name_them(prepared, tmp_path, capsys, n
     with pytest.raises(InputError, match=f"{re.escape(str(path))}: {message}"):
         load_dataset("ntu60-xsub", "train", root)
     run = ["--device", "cpu", "--out", str(tmp_path / "run")]
-    assert skeleton_moco.main(["pretrain", "--dataset", "ntu60-xsub", "--data-root", str(root), *run]) == 2
+    assert main(["pretrain", "--dataset", "ntu60-xsub", "--data-root", str(root), *run]) == 2
     assert f"pretrain: error: {path}: {message}" in capsys.readouterr().err
 
 
@@ -524,14 +522,13 @@ def test_a_job_log_gets_one_line_per_epoch_and_a_resume_survives_a_corrupt_metri
     """The pipeline resumed with its output in a file, as in a batch job: no carriage-return flood, one line per
     epoch of pretraining and of the linear probe; the corrupt metrics.json of the first run is set aside."""
     run = tmp_path / "run"
-    tiny = [*TINY_FLAGS, *TINY_MODEL_FLAGS, *TINY_PRETRAIN_FLAGS, "--knn-every", "0", "--halp-start-epoch", "1"]
-    assert skeleton_moco.main(["pretrain", *tiny, "--epochs", "1", "--out", str(run)]) == 0
+    assert main(["pretrain", *TINY, "--halp-start-epoch", "1", "--pretrain-epochs", "1", "--out", str(run)]) == 0
     (run / "metrics.json").write_text('{"dataset": "synth')
     log = tmp_path / "job.log"
     with open(log, "w") as handle:
         result = subprocess.run(
             [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "--resume", str(run / "checkpoints" / "last.pt"),
-             "--epochs", "3", "--linear-epochs", "2", "--linear-batch-size", "16"],
+             "--pretrain-epochs", "3", "--linear-epochs", "2", "--linear-batch-size", "16"],
             stdout=handle, stderr=subprocess.STDOUT, cwd=tmp_path,
         )  # fmt: skip
     text = log.read_text()
@@ -549,5 +546,71 @@ def test_a_job_log_gets_one_line_per_epoch_and_a_resume_survives_a_corrupt_metri
 
 @pytest.mark.parametrize("flag, flushed", [([], True), (["--no-flush-denormal"], False)])
 def test_pipeline_flushes_denormals_unless_asked(tmp_path: Path, flag: list[str], flushed: bool) -> None:
-    assert skeleton_moco.main(["knn", "--init-from", str(tmp_path / "missing.pt"), *flag]) == 2
+    assert main(["knn", "--init-from", str(tmp_path / "missing.pt"), *flag]) == 2
     assert flushes_denormals() is flushed
+
+
+# -- issue 19, items 1 and 15: nothing computed from non-finite values is a result; SIGTERM saves a checkpoint -------
+
+
+@pytest.fixture(scope="module")
+def nan_checkpoint(tmp_path_factory):
+    """A tiny checkpoint with one NaN weight in its query encoder."""
+    root = tmp_path_factory.mktemp("nan")
+    checkpoint = torch.load(pretrain_checkpoint(root / "run"), weights_only=False)
+    name = next(key for key in checkpoint["model"] if key.startswith("query.") and key.endswith("weight"))
+    checkpoint["model"][name].view(-1)[0] = float("nan")
+    torch.save(checkpoint, root / "nan.pt")
+    return root / "nan.pt"
+
+
+@pytest.mark.parametrize("command, extra", [("knn", []), ("linear", ["--linear-epochs", "1"])])
+def test_a_nan_weight_exits_non_zero_and_writes_no_result(nan_checkpoint, tmp_path, capsys, command, extra):
+    out = tmp_path / command
+    capsys.readouterr()
+    assert main([command, *TINY_FLAGS, "--init-from", str(nan_checkpoint), "--out", str(out), *extra]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not finite" in err, err
+    metrics = json.loads((out / "metrics.json").read_text()) if (out / "metrics.json").exists() else {}
+    assert f"{command}_top1" not in metrics
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_custom_data_is_refused_when_loaded_naming_the_file(tmp_path, capsys, value):
+    data = write_custom_folder(tmp_path / "data")
+    path = data / "train_data_joint.npy"
+    array = np.load(path)
+    array[2, 1, 5, 7, 0] = value
+    np.save(path, array)
+    argv = ["pretrain", "--dataset", "custom", "--data-root", str(data), "--device", "cpu", "--out", str(tmp_path / "r")]
+    err = one_line_error(argv, capsys)
+    assert str(path) in err and "coordinates must be finite" in err, err
+    assert not (tmp_path / "r" / "checkpoints").exists()
+
+
+def test_sigterm_to_the_process_group_with_loader_workers_saves_a_checkpoint(tmp_path):
+    """Issue 19, item 15: a scheduler's SIGTERM reaches the main process and its DataLoader workers; the run
+    saves a checkpoint after the step in flight and exits 130, and no worker dies of the signal."""
+    out = tmp_path / "run"
+    argv = [sys.executable, str(ROOT / "examples" / "skeleton_moco.py"), "pretrain", *TINY, "--num-workers", "2",
+            "--pretrain-epochs", "50", "--threads", "1", "--out", str(out)]  # fmt: skip
+    process = subprocess.Popen(
+        argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path, start_new_session=True
+    )
+    lines = []
+    try:
+        for line in process.stdout:  # the first epoch's line: the workers are up and serving batches
+            lines.append(line)
+            if line.startswith("epoch=1 "):
+                os.killpg(process.pid, signal.SIGTERM)
+                break
+        text = "".join(lines) + process.stdout.read()
+        code = process.wait(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert code == 130, text
+    assert "DataLoader worker" not in text and "Traceback" not in text, text
+    assert text.count("SIGTERM: stopping after this step") == 1, text  # once, not once per worker
+    position = load_checkpoint(out / "checkpoints" / "last.pt")["position"]
+    assert position["step"] > 6 and position["epoch"] == 1 and position["batch"] >= 1, position  # saved at the stop
