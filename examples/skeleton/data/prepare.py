@@ -51,7 +51,7 @@ from tqdm import tqdm
 
 from ..console import interactive
 from ..fileio import atomic_write
-from .formats import MAX_FRAMES, NUM_COORDS, FileJob, RawFormat, Reader, Scan
+from .formats import MAX_FRAMES, NUM_COORDS, FileJob, PrepareOption, RawFormat, Reader, Scan
 from .formats.text import SkeletonFormatError
 from .layouts import BUILT_IN_LAYOUTS
 from .prenormalize import prenormalize
@@ -116,20 +116,20 @@ def pack_sample(bodies: np.ndarray, num_joints: int, num_bodies: int) -> np.ndar
 
 def add_prepare_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``prepare`` options to an argument parser: the common ones, then each format's own."""
-    families = ", ".join(f"{family} ({fmt.raw_help})" for family, fmt in FORMATS.items())
+    families = "; ".join(f"{family}: {fmt.raw_help}" for family, fmt in FORMATS.items())
     parser.add_argument("--dataset", required=True, choices=tuple(FORMATS), help="which raw dataset --raw holds")
     parser.add_argument("--raw", required=True, type=Path, help=f"folder of the raw files: {families}")
     parser.add_argument("--out", required=True, type=Path, help="output folder, e.g. DATA_ROOT/ntu60")
     parser.add_argument("--num-workers", type=int, default=os.cpu_count() or 1, help="parallel processes")
     parser.add_argument("--strict", action="store_true", help="exit with 1 if any file was malformed")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    for flag, (option, owners) in _format_options().items():
+    for option, owners in _format_options().values():
         option.add_to(parser, "/".join(owners))
 
 
-def _format_options() -> dict[str, tuple[Any, list[str]]]:
+def _format_options() -> dict[str, tuple[PrepareOption, list[str]]]:
     """Each format option by flag, with the families that declare it (NTU-60 and NTU-120 share theirs)."""
-    options: dict[str, tuple[Any, list[str]]] = {}
+    options: dict[str, tuple[PrepareOption, list[str]]] = {}
     for family, fmt in FORMATS.items():
         for option in fmt.options:
             options.setdefault(option.flag, (option, []))[1].append(family)
@@ -324,18 +324,20 @@ def _process(task: _Task, jobs: list[FileJob]) -> tuple[list[tuple[int, int, int
         except (SkeletonFormatError, OSError) as error:
             results += [(index, MALFORMED, 0, str(error)) for index, _ in job.items]
             continue
-        for cut, (_, sample_ref) in zip(cuts, job.items):
+        if len(cuts) != len(job.items):
+            raise RuntimeError(f"{task.reader} returned {len(cuts)} samples for {job.path}, expected {len(job.items)}")
+        for cut, (index, sample_ref) in zip(cuts, job.items):
             if cut.bodies is None:
-                results.append((cut.index, MALFORMED, 0, cut.message))
+                results.append((index, MALFORMED, 0, cut.message))
                 continue
             sample = pack_sample(cut.bodies, task.num_joints, task.num_bodies)
             message = cut.message
             if not sample.any():
                 if not cut.keep_empty:
-                    results.append((cut.index, EMPTY, cut.num_frames, f"{sample_ref.where}: no body in any frame"))
+                    results.append((index, EMPTY, cut.num_frames, f"{sample_ref.where}: no body in any frame"))
                     continue
                 message = message or f"{sample_ref.where}: no body in any frame: kept, all zero"
-            results.append((cut.index, DONE, cut.num_frames, message))
+            results.append((index, DONE, cut.num_frames, message))
             samples.append(sample)
     shape = (len(samples), *sample_shape(task.num_joints, task.num_bodies))
     stacked = np.stack(samples) if samples else np.zeros(shape, dtype=np.float32)
@@ -441,7 +443,9 @@ class _Writer:
         done = int(np.argmin(self.status != PENDING)) if (self.status == PENDING).any() else len(self.status)
         position = {key: int((self.status[:done] == DONE)[mask[:done]].sum()) for key, mask in self.members.items()}
         jobs = [job for job in self.scan.jobs if job.items[0][0] >= done]
-        process = functools.partial(_process, _Task(self.scan.reader, self.fmt.num_joints, self.fmt.num_bodies, self.fmt.layout))
+        process = functools.partial(
+            _process, _Task(self.scan.reader, self.fmt.num_joints, self.fmt.num_bodies, self.fmt.layout)
+        )
         block = SAMPLES_PER_WORKER_BLOCK * num_workers
         pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None  # before tqdm starts its thread
         bar = _Progress(len(self.status), done, f"prepare {self.fmt.family}", progress, self.log)

@@ -58,7 +58,6 @@ class Cut:
     """What reading a file gave for one of its samples.
 
     Attributes:
-        index: the sample's index in the scan.
         bodies: float array (B, F, V, 3), B <= the format's bodies, in metres; None when the sample is malformed.
         num_frames: frames of the sample in the source (before the prepared layout keeps the first 300).
         message: why the sample is malformed, or what was done to keep it (e.g. frames dropped); "" otherwise.
@@ -66,7 +65,6 @@ class Cut:
             dropping it.
     """
 
-    index: int
     bodies: Optional[np.ndarray]
     num_frames: int
     message: str = ""
@@ -74,8 +72,9 @@ class Cut:
 
 
 Reader = Callable[[FileJob], list[Cut]]
-"""Reads one file (in a worker process, so it must be picklable: a module-level function or a partial of one).
-Raises :class:`~skeleton.data.formats.text.SkeletonFormatError` or ``OSError`` for a file that fails as a whole."""
+"""Reads one file and returns one :class:`Cut` per sample of the job, in the order of ``job.items``. It runs in a
+worker process, so it must be picklable (a module-level function or a partial of one). It raises
+:class:`~skeleton.data.formats.text.SkeletonFormatError` or ``OSError`` for a file that fails as a whole."""
 
 
 @dataclass

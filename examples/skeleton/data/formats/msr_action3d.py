@@ -118,10 +118,9 @@ def read_msr(path: str | os.PathLike) -> tuple[np.ndarray, int]:
 def read_job(job: FileJob) -> list[Cut]:
     """Read one MSR Action3D file: one body (1, F, 20, 3); dropped all-zero frames are noted."""
     joints, dropped = read_msr(job.path)
-    ((index, _),) = job.items
     total = len(joints) + dropped
     message = f"{job.path}: {dropped} of {total} frames all zero (tracking lost), dropped" if dropped else ""
-    return [Cut(index, joints[None], len(joints), message)]
+    return [Cut(joints[None], len(joints), message)]
 
 
 def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
@@ -137,7 +136,7 @@ def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
 
 MSR_ACTION3D = RawFormat(
     family="msr-action3d",
-    raw_help=f"every aAA_sSS_eEE{SUFFIX} under --raw",
+    raw_help=f"aAA_sSS_eEE{SUFFIX} files",
     benchmarks=("xsub",),
     num_classes=NUM_ACTIONS,
     layout="kinect_v1",

@@ -360,8 +360,7 @@ def read_ignore_list(path: str | os.PathLike) -> set[str]:
 def read_job(job: FileJob) -> list[Cut]:
     """Read one ``.skeleton`` file: its kept bodies (2, min(F, 300), 25, 3) and its frame count."""
     recording = read_skeleton(job.path)
-    ((index, _),) = job.items
-    return [Cut(index, kept_bodies(recording), recording.num_frames)]
+    return [Cut(kept_bodies(recording), recording.num_frames)]
 
 
 def scan(family: str, raw: Path, options: Mapping[str, Any]) -> Scan:
@@ -401,7 +400,7 @@ IGNORE_LIST = PrepareOption(
     "missing-skeleton list (samples to leave out); a prose header before the ids is fine",
     type=Path,
 )
-RAW_HELP = "every *.skeleton under --raw (searched recursively)"
+RAW_HELP = "*.skeleton files, searched recursively"
 
 NTU60 = RawFormat(
     family="ntu60",

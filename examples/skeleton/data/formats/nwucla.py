@@ -159,8 +159,7 @@ def _describe(value: object) -> str:
 def read_job(job: FileJob) -> list[Cut]:
     """Read one NW-UCLA file: one body (1, T, 20, 3)."""
     joints = read_nwucla(job.path)
-    ((index, _),) = job.items
-    return [Cut(index, joints[None], len(joints))]
+    return [Cut(joints[None], len(joints))]
 
 
 def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
@@ -176,7 +175,7 @@ def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
 
 NWUCLA = RawFormat(
     family="nwucla",
-    raw_help="every aAA_sSS_eEE_vVV.json under --raw (the all_sqe folder)",
+    raw_help="the all_sqe folder of aAA_sSS_eEE_vVV.json files",
     benchmarks=("xview",),
     num_classes=len(NWUCLA_ACTIONS),
     layout="kinect_v1",

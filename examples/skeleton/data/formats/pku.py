@@ -154,10 +154,10 @@ def read_job(job: FileJob, keep_odd_rows: bool) -> list[Cut]:
     """Read one PKU-MMD video and cut its label rows' samples (see :func:`cut_segment`)."""
     video = read_pku_skeleton(job.path)
     cuts = []
-    for index, sample in job.items:
+    for _, sample in job.items:
         bodies, message = cut_segment(video, sample, keep_odd_rows)
         frames = 0 if bodies is None else bodies.shape[1]
-        cuts.append(Cut(index, bodies, frames, message, keep_empty=keep_odd_rows))
+        cuts.append(Cut(bodies, frames, message, keep_empty=keep_odd_rows))
     return cuts
 
 
@@ -249,7 +249,7 @@ def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
 
 PKU2 = RawFormat(
     family="pku2",
-    raw_help="skeleton/, label/, cross_subject_v2.txt and cross_view_v2.txt",
+    raw_help="skeleton/, label/, cross_subject_v2.txt, cross_view_v2.txt",
     benchmarks=BENCHMARKS,
     num_classes=NUM_CLASSES,
     layout="kinect_v2",

@@ -142,8 +142,7 @@ def read_sbu(path: str | os.PathLike) -> np.ndarray:
 def read_job(job: FileJob) -> list[Cut]:
     """Read one SBU file: both people (2, F, 15, 3)."""
     bodies = read_sbu(job.path)
-    ((index, _),) = job.items
-    return [Cut(index, bodies, bodies.shape[1])]
+    return [Cut(bodies, bodies.shape[1])]
 
 
 def scan(raw: Path, options: Mapping[str, Any]) -> Scan:
@@ -175,7 +174,7 @@ def _describe_folds() -> str:
 
 SBU = RawFormat(
     family="sbu",
-    raw_help=f"every <pair>/<class>/<take>/{FILE_NAME} under --raw",
+    raw_help=f"<pair>/<class>/<take>/{FILE_NAME} files",
     benchmarks=tuple(FOLD_SIZES),
     num_classes=NUM_CLASSES,
     layout="openni15",
