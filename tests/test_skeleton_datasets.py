@@ -206,6 +206,20 @@ def test_non_finite_or_absurd_coordinates_are_refused_with_file_and_sample(tmp_p
     assert f"holds the coordinate {float(np.float32(value))!r} at" in message
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.int16, np.float64])
+def test_coordinate_check_in_other_dtypes(dtype):
+    """float16 cannot hold the bound (it would cast to inf and let inf pass); integer data has no NaN."""
+    data = np.ones((4, 2, 3, 17, 1), dtype=dtype)
+    datasets.check_coordinates(data, "ok.npy")
+    if dtype == np.int16:
+        data[2, 1, 0, 3, 0] = -32768  # within the bound: accepted
+        datasets.check_coordinates(data, "ok.npy")
+        return
+    data[2, 1, 0, 3, 0] = np.inf
+    with pytest.raises(InputError, match=r"bad.npy: sample 2 holds the coordinate inf at .* \(1, 0, 3, 0\)"):
+        datasets.check_coordinates(data, "bad.npy")
+
+
 def test_coordinate_check_reads_bounded_chunks(monkeypatch):
     """The check never asks the array for more than CHECK_CHUNK_BYTES at once."""
     reads = []

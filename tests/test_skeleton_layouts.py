@@ -178,6 +178,14 @@ def test_unreadable_layout_files_are_named(tmp_path):
     yaml_file.write_text("joints: [a, b\nparents: {")
     with pytest.raises(InputError, match=f"{yaml_file}: not valid YAML"):
         read_layout(yaml_file)
+    repeated = tmp_path / "repeated.yaml"
+    repeated.write_text("joints: [a, b, c]\nparents: {a: null, b: a, c: b, c: a}\norigin: a\nup: [a, b]\nacross: [b, c]\n")
+    with pytest.raises(InputError, match=f"{repeated}: not valid YAML .*repeated keys \\['c'\\]"):
+        read_layout(repeated)
+    repeated_json = tmp_path / "repeated.json"
+    repeated_json.write_text('{"joints": ["a"], "joints": ["b"]}')
+    with pytest.raises(InputError, match=f"{repeated_json}: not valid JSON \\(repeated keys \\['joints'\\]\\)"):
+        read_layout(repeated_json)
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00")
     with pytest.raises(InputError, match=f"{binary}: unreadable layout file"):

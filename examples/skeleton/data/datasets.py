@@ -369,10 +369,12 @@ def check_coordinates(data: np.ndarray, path: Path) -> None:
     step = max(1, CHECK_CHUNK_BYTES // per_sample)
     for start in range(0, len(data), step):
         chunk = np.asarray(data[start : start + step])
-        # Two reductions without temporaries; NaN propagates through both and fails the comparisons.
-        if -MAX_ABS_COORDINATE <= chunk.min(initial=0.0) and chunk.max(initial=0.0) <= MAX_ABS_COORDINATE:
+        # Two reductions without temporaries; NaN propagates through both and fails the comparisons, made in
+        # Python floats (the bound cast to float16 would be inf).
+        low, high = float(chunk.min(initial=0)), float(chunk.max(initial=0))
+        if -MAX_ABS_COORDINATE <= low and high <= MAX_ABS_COORDINATE:
             continue
-        bad = ~(np.abs(chunk) <= MAX_ABS_COORDINATE)  # also true for NaN, which compares false
+        bad = ~(np.abs(chunk, dtype=np.float64) <= MAX_ABS_COORDINATE)  # also true for NaN, which compares false
         position = np.unravel_index(int(np.argmax(bad)), chunk.shape)
         sample, where = start + int(position[0]), tuple(int(i) for i in position[1:])
         raise InputError(

@@ -302,17 +302,42 @@ def read_layout(path: str | os.PathLike) -> SkeletonLayout:
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: unreadable layout file ({error})") from None
     try:
-        if path.suffix == ".json":
-            content = json.loads(text)
-        else:
-            import yaml  # only layout files need PyYAML
-
-            content = yaml.safe_load(text)
-    except ValueError as error:  # json.JSONDecodeError
+        content = json.loads(text, object_pairs_hook=_unique_keys) if path.suffix == ".json" else _load_yaml(text)
+    except ValueError as error:  # json.JSONDecodeError, or a repeated key
         raise InputError(f"{path}: not valid JSON ({error})") from None
     except Exception as error:  # yaml.YAMLError and its subclasses
         raise InputError(f"{path}: not valid YAML ({error})") from None
     return layout_from_dict(content, source=str(path), default_name=path.parent.name or path.stem)
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A mapping from its (key, value) pairs, refusing a repeated key (JSON and YAML parsers keep the last one
+    silently, which would drop e.g. a joint's first parent)."""
+    keys = [key for key, _ in pairs]
+    repeated = sorted({str(key) for key in keys if keys.count(key) > 1})
+    if repeated:
+        raise ValueError(f"repeated keys {repeated}")
+    return dict(pairs)
+
+
+def _load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` refusing repeated mapping keys."""
+    import yaml  # only YAML layout files need PyYAML
+
+    class UniqueKeyLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        pairs = [(loader.construct_object(key, deep=True), loader.construct_object(value, deep=True))
+                 for key, value in node.value]  # fmt: skip
+        try:
+            return _unique_keys(pairs)
+        except ValueError as error:
+            raise yaml.constructor.ConstructorError(None, None, str(error), node.start_mark) from None
+
+    UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: plain data only, no Python objects
 
 
 def layout_from_dict(content: Any, *, source: str = "layout", default_name: str = "custom") -> SkeletonLayout:
