@@ -179,7 +179,9 @@ def test_unreadable_layout_files_are_named(tmp_path):
     with pytest.raises(InputError, match=f"{yaml_file}: not valid YAML"):
         read_layout(yaml_file)
     repeated = tmp_path / "repeated.yaml"
-    repeated.write_text("joints: [a, b, c]\nparents: {a: null, b: a, c: b, c: a}\norigin: a\nup: [a, b]\nacross: [b, c]\n")
+    repeated.write_text(
+        "joints: [a, b, c]\nparents: {a: null, b: a, c: b, c: a}\norigin: a\nup: [a, b]\nacross: [b, c]\n"
+    )
     with pytest.raises(InputError, match=f"{repeated}: not valid YAML .*repeated keys \\['c'\\]"):
         read_layout(repeated)
     repeated_json = tmp_path / "repeated.json"
