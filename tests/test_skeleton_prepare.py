@@ -444,3 +444,14 @@ def test_options_of_another_format_and_unknown_options(tmp_path):
         _prepare("ntu60", tmp_path / "raw", tmp_path / "out", num_workers=0)
     with pytest.raises(ValueError, match=r"--dataset must be one of \('ntu60', 'ntu120', 'pku2', 'nwucla', 'sbu'"):
         _prepare("ucla", tmp_path / "raw", tmp_path / "out")
+
+
+def test_a_folder_without_any_sample_of_the_dataset_is_an_error(tmp_path, capsys):
+    raw = tmp_path / "raw"
+    raw.mkdir()
+    (raw / "S001C001P001R001A099.skeleton").write_text("1\n0\n")  # NTU-120 only
+    (raw / "notes.skeleton").write_text("1\n0\n")
+    assert run_prepare(_args("--dataset", "ntu60", "--raw", str(raw), "--out", str(tmp_path / "out"))) == 2
+    error = capsys.readouterr().err
+    assert f"prepare: error: no ntu60 sample to prepare under --raw {raw}: 1 skipped, the first: " in error
+    assert "'notes.skeleton' is not an NTU sample name" in error

@@ -195,6 +195,9 @@ def test_fold_option(tmp_path, capsys):
     assert "--fold applies to --dataset sbu only, not nwucla" in capsys.readouterr().err
     summary = prepare_dataset("sbu", raw, tmp_path / "default", log=lambda _: None)  # fold 1 by default
     assert summary.counts == {"fold1": {"train": 1, "val": 1}}
+    no_val = prepare_dataset("sbu", raw, tmp_path / "fold3", fold=3, log=lambda _: None)  # neither pair in fold 3
+    assert no_val.counts == {"fold3": {"train": 2, "val": 0}}
+    assert "fold3 val holds no sample: it cannot be trained or evaluated on" in no_val.report()
 
 
 def test_complete_release_checks_the_fold_sizes(tmp_path, monkeypatch):

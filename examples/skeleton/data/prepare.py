@@ -193,6 +193,8 @@ class PrepareSummary:
         lines = [f"prepared {self.dataset} ({self.layout} layout) into {self.out}"]
         for benchmark, counts in self.counts.items():
             lines.append(f"  {benchmark}: train {counts['train']}, val {counts['val']}")
+            lines.extend(f"    {benchmark} {split} holds no sample: it cannot be trained or evaluated on"
+                         for split, count in counts.items() if not count)  # fmt: skip
         if self.published_sizes_checked:
             lines.append("  split sizes equal the published ones")
         if self.ignored:
@@ -241,7 +243,8 @@ def prepare_dataset(
         ValueError: for invalid arguments (an option another format declares, a value outside its choices), an
             ``out`` that is a file or cannot be created or written, or an unreadable ignore list / split file.
         OSError: if writing the outputs fails later (e.g. the disk is full).
-        PrepareError: if, on a complete release, a split size differs from the published one.
+        PrepareError: if ``raw`` holds no sample of the dataset (every file skipped), or, on a complete release, a
+            split size differs from the published one.
 
     Example:
         >>> prepare_dataset("sbu", "shared/data/sbu-kinect-interaction", "data/sbu", fold=2)  # doctest: +SKIP
@@ -257,6 +260,9 @@ def prepare_dataset(
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
     _check_writable(Path(out))
     scan = fmt.scan(raw, resolved)
+    if not scan.samples:
+        skipped = f": {len(scan.malformed)} skipped, the first: {scan.malformed[0]}" if scan.malformed else ""
+        raise PrepareError(f"no {family} sample to prepare under --raw {raw}{skipped}")
     writer = _Writer(fmt, Path(out), scan, log)
     summary = writer.finished_summary()
     if summary is not None:
