@@ -1,6 +1,7 @@
 """Skeleton layouts as data: the built-ins are trees with sensible anchors; layout files round-trip and every
 invalid field is named; inference from the joint count; pre-normalization of 15- and 17-joint data, 3-D and 2-D."""
 
+import dataclasses
 import json
 import math
 
@@ -194,6 +195,14 @@ def test_unreadable_layout_files_are_named(tmp_path):
         read_layout(binary)
     with pytest.raises(ValueError, match="'kinect_v3' is neither a built-in layout .* nor a layout file"):
         resolve_layout("kinect_v3")
+
+
+def test_layout_fields_from_json_lists_compare_equal():
+    """dataclasses.asdict -> JSON -> SkeletonLayout(**fields), as a checkpoint stores it, gives back an equal layout."""
+    fields = json.loads(json.dumps(dataclasses.asdict(COCO17)))
+    assert isinstance(fields["parents"], list)
+    again = SkeletonLayout(**fields)
+    assert again == COCO17 and hash(again) == hash(COCO17) and again.index["right_ankle"] == 16
 
 
 def test_layout_constructor_validates():

@@ -85,6 +85,9 @@ class SkeletonLayout:
     across: tuple[int, int]
 
     def __post_init__(self) -> None:
+        # Sequences as tuples (a layout read back from JSON has lists), so that layouts compare and hash by value.
+        for name in ("joint_names", "parents", "up", "across"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
         problem = _tree_problem(self.joint_names, self.parents)
         for what, joint in (("graph_center", self.graph_center), ("origin", self.origin), *_pair_items(self)):
             if problem is None and not 0 <= joint < len(self.joint_names):
