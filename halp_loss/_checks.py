@@ -143,3 +143,35 @@ def caller_stacklevel() -> int:
     while frame is not None and frame.f_code.co_filename.startswith(_INTERNAL):
         frame, level = frame.f_back, level + 1
     return level
+
+
+def check_term_tensors(query: Tensor, anchor: Tensor, prototypes: Tensor, negatives_lse: Optional[Tensor]) -> None:
+    """Validate the tensors of a public HaLP term: shapes, dtypes, devices and values.
+
+    This reads values back from the device (finiteness, zero rows), so :class:`halp_loss.HaLPInfoNCE`, whose own
+    checks are free of host reads, calls the unchecked terms instead.
+    """
+    check_pair(query, "query", anchor, "anchor")
+    check_matrix(prototypes, "prototypes", query.shape[1])
+    check_device(prototypes, "prototypes", query, "query")
+    if negatives_lse is not None:
+        check_negatives_lse(negatives_lse, query)
+    check_finite(query, "query")
+    check_values(anchor, "anchor")
+    check_values(prototypes, "prototypes")
+
+
+def check_negatives_lse(negatives_lse: Tensor, query: Tensor) -> None:
+    """``negatives_lse`` is (R,) floating on the query's device, without NaN or +inf (-inf is a row without
+    negatives, which the InfoNCE objective handles)."""
+    rows = query.shape[0]
+    if not isinstance(negatives_lse, Tensor):
+        raise ValueError(f"negatives_lse must be a torch.Tensor, got {type(negatives_lse).__name__}")
+    if not negatives_lse.is_floating_point():
+        raise ValueError(f"negatives_lse must be a floating-point tensor, got dtype {negatives_lse.dtype}")
+    if negatives_lse.shape != (rows,):
+        shape = tuple(negatives_lse.shape)
+        raise ValueError(f"negatives_lse must have shape ({rows},), one value per query row, got {shape}")
+    check_device(negatives_lse, "negatives_lse", query, "query")
+    if bool((torch.isnan(negatives_lse) | torch.isposinf(negatives_lse)).any()):
+        raise ValueError("negatives_lse has NaN or +inf values (-inf, a row without negatives, is allowed)")

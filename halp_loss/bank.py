@@ -28,13 +28,22 @@ def stored_keys_usable(window: Tensor) -> Tensor:
     return window.ne(0).any(dim=1)
 
 
+def count_without_direction(rows: Tensor) -> Tensor:
+    """How many of the appended ``rows`` had no direction (NaN, or zero), as a device-side count."""
+    return (~(rows.abs().amax(dim=1) > 0)).sum()
+
+
 class PrototypeBank(nn.Module):
     """Ring buffer of the most recent keys and the spherical k-means prototypes refitted on it.
 
     The released HaLP code clusters the 256 most recently enqueued MoCo keys into 20 prototypes every 10
-    iterations. ``update`` appends keys and refits on the first call at which ``warmup`` keys have been seen (and
-    the window is full), then every ``every`` calls. In eval mode the bank is frozen: ``update`` checks its
-    input and changes nothing.
+    iterations. ``update`` appends keys and first fits on the first call at which ``warmup`` keys have been seen
+    (by default a full window), on the keys the window holds then, at least ``num_prototypes`` usable ones; then it
+    refits every ``every`` calls. In eval mode the bank is frozen: ``update`` checks its input and changes nothing.
+
+    The ``keys`` buffer is the window's ring buffer, written lazily: appended keys reach it at the next fit,
+    :meth:`recent_keys` or ``state_dict()``, and most batches, overwritten before any of those, are never
+    written. Read the window with :meth:`recent_keys`.
 
     Keys that are not finite, or are zero, have no direction. They count as seen but are stored as zero rows
     and left out of every fit, with a ``RuntimeWarning`` the first time and a running count in
@@ -55,8 +64,9 @@ class PrototypeBank(nn.Module):
         window: number of most recent keys clustered; ``window >= num_prototypes``.
         every: refit every this many ``update`` calls once ready.
         dim: embedding dim; ``None`` takes it from the first keys.
-        warmup: keys that must have been seen before the first fit (default ``window``; the released code
-            waits until its MoCo queue of K keys has been filled, i.e. ``2 K + 1``).
+        warmup: keys that must have been seen before the first fit, an integer >= 0 (default ``window``; the
+            released code waits until its MoCo queue of K keys has been filled, i.e. ``2 K + 1``). Below
+            ``window`` the first fit uses the keys seen so far, once ``num_prototypes`` of them are usable.
         kmeans_iters: maximum spherical k-means iterations per fit.
         kmeans_tol: spherical k-means tolerance; ``None`` runs all iterations without the per-iteration host read.
         seed: base seed of the k-means seeding, an integer >= 0.
@@ -108,7 +118,7 @@ class PrototypeBank(nn.Module):
         self.num_prototypes = num_prototypes
         self.window = window
         self.every = every
-        self.warmup = window if warmup is None else max(warmup, window)
+        self.warmup = window if warmup is None else warmup
         self.kmeans_iters = kmeans_iters
         self.kmeans_tol = kmeans_tol
         self.seed = seed
@@ -142,11 +152,11 @@ class PrototypeBank(nn.Module):
     def num_skipped(self) -> int:
         """Keys stored as zero rows and left out of the fits because they were not finite or were zero (reads the
         count back from the device)."""
-        self._count_skipped()
-        return int(self.skipped)
+        return int(self.skipped) + sum(int(count_without_direction(rows)) for rows in self._uncounted)
 
     def recent_keys(self) -> Tensor:
         """The keys in the window, oldest first (fewer than ``window`` rows before it fills)."""
+        self._write_pending()
         filled = min(self.num_seen, self.window)
         start = (self.num_seen - filled) % self.window
         order = (torch.arange(filled, device=self.keys.device) + start) % self.window
@@ -191,7 +201,7 @@ class PrototypeBank(nn.Module):
             return False
         if self.gather_distributed:
             rows = gather_rows(rows)
-        if not self._buffers["keys"].shape[1]:
+        if not self.keys.shape[1]:
             dtype = compute_dtype(rows)
             self.keys = torch.zeros(self.window, rows.shape[1], device=rows.device, dtype=dtype)
             self.prototypes = torch.zeros(self.num_prototypes, rows.shape[1], device=rows.device, dtype=dtype)
@@ -199,8 +209,8 @@ class PrototypeBank(nn.Module):
         arrived = rows.shape[0]
         if arrived > self.window:
             rows = rows[-self.window :]
-        # Written when the window is next read (a fit, recent_keys, state_dict, the buffer itself): of the keys
-        # arriving between two fits only the last `window` are ever read, so most batches are never written.
+        # Written when the window is next read (a fit, recent_keys, state_dict): of the keys arriving between two
+        # fits only the last `window` are ever read, so most batches are never written.
         self._unwritten.append(((self.num_seen + arrived - rows.shape[0]) % self.window, rows))
         while sum(batch.shape[0] for _, batch in self._unwritten[1:]) >= self.window:
             self._unwritten.pop(0)
@@ -216,16 +226,10 @@ class PrototypeBank(nn.Module):
     def _write_pending(self) -> None:
         """Write the appended rows still due into the window, oldest first, zeros in place of NaN (keys without
         a direction)."""
-        window = self._buffers["keys"]
+        window = self.keys
         for start, rows in self._unwritten:
             write_ring(window, rows.to(window), start)
         self._unwritten.clear()
-
-    def __getattr__(self, name: str) -> Any:
-        # The window buffer is written lazily (append_unit_rows): reading it writes what is pending first.
-        if name == "keys" and self.__dict__.get("_unwritten"):
-            self._write_pending()
-        return super().__getattr__(name)
 
     def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
         self._write_pending()
@@ -236,7 +240,7 @@ class PrototypeBank(nn.Module):
         if self._uncounted:
             rows = torch.cat(self._uncounted)
             self._uncounted.clear()
-            self.skipped += (~(rows.abs().amax(dim=1) > 0)).sum()
+            self.skipped += count_without_direction(rows)
 
     def walk_tables(self, dtype: torch.dtype) -> WalkTables:
         """The walk tables of the prototypes in ``dtype`` (:func:`halp_loss.geometry.walk_tables`), computed once per

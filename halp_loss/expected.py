@@ -1,4 +1,4 @@
-"""The HaLP term in the limit of infinitely many positives (SPEC section 1b): exact, deterministic, zero variance.
+"""The HaLP term in the limit of infinitely many positives: exact, deterministic, zero variance.
 
 :func:`halp_loss.functional.sampled_halp_term` averages over ``M`` random positives per anchor, each with a
 random target ``p_s`` (uniform over the candidates) and a random step ``t`` (uniform on
@@ -18,36 +18,17 @@ every expectation the term needs is an integral over one known interval of ``t``
 
 from __future__ import annotations
 
-import functools
-import math
 from typing import NamedTuple, Optional
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from halp_loss._checks import Lam, check_positive_int
-from halp_loss.functional import (
-    HaLPTerm,
-    TermParts,
-    combine_positions,
-    positive_similarities,
-    run_checked_term,
-)
-from halp_loss.geometry import (
-    Walks,
-    WalkTables,
-    candidate_mask,
-    candidate_order,
-    checked_unit_inputs,
-    device_cache,
-    walk_angles,
-    walk_fraction,
-    walk_tables,
-)
+from halp_loss._closed_form import expected_parts
+from halp_loss.functional import HaLPTerm, run_checked_term
+from halp_loss.geometry import candidate_order, checked_unit_inputs, walk_angles, walk_fraction, walk_tables
 
-__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term", "expected_parts"]
+__all__ = ["DEFAULT_NUM_NODES", "ExitTimes", "exit_times", "expected_halp_term"]
 
 DEFAULT_NUM_NODES = 16
 """Gauss-Legendre nodes per kept interval for ``objective="infonce"``: ~1e-6 relative error at T = 0.07."""
@@ -110,18 +91,6 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
     t_exit = walk_fraction(walks.angle, walks.exit.gather(1, target), target).minimum(t_max)
     exit_prototype = torch.where(t_exit < t_max, walks.ratios.argmax(dim=2).gather(1, target), target)
     return ExitTimes(walks.nearest, target, t_exit, t_max, exit_prototype)
-
-
-def unit_gauss_legendre(num_nodes: int, dtype: torch.dtype, device: torch.device) -> tuple[Tensor, Tensor]:
-    """Gauss-Legendre nodes on [0, 1] and weights summing to 1, built once per dtype and device so that a training
-    step does not copy them from the host."""
-
-    def build() -> tuple[Tensor, Tensor]:
-        nodes, weights = np.polynomial.legendre.leggauss(num_nodes)
-        as_tensor = functools.partial(torch.as_tensor, dtype=dtype, device=device)
-        return as_tensor((nodes + 1.0) / 2.0), as_tensor(weights / 2.0)
-
-    return device_cache(("gauss_legendre", num_nodes, dtype, device), build)
 
 
 def expected_halp_term(
@@ -196,63 +165,3 @@ def expected_halp_term(
         negatives_lse=negatives_lse,
         num_nodes=num_nodes,
     )
-
-
-def expected_parts(
-    query: Tensor,
-    anchor: Tensor,
-    walks: Walks,
-    tables: WalkTables,
-    *,
-    lam: Lam,
-    num_candidates: int,
-    objective: str,
-    temperature: float,
-    negatives_lse: Optional[Tensor],
-    num_nodes: int,
-    scale: float = 1.0,
-) -> TermParts:
-    """:func:`expected_halp_term` as :class:`TermParts`, without validation, casts or autograd: ``query`` and
-    ``anchor`` (R, D) unit rows of the prototypes' dtype, ``walks`` those of ``anchor`` toward ``tables``.
-
-    Angles ``x`` are uniform on ``[(1 - lam) end, end]``; the kept ones on ``[(1 - lam) end, exit]``, of length
-    ``L``, with probability ``L / (lam end)``. A positive is ``e^{ix}`` in the plane of its walk, and the mean of
-    ``e^{ix}`` over an interval of length ``L`` around ``m`` is ``sinc(L / 2) e^{im}``.
-    """
-    tiny = torch.finfo(walks.end.dtype).tiny
-    # Adding tiny to both ends of the ratio L / (lam end) makes a point mass (lam = 0, or a walk of length zero) a
-    # ratio of 1 when the walk is not cut before its end (exit = end exactly) and 0 when it is; the floor of a
-    # walk that is not a candidate (the anchor's own prototype) is infinite.
-    if num_candidates == tables.order.shape[1]:
-        floor = tables.floor[walks.nearest]
-    else:
-        floor = torch.where(candidate_mask(walks, tables, num_candidates), tiny, math.inf)
-    if isinstance(lam, Tensor):
-        length = walks.exit - (1.0 - lam) * walks.end
-        spread = lam * walks.end + floor
-    else:
-        length = torch.add(walks.exit, walks.end, alpha=lam - 1.0)
-        spread = torch.add(floor, walks.end, alpha=lam)
-    # Clamped after the division: L and lam end are rounded apart, and the ratio must stay a probability.
-    probability = (length + tiny).div_(spread).clamp_(0.0, 1.0)
-    middle = torch.sub(walks.exit, length, alpha=0.5)
-    kept = probability.sum()
-    denominator = kept.clamp_min(tiny)
-    value = lse_grad = None
-    if objective == "align":
-        positions = torch.polar(probability * torch.sinc(length * (0.5 / math.pi)), middle)
-    else:
-        nodes, weights = unit_gauss_legendre(num_nodes, query.dtype, query.device)
-        # Gauss-Legendre nodes over each kept interval [exit - L, exit].
-        x = walks.exit[..., None] - length[..., None] * (1.0 - nodes)
-        along, across = positive_similarities(query, anchor, walks, tables)
-        similarity = torch.cos(x) * along[..., None] + torch.sin(x) * across[..., None]
-        gap = negatives_lse[..., None] - similarity / temperature
-        # As in sampled_parts: log(1 + e^gap) per positive, derivative sigmoid(gap) in lse and -sigmoid(gap) / T in s.
-        value = (probability * (F.softplus(gap) @ weights)).sum() * scale / denominator
-        node_weight = probability[..., None] * weights * torch.sigmoid(gap)
-        positions = torch.polar(node_weight, x).sum(dim=-1)
-        lse_grad = node_weight.sum(dim=(1, 2)) * scale / denominator
-    query_grad = combine_positions(positions, walks, tables, anchor, -scale / temperature) / denominator
-    count = walks.end.shape[0] * num_candidates
-    return TermParts(value, query_grad, lse_grad, kept, count, denominator, probability, middle, walks.angle, None)

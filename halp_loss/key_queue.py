@@ -40,18 +40,6 @@ def parse_memory_bank_size(size: MemoryBankSize) -> tuple[int, Optional[int]]:
     raise ValueError(f"{expected}, got {size!r}")
 
 
-class _BackwardSeen:
-    """A gradient hook that records that backward has reached its tensor, i.e. has used the negatives read with it."""
-
-    __slots__ = ("seen",)
-
-    def __init__(self) -> None:
-        self.seen = False
-
-    def __call__(self, grad: Tensor) -> None:
-        self.seen = True
-
-
 class KeyQueue(nn.Module):
     """FIFO queue of the ``size`` most recent keys, unit-norm and detached: the negatives of MoCo's InfoNCE.
 
@@ -60,11 +48,12 @@ class KeyQueue(nn.Module):
     MoCo. Before ``size`` keys have arrived only the filled rows are negatives (the first call has none): the loss
     is then InfoNCE over every key seen so far, with no placeholder vectors in the softmax.
 
-    Enqueued keys are written when the queue is next read, in place, which costs nothing: autograd keeps the rows
-    it read until backward, so writing them earlier would change the gradient of the call that read them. If that
-    call's backward has not run yet (two calls before one backward), the write goes to a copy instead. Keys that
-    are not finite are stored as zero rows (negatives of logit 0), so one bad batch does not make the next
-    ``size / batch`` losses NaN.
+    :meth:`enqueue` writes its keys when the queue is next read (:meth:`negatives`, :meth:`recent`, ``state_dict()``),
+    in place, which costs no copy: a loss written with autograd keeps the rows it read until its backward, so
+    writing them at once would change that loss's gradient. Call backward before the next read, as a training loop
+    does; if a graph that read the rows is still waiting for its backward, that backward raises autograd's error
+    about a tensor modified in place rather than computing a wrong gradient. Keys that are not finite are stored as
+    zero rows (negatives of logit 0), so one bad batch does not make the next ``size / batch`` losses NaN.
 
     Training mode only: in eval mode :meth:`enqueue` changes nothing. ``state_dict()`` holds the rows and the count
     of keys seen, so a resumed run scores the same negatives as an uninterrupted one; loading a state of another
@@ -103,11 +92,9 @@ class KeyQueue(nn.Module):
         self.gather_distributed = gather_distributed
         self.register_buffer("keys", torch.zeros(size, dim or 0))
         self._written = 0
-        # Keys waiting to be written at the next read, how many arrived (more than size keeps the newest), and the
-        # hook that tells whether backward has used the rows they overwrite.
+        # Keys waiting to be written at the next read, and how many arrived (more than size keeps the newest).
         self._pending: Optional[Tensor] = None
         self._pending_count = 0
-        self._backward: Optional[_BackwardSeen] = None
 
     @property
     def num_seen(self) -> int:
@@ -155,15 +142,13 @@ class KeyQueue(nn.Module):
         return self.keys if self.num_filled == self.size else self.keys[: self.num_filled]
 
     @torch.no_grad()
-    def enqueue(self, keys: Tensor, *, normalized: bool = False, reader: Optional[Tensor] = None) -> None:
+    def enqueue(self, keys: Tensor, *, normalized: bool = False) -> None:
         """Append keys, normalized and newest last (written at the next read); in eval mode do nothing.
 
         Args:
             keys: (B, D) keys; rows that are not finite are stored as zeros. Gathered from all ranks first with
                 ``gather_distributed``.
             normalized: the rows are unit-norm already (or not finite), so skip normalizing them again.
-            reader: the tensor whose gradient uses the rows returned by the last :meth:`negatives` (the normalized
-                queries). Until backward reaches it, the write goes to a copy of the buffer.
 
         Raises:
             ValueError: if ``keys`` is not (B, D) floating point with the queue's width.
@@ -177,9 +162,6 @@ class KeyQueue(nn.Module):
         rows = keys.detach() if normalized else unit_rows(keys.detach())
         self._pending = torch.where(torch.isfinite(rows).all(dim=1, keepdim=True), rows, 0.0)
         self._pending_count = keys.shape[0]
-        if reader is not None and reader.requires_grad:
-            self._backward = _BackwardSeen()
-            reader.register_hook(self._backward)
 
     @torch.no_grad()
     def write_unit_rows(self, rows: Tensor) -> None:
@@ -217,17 +199,14 @@ class KeyQueue(nn.Module):
         return self.keys.roll(-(self.num_seen % self.size), dims=0)
 
     def _flush(self) -> None:
-        """Write the pending keys into the ring buffer, in place unless a graph may still read the current rows."""
+        """Write the pending keys into the ring buffer, in place."""
         if self._pending is None:
             return
-        backward = self._backward
         if self._written == 0:
             self._allocate(self._pending.shape[1], self._pending.device, compute_dtype(self._pending))
         rows = self._pending.to(self.keys)
-        self._pending, self._pending_count, self._backward = None, 0, None
-        buffer = self.keys if backward is None or backward.seen else self.keys.clone()
-        self._write_ring(buffer, rows)
-        self.keys = buffer
+        self._pending, self._pending_count = None, 0
+        self._write_ring(self.keys, rows)
 
     def _allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         """Hold keys of this width, device and dtype; only while the queue is empty, so nothing is lost."""
@@ -263,7 +242,7 @@ class KeyQueue(nn.Module):
             # A queue that has not seen keys takes the saved width (checkpoints load into a fresh criterion).
             if saved.shape[1] != self.keys.shape[1]:
                 self.keys = torch.zeros(saved.shape, dtype=saved.dtype, device=self.keys.device)
-        self._pending, self._pending_count, self._backward = None, 0, None
+        self._pending, self._pending_count = None, 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

@@ -20,18 +20,10 @@ from halp_loss._checks import (
     check_temperature,
     compute_dtype,
 )
+from halp_loss._closed_form import TermParts, expected_parts, moco_loss, no_autocast, sampled_parts, term_loss
 from halp_loss.bank import PrototypeBank
-from halp_loss.expected import DEFAULT_NUM_NODES, expected_parts
-from halp_loss.functional import (
-    OBJECTIVES,
-    TermParts,
-    info_nce_from_logits,
-    moco_loss,
-    no_autocast,
-    sampled_parts,
-    simclr_logits,
-    term_loss,
-)
+from halp_loss.expected import DEFAULT_NUM_NODES
+from halp_loss.functional import OBJECTIVES, info_nce_from_logits, simclr_logits
 from halp_loss.geometry import (
     WalkTables,
     random_draws,
@@ -114,7 +106,8 @@ class HaLPInfoNCE(nn.Module):
             enqueued, so every rank holds the same queue. With explicit ``negatives`` there is nothing to gather
             and a call raises ``ValueError``. The prototype bank gathers keys from all ranks either way.
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
-        prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``).
+        prototype_warmup: keys seen before the bank's first fit (default ``prototype_window``); below the window the
+            first fit uses the keys seen so far, once ``num_prototypes`` of them are usable.
         seed: base seed of the bank's k-means seeding, an integer >= 0.
         kmeans_iters: maximum k-means iterations per bank refit.
         kmeans_tol: k-means tolerance; ``None`` runs ``kmeans_iters`` iterations without reading a value back
@@ -402,7 +395,7 @@ class HaLPInfoNCE(nn.Module):
         weight: float,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Optional[TermParts], Tensor, Tensor]:
-        """MoCo's InfoNCE and the HaLP term (:func:`halp_loss.functional.moco_loss`); the queue's keys are unit rows
+        """MoCo's InfoNCE and the HaLP term (:func:`halp_loss._closed_form.moco_loss`); the queue's keys are unit rows
         already (``negatives_t`` given), explicit negatives are normalized.
 
         Returns the loss, the rows' InfoNCE losses, the HaLP term's parts (``None`` when off), the unit queries and

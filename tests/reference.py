@@ -1,4 +1,4 @@
-"""Independent float64 references written from SPEC section 1, and the seeded inputs the tests share.
+"""Independent float64 references of the method's geometry, and the seeded inputs the tests share.
 
 The references materialize every positive as a vector and find the boundary by bisection on explicit dot
 products, sharing nothing with the closed forms under test.

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from reference import DEGENERATE_CASES, boundary_by_bisection, degenerate_geometry, sphere
 
 from halp_loss import ExitTimes, HaLPInfoNCE, exit_times, expected_halp_term
-from halp_loss.functional import moco_logits, sampled_halp_term, simclr_logits
+from halp_loss.functional import info_nce, sampled_halp_term, simclr_logits
 
 T = 0.07
 
@@ -311,12 +311,11 @@ def test_halp_infonce_moco_with_given_prototypes(objective: str) -> None:
     q, k, negatives, protos = moco_problem()
     criterion = HaLPInfoNCE(halp_weight=2.0, lam=0.5, objective=objective, estimator="expected", num_positives=3)
     loss = criterion(q, k, negatives, prototypes=protos)
-    logits = moco_logits(q, k, negatives, T)
+    unit_q = F.normalize(q, dim=1)
     term = expected_halp_term(
-        logits.query, logits.anchor, protos, lam=0.5, objective=objective, negatives_lse=logits.negatives_lse
+        unit_q, k, protos, lam=0.5, objective=objective, negatives_lse=torch.logsumexp(unit_q @ negatives.T / T, 1)
     )
-    infonce = (torch.logaddexp(logits.positive, logits.negatives_lse) - logits.positive).mean()
-    assert loss.item() == pytest.approx((infonce + 2.0 * term.loss).item(), rel=1e-6)
+    assert loss.item() == pytest.approx((info_nce(q, k, negatives, T) + 2.0 * term.loss).item(), rel=1e-6)
     assert criterion.last["kept_fraction"] == pytest.approx(term.kept_fraction.item())
     assert criterion(q, k, negatives, prototypes=protos).item() == loss.item()  # deterministic
     loss.backward()

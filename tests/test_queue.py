@@ -99,7 +99,7 @@ def test_two_calls_before_one_backward_keep_each_calls_negatives() -> None:
     criterion(qa.clone().requires_grad_(), ka).backward()
     q1, q2 = q1.clone().requires_grad_(), q2.clone().requires_grad_()
     loss = criterion(q1, k1) + criterion(q2, k2)  # the second call enqueues k1 while the first still needs ka alone
-    state = criterion.state_dict()  # also mid-step: it holds k2, written to a copy again
+    state = criterion.state_dict()  # also mid-step: the gradients were computed in the forward pass, so it holds k2
     loss.backward()
     for query, key, seen in ((q1, k1, [ka]), (q2, k2, [ka, k1])):
         reference_q = query.detach().clone().requires_grad_()
