@@ -377,6 +377,12 @@ class Evaluation:
     val_set: SkeletonDataset
     max_steps: Optional[int] = None
 
+    def announce(self, command: str) -> None:
+        """Print the banner and save the configuration as ``<command>_config.json``: called under the run folder's
+        lock, so that a command refused by the lock writes nothing."""
+        print_banner(command, self.cfg, self.out, self.train_set, self.val_set, None)
+        self.cfg.save(self.out / f"{command}_config.json")
+
     def knn(self) -> float:
         return evaluate_knn(
             self.encoder.to(self.device),
@@ -446,8 +452,6 @@ def _evaluation_setup(
     assert val_set is not None
     spec.check(train_set, f"the encoder of {args.init_from}")
     fit_to_dataset(cfg, len(train_set))
-    print_banner(command, cfg, out, train_set, val_set, None)
-    cfg.save(out / f"{command}_config.json")
     evaluation = Evaluation(cfg, encoder, out, torch.device(cfg.device), train_set, val_set, args.max_steps)
     return evaluation, dict(checkpoint.get("baselines", {}))
 
@@ -482,6 +486,7 @@ def knn_command(args: argparse.Namespace) -> int:
     """``knn``: 1-NN top-1 of a pretrained encoder's features."""
     evaluation, baselines = _evaluation_setup(args, "knn")
     with RunLock(evaluation.out):
+        evaluation.announce("knn")
         return _finish(evaluation, knn_top1=evaluation.knn(), checkpoint=_owner(args), **baselines)
 
 
@@ -489,6 +494,7 @@ def linear_command(args: argparse.Namespace) -> int:
     """``linear``: linear probe on the frozen encoder."""
     evaluation, baselines = _evaluation_setup(args, "linear")
     with RunLock(evaluation.out):
+        evaluation.announce("linear")
         result = evaluation.classifier(finetune=False, description="linear")
         write_csv(result.history, evaluation.out / "linear_log.csv")
         return _finish(evaluation, **_classifier_metrics("linear", result), checkpoint=_owner(args), **baselines)
@@ -503,6 +509,7 @@ def semi_command(args: argparse.Namespace) -> int:
     evaluation, baselines = _evaluation_setup(args, "semi")
     cfg = evaluation.cfg
     with RunLock(evaluation.out):
+        evaluation.announce("semi")
         results = finetune_on_subsets(
             evaluation.encoder,
             evaluation.train_set,
@@ -544,6 +551,7 @@ def transfer_command(args: argparse.Namespace) -> int:
         raise UsageError("transfer needs --dataset, the dataset to fine-tune on (e.g. pku2-xsub)")
     evaluation, _ = _evaluation_setup(args, "transfer", target_dataset=args.dataset)
     with RunLock(evaluation.out):
+        evaluation.announce("transfer")
         result = evaluation.classifier(finetune=True, description="transfer")
         write_csv(result.history, evaluation.out / "transfer_log.csv")
         return _finish(evaluation, **_classifier_metrics("transfer", result), checkpoint=_owner(args))
@@ -565,10 +573,9 @@ def supervised_command(args: argparse.Namespace) -> int:
     fit_to_dataset(cfg, len(train_set))
     torch.manual_seed(cfg.seed)
     encoder = build_embedding_net(cfg.model, InputSpec.of(train_set)).backbone
-    print_banner("supervised", cfg, out, train_set, val_set, None)
-    cfg.save(out / "supervised_config.json")
     with RunLock(out):
         evaluation = Evaluation(cfg, encoder, out, torch.device(cfg.device), train_set, val_set, args.max_steps)
+        evaluation.announce("supervised")
         result = evaluation.classifier(finetune=True, description="supervised", cfg=cfg.supervised)
         write_csv(result.history, out / "supervised_log.csv")
         return _finish(evaluation, **_classifier_metrics("supervised", result))
