@@ -1,8 +1,10 @@
 """Cost of HaLP over plain InfoNCE, of the closed-form generator over a materializing one, and of k-means;
 then the two HaLP estimators (sampled with M positives vs the exact expectation): cost and gradient noise.
 
-Run: ``python benchmarks/bench_loss.py [--device cuda] [--threads N]``. Sizes are the released NTU settings:
-B = 64, K = 16384, D = 128, M = 100, P = 20. Prints markdown tables; ratios compare timings of one run.
+Run: ``python benchmarks/bench_loss.py [--device cuda] [--threads N] [--rounds R]``. Sizes are the released NTU
+settings: B = 64, K = 16384, D = 128, M = 100, P = 20. Prints markdown tables; ratios compare timings of one run, the
+losses' timed in R interleaved rounds (median), so that a change of the machine's load hits every row alike. With
+explicit negatives the baseline is the plain InfoNCE that normalizes its negatives too.
 
 Beside each loss's time: the aten ops one forward + backward dispatches (views included, counted by a
 ``TorchDispatchMode``) at a step between two bank refits. On a GPU each op is a kernel launch (or a view), and at
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 from typing import Any, Callable, Optional
 
 import torch
@@ -29,10 +32,15 @@ DRAWS = 100  # independent draws of the sampled estimator for the spread of its 
 
 
 def plain_info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor) -> torch.Tensor:
-    """MoCo's InfoNCE as usually written: cross-entropy over concatenated logits."""
+    """MoCo's InfoNCE as usually written: cross-entropy over concatenated logits, the (D, K) queue's columns unit."""
     q, k = F.normalize(q, dim=1), F.normalize(k, dim=1)
     logits = torch.cat([(q * k).sum(1, keepdim=True), q @ queue], dim=1) / T
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def plain_info_nce_normalizing(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+    """The same with the (K, D) negatives normalized too, as ``negatives=queue.T`` makes HaLPInfoNCE do."""
+    return plain_info_nce(q, k, F.normalize(negatives, dim=1).T)
 
 
 @torch.no_grad()
@@ -112,8 +120,8 @@ def ready_criterion(
     return criterion
 
 
-def run(device: str, min_run_time: float) -> list[tuple[str, float, str, str]]:
-    """Rows ``(what, seconds per call, ratio, aten ops per call)``."""
+def run(device: str, min_run_time: float, rounds: int) -> list[tuple[str, float, str, str]]:
+    """Rows ``(what, seconds per call (median over ``rounds`` interleaved rounds), ratio, aten ops per call)``."""
     torch.manual_seed(0)
     queue = F.normalize(torch.randn(D, K, device=device), dim=0)
     negatives = queue.T
@@ -137,10 +145,25 @@ def run(device: str, min_run_time: float) -> list[tuple[str, float, str, str]]:
         torch=torch,
     )
     loop = "for _ in range(STEPS):\n    {}.backward()\n" + sync
-    baseline = measure(loop.format("plain(q, k, queue)"), env, "plain InfoNCE", min_run_time) / STEPS
     query = q.detach().clone().requires_grad_()
-    plain_ops = count_ops(lambda: plain_info_nce(query, k, queue))
-    rows = [("plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)", baseline, "1.00", str(plain_ops))]
+    # (what, statement, its globals, ops, baseline): the losses are timed in interleaved rounds, each ratio against
+    # its baseline measured in the same rounds (explicit negatives against the InfoNCE that normalizes them too).
+    losses = [
+        (
+            "plain InfoNCE fwd+bwd (cross-entropy over concatenated logits)",
+            "plain(q, k, queue)",
+            env,
+            count_ops(lambda: plain_info_nce(query, k, queue)),
+            None,
+        ),
+        (
+            "plain InfoNCE fwd+bwd, negatives normalized (F.normalize(queue.T))",
+            "plain_normalizing(q, k, negatives)",
+            dict(env, plain_normalizing=plain_info_nce_normalizing),
+            count_ops(lambda: plain_info_nce_normalizing(query, k, negatives)),
+            None,
+        ),
+    ]
     variants = [
         (0.0, "sampled", "HaLPInfoNCE(halp_weight=0) fwd+bwd (our InfoNCE)"),
         (2.0, "sampled", "HaLPInfoNCE fwd+bwd, sampled, bank refit every 10 calls"),
@@ -152,8 +175,18 @@ def run(device: str, min_run_time: float) -> list[tuple[str, float, str, str]]:
             ops = ops_between_refits(criterion, q, k, *([negatives] if explicit else []))
             call = "criterion(q, k, negatives)" if explicit else "criterion(q, k)"
             where = "negatives=queue.T (normalized inside)" if explicit else "memory_bank_size=K (built-in queue)"
-            seconds = measure(loop.format(call), dict(env, criterion=criterion), what, min_run_time) / STEPS
-            rows.append((f"{what}, {where}", seconds, f"{seconds / baseline:.2f} x InfoNCE", str(ops)))
+            losses.append((f"{what}, {where}", call, dict(env, criterion=criterion), ops, 1 if explicit else 0))
+    times: list[list[float]] = [[] for _ in losses]
+    for _ in range(rounds):
+        for (what, call, scope, _, _), measured in zip(losses, times):
+            measured.append(measure(loop.format(call), scope, what, min_run_time / rounds) / STEPS)
+    seconds = [statistics.median(measured) for measured in times]
+    baseline = seconds[0]
+    names = ("InfoNCE", "InfoNCE normalizing its negatives")
+    rows = []
+    for (what, _, _, ops, against), time in zip(losses, seconds):
+        ratio = "1.00" if against is None else f"{time / seconds[against]:.2f} x {names[against]}"
+        rows.append((what, time, ratio, str(ops)))
     closed = measure(f"hallucinate(keys[:64], protos); {sync}", env, "closed form", min_run_time)
     naive = measure(f"materializing(keys[:64], protos, 0.8); {sync}", env, "materializing", min_run_time)
     fit = measure(f"kmeans(keys, 20); {sync}", env, "k-means", min_run_time)
@@ -228,6 +261,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--min-run-time", type=float, default=2.0, help="seconds per measurement")
+    parser.add_argument("--rounds", type=int, default=9, help="interleaved rounds of the loss timings (median)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -237,7 +271,7 @@ def main() -> None:
     print(f"device: {args.device} ({name}), threads: {torch.get_num_threads()}, torch {torch.__version__}")
     print(f"B={B} K={K} D={D} M={M} P={P}\n")
     print("| what | time per call | ratio | aten ops per call |\n|---|---|---|---|")
-    for what, seconds, ratio, ops in run(args.device, args.min_run_time):
+    for what, seconds, ratio, ops in run(args.device, args.min_run_time, args.rounds):
         print(f"| {what} | {seconds * 1e3:.3f} ms | {ratio} | {ops} |")
 
     print(f"\nHaLP estimators: HaLPInfoNCE fwd+bwd, given prototypes; dL/dq over {DRAWS} draws of the sampled one")
