@@ -1,6 +1,7 @@
 """`prepare` end to end: synthetic samples -> real-format files -> prepared layout -> loader."""
 
 import argparse
+import fcntl
 import json
 import pickle
 import subprocess
@@ -455,3 +456,14 @@ def test_a_folder_without_any_sample_of_the_dataset_is_an_error(tmp_path, capsys
     error = capsys.readouterr().err
     assert f"prepare: error: no ntu60 sample to prepare under --raw {raw}: 1 skipped, the first: " in error
     assert "'notes.skeleton' is not an NTU sample name" in error
+
+
+def test_two_runs_into_one_out_are_refused(tmp_path, samples):
+    write_ntu_skeleton_files(generate_synthetic(CONFIG, np.arange(0, 96, 10)), tmp_path / "raw")
+    out = tmp_path / "out"
+    out.mkdir()
+    with open(out / ".prepare.lock", "a") as other:  # another run holds the folder
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with pytest.raises(ValueError, match=f"--out {out} is being prepared by another process"):
+            _prepare("ntu60", tmp_path / "raw", out)
+    assert sum(_prepare("ntu60", tmp_path / "raw", out).counts["xsub"].values()) == 10  # released: it runs

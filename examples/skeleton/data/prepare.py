@@ -31,6 +31,8 @@ something was skipped.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import functools
 import hashlib
 import json
@@ -62,6 +64,7 @@ SUMMARY_FILE = "prepare_summary.json"
 """What ``prepare`` wrote into a family folder (``DATA_ROOT/ntu60``): its family, layout, counts and skipped files."""
 PENDING, DONE, MALFORMED, EMPTY = 0, 1, 2, 3
 WORK_DIR = ".prepare"
+LOCK_FILE = ".prepare.lock"  # held while a run writes into the folder
 STATE_FILE = "state.npz"  # in WORK_DIR: per sample status and frame count, the fingerprint and the messages
 SAMPLES_PER_BATCH = 8  # files a worker parses and pre-normalizes per task
 SAMPLES_PER_WORKER_BLOCK = 64  # samples in flight per worker between two saves of the progress
@@ -259,17 +262,37 @@ def prepare_dataset(
     if not raw.is_dir():
         raise FileNotFoundError(f"--raw {raw} does not exist or is not a folder")
     _check_writable(Path(out))
-    scan = fmt.scan(raw, resolved)
-    if not scan.samples:
-        skipped = f": {len(scan.malformed)} skipped, the first: {scan.malformed[0]}" if scan.malformed else ""
-        raise PrepareError(f"no {family} sample to prepare under --raw {raw}{skipped}")
-    writer = _Writer(fmt, Path(out), scan, log)
-    summary = writer.finished_summary()
-    if summary is not None:
-        log(f"{out} is already prepared with these inputs (delete it to prepare again)")
-        return summary
-    writer.process(num_workers, progress)
-    return writer.finalize()
+    with _exclusive(Path(out)):
+        scan = fmt.scan(raw, resolved)
+        if not scan.samples:
+            skipped = f": {len(scan.malformed)} skipped, the first: {scan.malformed[0]}" if scan.malformed else ""
+            raise PrepareError(f"no {family} sample to prepare under --raw {raw}{skipped}")
+        writer = _Writer(fmt, Path(out), scan, log)
+        summary = writer.finished_summary()
+        if summary is not None:
+            log(f"{out} is already prepared with these inputs (delete it to prepare again)")
+            return summary
+        writer.process(num_workers, progress)
+        return writer.finalize()
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """Hold ``out/.prepare.lock`` for the preparation: two runs into one ``--out`` (e.g. two SBU folds started
+    together) would share its progress file. The kernel releases the lock when the process ends, however it ends.
+
+    Raises:
+        ValueError: naming ``--out`` if another process is preparing into it.
+    """
+    with open(out / LOCK_FILE, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(
+                f"--out {out} is being prepared by another process (it holds {out / LOCK_FILE}); wait for it to finish"
+                " or give another --out"
+            ) from None
+        yield
 
 
 def _resolve_options(fmt: RawFormat, options: dict[str, Any]) -> dict[str, Any]:
