@@ -252,6 +252,11 @@ def _pretrain_config(args: argparse.Namespace) -> tuple[RunConfig, Optional[dict
         return recipe_config(args), None
     saved = RunConfig.from_dict(checkpoint["config"])
     if args.resume:
+        if args.dataset and dataset_spec(args.dataset).name != dataset_spec(saved.dataset).name:
+            raise UsageError(f"--resume continues its run on {saved.dataset}; --dataset {args.dataset} cannot change")
+        if args.config or args.recipe:
+            option = "--config" if args.config else "--recipe"
+            raise UsageError(f"--resume continues its run with its saved configuration; {option} cannot be given")
         fixed = [name for name in explicit_settings(args) if name.startswith(SHAPE_SETTINGS)]
         if fixed:
             section, _, field_name = fixed[0].partition(".")
