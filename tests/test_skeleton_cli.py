@@ -102,11 +102,16 @@ def kinect_v1(tmp_path_factory):
     return v1, v2, checkpoint
 
 
-def test_resume_refuses_a_changed_shape_naming_the_flag(kinect_v1, capsys):
+def test_resume_refuses_a_changed_shape_or_dataset_naming_the_flag(kinect_v1, capsys):
     _, _, checkpoint = kinect_v1
     for flag, value in (("--memory-bank-size", "128"), ("--tcn-width", "8"), ("--num-prototypes", "5")):
         err = one_line_error(["pretrain", "--resume", str(checkpoint), flag, value], capsys)
         assert f"--resume: {flag} cannot change in a resumed run" in err
+    err = one_line_error(["pretrain", "--resume", str(checkpoint), "--dataset", "synthetic"], capsys)
+    assert "--resume continues its run on custom; --dataset synthetic cannot change" in err
+    for option in (["--recipe", "released"], ["--config", "configs/_base_/small.yaml"]):
+        err = one_line_error(["pretrain", "--resume", str(checkpoint), *option], capsys)
+        assert f"--resume continues its run with its saved configuration; {option[0]} cannot be given" in err
 
 
 def test_init_from_refuses_another_encoder(kinect_v1, tmp_path, capsys):
