@@ -21,7 +21,9 @@ from skeleton.data.formats.ntu import (
     select_bodies,
 )
 from skeleton.data.formats.pku import PkuSegment, read_pku_labels, read_pku_skeleton, read_pku_split
-from skeleton.data.formats.text import SkeletonFormatError
+from skeleton.data.formats.text import SkeletonFormatError, parse_number_lines
+from skeleton.data.layouts import BUILT_IN_LAYOUTS
+from skeleton.data.registry import ALIASES, DATASET_NAMES, FORMATS, dataset_spec, family_spec
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
 
 JOINT_LINE = (
@@ -214,3 +216,43 @@ def test_pku_errors(tmp_path):
     split.write_text("Training videos:\n , \nTest videos:\nA01N01-M\n")
     with pytest.raises(SkeletonFormatError, match="cross_view_v2.txt:2: empty list"):
         read_pku_split(split)
+
+
+def test_registry_names_and_the_formats_layouts():
+    for family, fmt in FORMATS.items():
+        assert fmt.family == family
+        # The adapter's joint count is its layout's, so the prepared arrays and the layout agree.
+        assert BUILT_IN_LAYOUTS[fmt.layout].num_joints == fmt.num_joints
+        for benchmark in fmt.benchmarks:
+            spec = dataset_spec(f"{family}-{benchmark}")
+            assert spec == family_spec(family, benchmark)
+            assert (spec.family, spec.benchmark, spec.num_classes, spec.layout, spec.num_bodies) == (
+                family, benchmark, fmt.num_classes, fmt.layout, fmt.num_bodies,
+            )  # fmt: skip
+            assert spec.is_prepared
+            assert spec.default_recipe == ("released" if family in ("ntu60", "ntu120", "pku2") else "small")
+    for alias, name in ALIASES.items():
+        assert dataset_spec(alias) is dataset_spec(name) and alias in DATASET_NAMES
+    assert dataset_spec("sbu").benchmark == "fold1" and dataset_spec("msr-action3d").layout == "kinect_v1"
+    for name in ("custom", "synthetic"):
+        spec = dataset_spec(name)
+        assert not spec.is_prepared and spec.num_classes is None and spec.layout is None
+    with pytest.raises(ValueError, match="unknown dataset 'ntu60-xset'; expected one of synthetic, custom, ntu60-xsub"):
+        dataset_spec("ntu60-xset")
+    with pytest.raises(ValueError, match="unknown benchmark 'sbu'/'fold6'"):
+        family_spec("sbu", "fold6")
+
+
+@pytest.mark.parametrize("separator", [None, ","])
+def test_number_lines_whitespace_or_comma_separated(separator):
+    join = " " if separator is None else ", "
+    lines = [join.join(["1", "2.5E-01", "-3"]), "skipped", join.join(["4", "5", "6e2"])]
+    values = parse_number_lines(lines, [0, 2], 3, "f.txt", separator)
+    np.testing.assert_array_equal(values, [[1.0, 0.25, -3.0], [4.0, 5.0, 600.0]])
+    with pytest.raises(SkeletonFormatError, match=r"f.txt:3: expected 3 values, got 2"):
+        parse_number_lines([*lines[:2], join.join(["4", "5"])], [0, 2], 3, "f.txt", separator)
+
+
+def test_an_empty_comma_field_is_named():
+    with pytest.raises(SkeletonFormatError, match=r"f.txt:1: empty value \(two separators in a row\?\)"):
+        parse_number_lines(["1,,3"], [0], 3, "f.txt", ",")
