@@ -60,11 +60,6 @@ class DatasetSpec:
     num_bodies: Optional[int]
     default_recipe: str
 
-    @property
-    def is_prepared(self) -> bool:
-        """Whether the dataset is a family that ``prepare`` writes (not custom or synthetic data)."""
-        return self.family in FORMATS
-
 
 FORMATS: dict[str, RawFormat] = {fmt.family: fmt for fmt in (NTU60, NTU120, PKU2, NWUCLA, SBU, MSR_ACTION3D)}
 """The raw formats ``prepare`` reads, by family: each declares its benchmarks, classes, layout and bodies."""
@@ -114,15 +109,3 @@ def dataset_spec(name: str) -> DatasetSpec:
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; expected one of {', '.join(DATASET_NAMES)}")
     return DATASETS[name]
-
-
-def family_spec(family: str, benchmark: str) -> DatasetSpec:
-    """The spec of a prepared family's benchmark (e.g. ``("sbu", "fold3")``).
-
-    Raises:
-        ValueError: if ``family`` has no such benchmark.
-    """
-    if family not in FORMATS or benchmark not in FORMATS[family].benchmarks:
-        known = ", ".join(f"{f}: {'/'.join(fmt.benchmarks)}" for f, fmt in FORMATS.items())
-        raise ValueError(f"unknown benchmark {family!r}/{benchmark!r}; expected one of {known}")
-    return DATASETS[f"{family}-{benchmark}"]

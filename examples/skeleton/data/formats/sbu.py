@@ -7,7 +7,7 @@ label is the class folder minus one (0..7).
 
 Each line of a file is one frame: the frame number, then x, y, z of the 15 joints of person 1, then of person 2
 (91 comma-separated numbers; the released files end lines with CRLF). Frame numbers start anywhere and must
-increase. The joints, in file order (kept as the prepared order): head, neck, torso, left shoulder, left elbow,
+increase. The joints, in file order (kept as the prepared order, the ``openni15`` layout): head, neck, torso, left shoulder, left elbow,
 left hand, right shoulder, right elbow, right hand, left hip, left knee, left foot, right hip, right knee, right
 foot. The coordinates are normalized (x, y in [0, 1] over the image, z a scaled depth); they are turned back into
 metres with the dataset's own inverse, ``X = (1280 - 2560 x) / 1000``, ``Y = (960 - 1920 y) / 1000``,
@@ -36,13 +36,6 @@ NUM_BODIES = 2
 NUM_CLASSES = 8
 VALUES_PER_LINE = 1 + NUM_BODIES * NUM_JOINTS * NUM_COORDS
 """The frame number, then x, y, z of every joint of both people."""
-JOINT_NAMES: tuple[str, ...] = (
-    "head", "neck", "torso",
-    "left_shoulder", "left_elbow", "left_hand", "right_shoulder", "right_elbow", "right_hand",
-    "left_hip", "left_knee", "left_foot", "right_hip", "right_knee", "right_foot",
-)  # fmt: skip
-"""The joints in file order (and prepared order)."""
-
 FOLDS: dict[int, frozenset[str]] = {
     1: frozenset({"s01s02", "s03s04", "s05s02", "s06s04"}),
     2: frozenset({"s02s03", "s02s07", "s03s05", "s05s03"}),
