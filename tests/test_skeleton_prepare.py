@@ -207,7 +207,8 @@ def test_published_split_sizes_are_asserted_on_the_full_dataset(tmp_path, sample
 @pytest.mark.parametrize("convention", ["reference", "inclusive"])
 def test_pku2_round_trip(tmp_path, samples, convention):
     names = write_pku_files(samples, tmp_path / "raw", frame_convention=convention, samples_per_video=5, crlf=True)
-    summary = _prepare("pku2", tmp_path / "raw", tmp_path / "pku2", pku_frames=convention)
+    # two worker processes: the PKU reader is a partial that must reach them
+    summary = _prepare("pku2", tmp_path / "raw", tmp_path / "pku2", pku_frames=convention, num_workers=2)
     assert not summary.malformed and sum(summary.counts["xsub"].values()) == len(samples.names)
     held_out = {"pku2-xsub": samples.performer % 4 == 0, "pku2-xview": samples.camera == 1}
     for benchmark in ("pku2-xsub", "pku2-xview"):

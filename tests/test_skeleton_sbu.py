@@ -140,7 +140,9 @@ def test_prepare_sbu_folds(tmp_path):
     out = tmp_path / "sbu"
 
     for fold in (1, 3):
-        code = run_prepare(_args("--dataset", "sbu", "--raw", str(raw), "--out", str(out), "--fold", str(fold)))
+        workers = str(fold - 1 or 1)  # fold 3 in two worker processes
+        argv = ("--dataset", "sbu", "--raw", str(raw), "--out", str(out), "--fold", str(fold), "--num-workers", workers)
+        code = run_prepare(_args(*argv))
         assert code == 0
         summary = json.loads((out / "prepare_summary.json").read_text())
         assert (summary["dataset"], summary["layout"]) == ("sbu", "openni15")
