@@ -21,7 +21,9 @@ from skeleton.config import (
     recipe_path,
 )
 from skeleton.data.registry import DATASET_NAMES, dataset_spec
+from skeleton.data.layouts import KINECT_V2
 from skeleton.fileio import InputError
+from skeleton.training.checkpoint import InputSpec, build_embedding_net
 from test_skeleton_pipeline import write_custom_folder
 
 RECIPE_FILES = sorted(CONFIG_DIR.glob("*/*.yaml"))
@@ -96,6 +98,9 @@ def test_released_recipe_is_the_papers():
     for paper in (cfg, pku):  # the released initialization, test schedule and labelled subsets
         assert (paper.model.weight_init, paper.semi.subset) == ("released", "released")
         assert paper.linear.eval_every == paper.finetune.eval_every == paper.supervised.eval_every == 5
+    small_gru = dataclasses.replace(cfg.model, hidden_size=32, num_layers=1)
+    head = build_embedding_net(small_gru, InputSpec(KINECT_V2, 3, 2)).head[-1].weight  # (128, 64)
+    assert head.std().item() == pytest.approx(math.sqrt(6 / (64 + 128)) / math.sqrt(3), rel=0.03)  # xavier: 0.102
 
 
 def test_small_recipe_keeps_its_own_evaluation_choices():
