@@ -3,6 +3,7 @@
 import argparse
 import fcntl
 import json
+import os
 import pickle
 import subprocess
 import sys
@@ -358,16 +359,16 @@ def test_peak_memory_does_not_grow_with_the_number_of_files(tmp_path):
     write_ntu_skeleton_files(many, tmp_path / "many")
     write_ntu_skeleton_files(generate_synthetic(config, np.arange(128)), tmp_path / "few")  # 2 blocks of 64
     script = (
-        "import resource, sys; sys.path.insert(0, sys.argv[1]);"
+        "import resource, sys;"
         "from skeleton.data.prepare import prepare_dataset;"
-        "prepare_dataset('ntu60', sys.argv[2], sys.argv[3], log=lambda m: None);"
+        "prepare_dataset('ntu60', sys.argv[1], sys.argv[2], log=lambda m: None);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"
     )
     peaks = {}
     for name in ("few", "many"):
         result = subprocess.run(
-            [sys.executable, "-c", script, str(ROOT / "examples"), str(tmp_path / name), str(tmp_path / f"out-{name}")],
-            capture_output=True, text=True, check=True,
+            [sys.executable, "-c", script, str(tmp_path / name), str(tmp_path / f"out-{name}")],
+            capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "examples")},
         )  # fmt: skip
         peaks[name] = int(result.stdout.split()[-1]) / 1024  # MiB
     # The outputs grow by 192 samples x 2 benchmarks x 176 KiB = 66 MiB from "few" to "many"
