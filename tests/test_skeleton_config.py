@@ -238,7 +238,7 @@ def test_each_command_has_the_flags_of_its_sections():
 
 def _auto(steps=100):
     cfg = load_recipe(recipe_path("small", "synthetic"))
-    cfg.pretrain.batch_size = cfg.pretrain.epochs = cfg.loss.memory_bank_size = AUTO
+    cfg.pretrain.batch_size = cfg.pretrain.epochs = cfg.loss.memory_bank_size = cfg.loss.halp_start_epoch = AUTO
     cfg.pretrain.steps = steps
     return cfg
 
@@ -246,12 +246,14 @@ def _auto(steps=100):
 @pytest.mark.parametrize(
     "num_train, world_size, batch, queue",
     [
-        (1000, 1, 120, 250),  # an eighth, down to a multiple of 8; a quarter of the set
-        (1000, 2, 112, 250),  # a multiple of 8 per rank
-        (40_000, 1, 128, 1024),  # at most 128 and 1024
-        (100, 1, 16, 25),  # at least 16
-        (10, 1, 10, 10),  # at least 16, then clamped to the set; the queue at least one batch
-        (11, 2, 10, 10),  # clamped to a multiple of the ranks
+        (1000, 1, 128, 500),  # a quarter of the set, at most 128; the queue half of the set
+        (227, 1, 56, 113),  # SBU fold 1
+        (227, 4, 56, 113),  # a multiple of the ranks
+        (230, 4, 56, 115),
+        (40_000, 1, 128, 4096),  # at most 128 and 4096
+        (10, 1, 2, 5),  # at least 2
+        (2, 1, 2, 2),  # the queue at least one batch
+        (11, 2, 4, 5),  # at least 2 per rank
     ],
 )
 def test_auto_batch_and_queue(num_train, world_size, batch, queue):
@@ -260,7 +262,8 @@ def test_auto_batch_and_queue(num_train, world_size, batch, queue):
     assert (cfg.pretrain.batch_size, cfg.loss.memory_bank_size) == (batch, queue)
     batches = num_train // batch
     assert cfg.pretrain.epochs == math.ceil(100 / batches)
-    assert notes == cfg.adapted and len(notes) >= 3
+    assert cfg.loss.halp_start_epoch == round(cfg.pretrain.epochs / 2)
+    assert notes == cfg.adapted and len(notes) >= 4
     assert any(note.startswith("pretrain.batch_size auto: ") for note in notes)
     assert any(note.startswith("loss.memory_bank_size auto: ") for note in notes)
     assert any(note.startswith(f"pretrain.epochs auto: {cfg.pretrain.epochs} ({batches} batches") for note in notes)
@@ -268,13 +271,14 @@ def test_auto_batch_and_queue(num_train, world_size, batch, queue):
 
 def test_explicit_batches_larger_than_the_set_are_clamped_and_recorded():
     cfg = load_recipe(recipe_path("small", "synthetic"))
-    assert (cfg.pretrain.batch_size, cfg.linear.batch_size, cfg.supervised.batch_size) == (128, 64, 64)
+    cfg.pretrain.batch_size, cfg.pretrain.epochs, cfg.loss.memory_bank_size, cfg.loss.halp_start_epoch = 128, 100, 1024, 50
+    assert (cfg.linear.batch_size, cfg.supervised.batch_size) == (64, 64)
     notes = fit_to_dataset(cfg, 50)
     assert (cfg.pretrain.batch_size, cfg.linear.batch_size, cfg.finetune.batch_size) == (50, 50, 50)
     assert "pretrain.batch_size 128 -> 50: the training set holds 50" in notes
     assert "linear.batch_size 64 -> 50: the training set holds 50" in notes
     assert cfg.loss.memory_bank_size == 1024 and cfg.pretrain.epochs == 100  # explicit values stay
-    cfg = load_recipe(recipe_path("small", "synthetic"))
+    cfg = load_recipe(recipe_path("released", "ntu60"))
     assert fit_to_dataset(cfg, 5000) == [] and cfg.adapted == []  # nothing to adapt
 
 
@@ -300,10 +304,10 @@ def test_a_three_sequence_custom_folder_runs_end_to_end_and_records_what_was_ada
             "--pretrain-knn-every", "0", "--linear-epochs", "1"]  # fmt: skip
     assert main(argv) == 0, capsys.readouterr().err
     saved = json.loads((out / "config.json").read_text())
-    assert (saved["pretrain"]["batch_size"], saved["loss"]["memory_bank_size"], saved["pretrain"]["epochs"]) == (3, 3, 2)
+    assert (saved["pretrain"]["batch_size"], saved["loss"]["memory_bank_size"], saved["pretrain"]["epochs"]) == (2, 2, 2)
     assert saved["linear"]["batch_size"] == 3
     adapted = "\n".join(saved["adapted"])
-    for expected in ("pretrain.batch_size auto: 16", "pretrain.batch_size 16 -> 3", "loss.memory_bank_size auto: 3",
+    for expected in ("pretrain.batch_size auto: 2", "loss.memory_bank_size auto: 2",
                      "pretrain.epochs auto: 2", "linear.batch_size 64 -> 3"):  # fmt: skip
         assert expected in adapted, adapted
     metrics = json.loads((out / "metrics.json").read_text())

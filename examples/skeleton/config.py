@@ -82,7 +82,9 @@ class LossConfig:
 
     temperature: float = _option("temperature T of every logit")
     halp_weight: float = _option("weight mu of the HaLP term (0: plain MoCo throughout)")
-    halp_start_epoch: int = _option("first pretraining epoch with the HaLP term; plain MoCo before it")
+    halp_start_epoch: MaybeAuto = _option(
+        "first pretraining epoch with the HaLP term; plain MoCo before it (auto: half of the epochs)", auto=True
+    )
     num_prototypes: int = _option("prototypes P fitted on recent keys")
     num_positives: int = _option("hallucinated positives M per anchor (estimator sampled)")
     lam: float = _option("lambda: positives at t in [(1 - lambda) t_max, t_max]")
@@ -91,7 +93,7 @@ class LossConfig:
     prototype_window: int = _option("most recent keys clustered into prototypes")
     prototype_every: int = _option("refit the prototypes every this many steps")
     memory_bank_size: MaybeAuto = _option(
-        "MoCo queue length K (auto: a quarter of the training set, at most 1024)", auto=True
+        "MoCo queue length K (auto: half of the training set, at least a batch, at most 4096)", auto=True
     )
 
 
@@ -102,7 +104,7 @@ class PretrainConfig:
     epochs: MaybeAuto = _option("pretraining epochs (auto: enough epochs for --pretrain-steps steps)", auto=True)
     steps: Optional[int] = _option("optimizer steps the auto epochs aim at (read only when epochs is auto)")
     batch_size: MaybeAuto = _option(
-        "global batch size, split evenly over DDP ranks (auto: an eighth of the training set, 16 to 128)", auto=True
+        "global batch size, split evenly over DDP ranks (auto: a quarter of the training set, at most 128)", auto=True
     )
     lr: float = _option("SGD learning rate")
     momentum: float = _option("SGD momentum")
@@ -401,26 +403,30 @@ def explicit_settings(args: argparse.Namespace) -> list[str]:
 
 # -- fitting a recipe to the data ---------------------------------------------------------------------------
 
-MIN_AUTO_BATCH, MAX_AUTO_BATCH = 16, 128
-MAX_AUTO_QUEUE = 1024
+MAX_AUTO_BATCH = 128
+MAX_AUTO_QUEUE = 4096
 
 
 def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[str]:
     """Resolve the recipe's ``auto`` values for a training set of ``num_train`` sequences, and adapt what that set
     cannot hold; returns what was chosen or changed (also appended to ``cfg.adapted``).
 
-    Rules (the small-data recipe's, chosen on NW-UCLA, SBU and MSR Action3D; ``docs/pipeline.md``):
+    Rules (the small-data recipe's, measured on NW-UCLA, SBU and MSR Action3D; ``docs/pipeline.md``):
 
-    - ``pretrain.batch_size: auto``: an eighth of the training set, rounded down to a multiple of 8 (of the ranks
-      under DDP), between 16 and 128 — enough batches per epoch that no large share of a small set is dropped;
-    - ``loss.memory_bank_size: auto``: a quarter of the training set, at most 1024, at least one batch — a queue
-      much longer than the set would hold each sample's own earlier keys as negatives;
-    - ``pretrain.epochs: auto``: ``ceil(pretrain.steps / batches per epoch)``;
+    - ``pretrain.batch_size: auto``: a quarter of the training set, at most 128, rounded down to a multiple of the
+      ranks under DDP: at least four batches per epoch, so a small set does not drop most of itself as a partial
+      batch, and batches as large as the set allows;
+    - ``loss.memory_bank_size: auto``: half of the training set, at least one batch, at most 4096: a queue longer
+      than the set would hold each sample's own earlier keys as negatives;
+    - ``pretrain.epochs: auto``: ``ceil(pretrain.steps / batches per epoch)``, a budget of optimizer steps whatever
+      the set's size;
+    - ``loss.halp_start_epoch: auto``: half of the pretraining epochs (plain MoCo first, as the released recipe);
     - any batch larger than the set (pretraining or a classifier protocol) becomes the set's size, rounded down to
       the ranks.
 
     Raises:
-        InputError: if the training set has fewer than 2 sequences (per rank under DDP), before any work.
+        InputError: if the training set has fewer than 2 sequences (per rank under DDP), or ``pretrain.epochs`` is
+            ``auto`` without ``pretrain.steps``, before any work.
     """
     if num_train < 2 * world_size:
         raise InputError(
@@ -429,16 +435,15 @@ def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[
         )
     notes: list[str] = []
     p, loss = cfg.pretrain, cfg.loss
-    step = 8 * world_size
     if p.batch_size == AUTO:
-        p.batch_size = max(MIN_AUTO_BATCH, min(MAX_AUTO_BATCH, num_train // 8 // step * step))
+        p.batch_size = max(2 * world_size, min(MAX_AUTO_BATCH, num_train // 4) // world_size * world_size)
         notes.append(f"pretrain.batch_size auto: {p.batch_size} for {num_train} training sequences")
     largest = num_train // world_size * world_size
     if p.batch_size > largest:
         notes.append(f"pretrain.batch_size {p.batch_size} -> {largest}: the training set holds {num_train}")
         p.batch_size = largest
     if loss.memory_bank_size == AUTO:
-        loss.memory_bank_size = max(p.batch_size, min(MAX_AUTO_QUEUE, num_train // 4))
+        loss.memory_bank_size = max(p.batch_size, min(MAX_AUTO_QUEUE, num_train // 2))
         notes.append(f"loss.memory_bank_size auto: {loss.memory_bank_size}")
     batches = num_train // p.batch_size
     if p.epochs == AUTO:
@@ -446,6 +451,9 @@ def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[
             raise InputError("pretrain.epochs auto needs pretrain.steps, the steps to aim at (--pretrain-steps N)")
         p.epochs = max(1, math.ceil(p.steps / batches))
         notes.append(f"pretrain.epochs auto: {p.epochs} ({batches} batches per epoch, about {p.steps} steps)")
+    if loss.halp_start_epoch == AUTO:
+        loss.halp_start_epoch = round(p.epochs / 2)
+        notes.append(f"loss.halp_start_epoch auto: {loss.halp_start_epoch} (half of the epochs)")
     for name in ("linear", "finetune", "supervised"):
         protocol = getattr(cfg, name)
         if protocol.batch_size > num_train:
