@@ -7,6 +7,7 @@ import pickle
 
 import numpy as np
 import pytest
+import skeleton.data.prepare as prepare_module
 from raw_files import write_sbu
 from skeleton.data.datasets import load_dataset
 from skeleton.data.formats import sbu
@@ -148,7 +149,9 @@ def test_prepare_sbu_folds(tmp_path):
         assert (summary["dataset"], summary["layout"]) == ("sbu", "openni15")
         val_pairs = FOLDS[fold]
         val = [name for name in written if name[:6] in val_pairs]
-        assert summary["counts"] == {f"fold{fold}": {"train": len(written) - len(val), "val": len(val)}}
+        counts = {"train": len(written) - len(val), "val": len(val)}
+        assert summary["counts"][f"fold{fold}"] == counts
+        assert list(summary["counts"]) == (["fold1"] if fold == 1 else ["fold1", "fold3"])  # the earlier fold's kept
         malformed = summary["malformed"]
         assert len(malformed) == 4
         assert any(m.startswith(f"{broken}:") and "expected 91 values" in m for m in malformed)
@@ -214,3 +217,23 @@ def test_complete_release_checks_the_fold_sizes(tmp_path, monkeypatch):
         prepare_dataset("sbu", raw, tmp_path / "bad", fold=2, log=lambda _: None)
     (raw / "s01s02" / "01" / "001" / "skeleton_pos.txt").write_text("")  # one malformed: not the complete release
     assert not prepare_dataset("sbu", raw, tmp_path / "partial", fold=2, log=lambda _: None).published_sizes_checked
+
+
+def test_an_interrupted_fold_keeps_the_earlier_folds_counts(tmp_path, monkeypatch):
+    raw = tmp_path / "raw"
+    _write_dataset(raw, classes=(1,), takes=1)
+    out = tmp_path / "sbu"
+    quiet = {"log": lambda _: None}
+    fold1 = prepare_dataset("sbu", raw, out, fold=1, **quiet).counts["fold1"]
+    process = prepare_module._process
+
+    def interrupted(task, jobs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(prepare_module, "_process", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prepare_dataset("sbu", raw, out, fold=2, **quiet)
+    assert not (out / "prepare_summary.json").exists()  # removed when fold 2 started
+    monkeypatch.setattr(prepare_module, "_process", process)
+    resumed = prepare_dataset("sbu", raw, out, fold=2, **quiet)  # resumes from the saved progress
+    assert resumed.counts == {"fold1": fold1, "fold2": {"train": 4, "val": 1}}

@@ -167,7 +167,8 @@ class PrepareSummary:
         dataset: the family, as ``prepare --dataset`` names it (e.g. ``ntu60`` or ``sbu``).
         layout: name of the skeleton layout of the samples (``kinect_v2``, ``kinect_v1``, ``openni15``).
         out: output folder.
-        counts: ``{benchmark: {"train": n, "val": n}}`` of the benchmarks this run wrote.
+        counts: ``{benchmark: {"train": n, "val": n}}`` of the benchmarks this run wrote, and of those an earlier run
+            of the same family left in ``out`` (SBU: each fold prepared into it).
         malformed: ``file:line: message`` of every skipped malformed or unreadable input.
         notes: ``file[:line]: message`` of every sample or file kept though odd, with what was done to it (PKU
             label rows kept as the released script keeps them, MSR Action3D frames without any tracked joint
@@ -395,6 +396,7 @@ class _Writer:
         self.status = np.zeros(len(scan.samples), dtype=np.int8)
         self.num_frames = np.zeros(len(scan.samples), dtype=np.int64)
         self.messages: dict[str, str] = {}
+        self.earlier: dict[str, dict[str, int]] = {}  # counts of the other benchmarks already in out
 
     def _partial(self, benchmark: str, split: str) -> Path:
         return self.out / benchmark / (data_file(split) + ".partial")
@@ -405,28 +407,49 @@ class _Writer:
         A summary that cannot be read, or was written by another version (other fields), is not one: the
         preparation runs again and replaces it.
         """
+        saved = self._saved_summary(report=True)
+        if saved is None or saved.pop("fingerprint", None) != self.fingerprint:
+            return None
+        if not all(self._outputs_exist(benchmark) for benchmark in self.benchmarks):
+            return None
+        return PrepareSummary(**saved)
+
+    def _saved_summary(self, report: bool) -> dict[str, Any] | None:
+        """The summary in ``out`` as written by this version, or None (``report``: say why it is not used)."""
         path = self.out / SUMMARY_FILE
         if not path.is_file():
             return None
         try:
             saved = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, ValueError) as error:
-            self.log(f"{path} is unreadable ({error}); preparing again")
+            if report:
+                self.log(f"{path} is unreadable ({error}); preparing again")
             return None
-        if not isinstance(saved, dict) or saved.pop("fingerprint", None) != self.fingerprint:
+        expected = {f.name for f in fields(PrepareSummary)} | {"fingerprint"}
+        if not isinstance(saved, dict) or set(saved) != expected:
+            if report:
+                self.log(f"{path} was written by another version; preparing again")
             return None
-        if set(saved) != {f.name for f in fields(PrepareSummary)}:
-            self.log(f"{path} was written with other fields ({', '.join(sorted(saved))}); preparing again")
-            return None
-        outputs = [
-            self.out / benchmark / name(split)
-            for benchmark in self.benchmarks
+        return saved
+
+    def _outputs_exist(self, benchmark: str) -> bool:
+        return all(
+            (self.out / benchmark / name(split)).is_file()
             for split in SPLITS
             for name in (data_file, num_frame_file, label_file)
-        ]
-        if not all(p.is_file() for p in outputs):
-            return None
-        return PrepareSummary(**saved)
+        )
+
+    def _earlier_counts(self) -> dict[str, dict[str, int]]:
+        """The counts of the other benchmarks an earlier run of the same family left in ``out`` (SBU: the other
+        folds), kept in the new summary."""
+        saved = self._saved_summary(report=False)
+        if saved is None or saved["dataset"] != self.fmt.family or not isinstance(saved["counts"], dict):
+            return {}
+        return {
+            benchmark: counts
+            for benchmark, counts in saved["counts"].items()
+            if benchmark in self.fmt.benchmarks and benchmark not in self.benchmarks and self._outputs_exist(benchmark)
+        }
 
     def _resume(self) -> bool:
         state = self.work / STATE_FILE
@@ -439,10 +462,12 @@ class _Writer:
             self.log(f"discarding the unfinished preparation in {self.work}: its inputs differ")
             return False
         self.status, self.num_frames, self.messages = status, num_frames, meta["messages"]
+        self.earlier = meta.get("earlier", {})  # absent from the progress of an earlier version
         self.log(f"resuming: {int((self.status != PENDING).sum())} of {len(self.status)} samples already done")
         return True
 
     def _start(self) -> None:
+        self.earlier = self._earlier_counts()
         shutil.rmtree(self.work, ignore_errors=True)
         self.work.mkdir(parents=True)
         (self.out / SUMMARY_FILE).unlink(missing_ok=True)
@@ -457,7 +482,8 @@ class _Writer:
         # One file, replaced atomically: statuses, frame counts and messages always come from the same save, so
         # a kill at any moment leaves either the previous state or the new one, never a done sample without its
         # frame count.
-        meta = np.array(json.dumps({"fingerprint": self.fingerprint, "messages": self.messages}))
+        meta = {"fingerprint": self.fingerprint, "messages": self.messages, "earlier": self.earlier}
+        meta = np.array(json.dumps(meta))
         atomic_write(
             self.work / STATE_FILE,
             lambda handle: np.savez(handle, status=self.status, num_frames=self.num_frames, meta=meta),
@@ -520,6 +546,8 @@ class _Writer:
                 split: int((self.status == DONE)[self.members[benchmark, split]].sum()) for split in SPLITS
             }
         summary.published_sizes_checked = self._check_published_sizes(summary)
+        counts = {**self.earlier, **summary.counts}
+        summary.counts = {benchmark: counts[benchmark] for benchmark in self.fmt.benchmarks if benchmark in counts}
         for (benchmark, split), mask in self.members.items():
             kept = np.flatnonzero(mask & (self.status == DONE))
             folder = self.out / benchmark
