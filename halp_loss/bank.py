@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from halp_loss._checks import caller_stacklevel, check_matrix, check_positive_int, compute_dtype
-from halp_loss._ring import write_ring
+from halp_loss._ring import write_ring, zero_buffer
 from halp_loss.distributed import broadcast_, gather_rows, world_size
 from halp_loss.geometry import WalkTables, unit_rows, walk_tables
 from halp_loss.kmeans import fit_unit_points
@@ -123,11 +123,12 @@ class PrototypeBank(nn.Module):
         self.kmeans_tol = kmeans_tol
         self.seed = seed
         self.gather_distributed = gather_distributed
-        self.register_buffer("keys", torch.zeros(window, dim or 0))
-        self.register_buffer("prototypes", torch.zeros(num_prototypes, dim or 0))
+        self.register_buffer("keys", zero_buffer((window, dim or 0)))
+        self.register_buffer("prototypes", zero_buffer((num_prototypes, dim or 0)))
         # A device-side count, so that counting costs no host read; checkpointed through the extra state.
-        self.register_buffer("skipped", torch.zeros((), dtype=torch.long), persistent=False)
+        self.register_buffer("skipped", zero_buffer((), dtype=torch.long), persistent=False)
         self._warned = False
+        self._warned_window = False
         self.num_seen = 0
         self.num_calls = 0
         self.num_fits = 0
@@ -203,11 +204,12 @@ class PrototypeBank(nn.Module):
             rows = gather_rows(rows)
         if not self.keys.shape[1]:
             dtype = compute_dtype(rows)
-            self.keys = torch.zeros(self.window, rows.shape[1], device=rows.device, dtype=dtype)
-            self.prototypes = torch.zeros(self.num_prototypes, rows.shape[1], device=rows.device, dtype=dtype)
-            self.skipped = self.skipped.to(rows.device)
+            self.keys = zero_buffer((self.window, rows.shape[1]), device=rows.device, dtype=dtype)
+            self.prototypes = zero_buffer((self.num_prototypes, rows.shape[1]), device=rows.device, dtype=dtype)
+            self.skipped = zero_buffer((), dtype=torch.long, device=rows.device).add_(self.skipped.to(rows.device))
         arrived = rows.shape[0]
         if arrived > self.window:
+            self._warn_window_once(arrived)
             rows = rows[-self.window :]
         # Written when the window is next read (a fit, recent_keys, state_dict): of the keys arriving between two
         # fits only the last `window` are ever read, so most batches are never written.
@@ -288,6 +290,19 @@ class PrototypeBank(nn.Module):
         self._tables = None
         return True
 
+    def _warn_window_once(self, arrived: int) -> None:
+        if self._warned_window:
+            return
+        self._warned_window = True
+        warnings.warn(
+            f"PrototypeBank: one call appended {arrived} keys (all ranks' with gather_distributed; SimCLR mode "
+            f"appends both views, 2 per sample) but the window holds {self.window}, so only the newest {self.window} "
+            f"of them are clustered. Raise the window (HaLPInfoNCE: prototype_window) to at least {arrived}. "
+            "Shown once.",
+            UserWarning,
+            stacklevel=caller_stacklevel(),
+        )
+
     def _warn_once(self, left_out: int, usable: int) -> None:
         if self._warned:
             return
@@ -330,7 +345,7 @@ class PrototypeBank(nn.Module):
             # the other way round the bank becomes as unfed as the checkpoint.
             if saved["keys"].shape[1] != self.keys.shape[1]:
                 for name, tensor in saved.items():
-                    self._buffers[name] = torch.zeros(tensor.shape, dtype=tensor.dtype, device=self.keys.device)
+                    self._buffers[name] = zero_buffer(tensor.shape, dtype=tensor.dtype, device=self.keys.device)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _check_saved_shapes(self, keys: torch.Size, prototypes: torch.Size) -> None:

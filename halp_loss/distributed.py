@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-__all__ = ["world_size", "rank", "gather_rows", "gather_rows_with_grad", "broadcast_"]
+__all__ = ["world_size", "rank", "row_counts", "gather_rows", "gather_rows_with_grad", "broadcast_"]
 
 
 def world_size() -> int:
@@ -19,6 +19,14 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def row_counts(x: Tensor) -> list[int]:
+    """The number of rows of ``x`` on every rank, in rank order (one small all-gather and a host read)."""
+    size = torch.tensor([x.shape[0]], device=x.device)
+    sizes = [torch.zeros_like(size) for _ in range(world_size())]
+    dist.all_gather(sizes, size)
+    return [int(s) for s in sizes]
+
+
 def gather_rows(x: Tensor) -> Tensor:
     """Concatenate the rows of ``x`` from all ranks in rank order, without gradient.
 
@@ -27,10 +35,7 @@ def gather_rows(x: Tensor) -> Tensor:
     if world_size() == 1:
         return x
     x = x.detach().contiguous()
-    size = torch.tensor([x.shape[0]], device=x.device)
-    sizes = [torch.zeros_like(size) for _ in range(world_size())]
-    dist.all_gather(sizes, size)
-    counts = [int(s) for s in sizes]
+    counts = row_counts(x)
     padded = x.new_zeros((max(counts), *x.shape[1:]))
     padded[: x.shape[0]] = x
     chunks = [torch.empty_like(padded) for _ in counts]
@@ -57,9 +62,21 @@ class _GatherWithGrad(torch.autograd.Function):
 
 
 def gather_rows_with_grad(x: Tensor) -> Tensor:
-    """Concatenate equal-sized ``x`` from all ranks in rank order; gradients flow back to each rank's rows."""
+    """Concatenate equal-sized ``x`` from all ranks in rank order; gradients flow back to each rank's rows.
+
+    Raises:
+        ValueError: on every rank, naming the sizes, if the ranks hold different numbers of rows (checked with one
+            small all-gather first, so that no rank is left waiting in the gather of the rows).
+    """
     if world_size() == 1:
         return x
+    counts = row_counts(x)
+    if len(set(counts)) > 1:
+        raise ValueError(
+            f"gathering with gradient needs the same number of rows on every rank, got {counts} in rank order "
+            "(SimCLR mode gathers both views, 2 rows per sample): SimCLR mode with gather_distributed=True needs "
+            "equal per-rank batch sizes; drop the last incomplete batch (DataLoader(drop_last=True))"
+        )
     return _GatherWithGrad.apply(x.contiguous())
 
 

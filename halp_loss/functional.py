@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any, Callable, NamedTuple, Optional
 
 import torch
+from einops import rearrange
 from torch import Tensor
 
 from halp_loss._checks import (
@@ -85,8 +86,8 @@ def simclr_logits(
     z = unit_rows(torch.cat([view1, view2]))
     batch = view1.shape[0]
     if gather_distributed and world_size() > 1:
-        # Rank-order concatenation: this rank's rows start at rank * B inside each gathered view.
-        everyone = torch.cat([gather_rows_with_grad(z[:batch]), gather_rows_with_grad(z[batch:])])
+        # One gather of both views, reordered view by view: this rank's rows start at rank * B inside each view.
+        everyone = rearrange(gather_rows_with_grad(z), "(rank view batch) d -> (view rank batch) d", view=2, batch=batch)
         total, offset = batch * world_size(), batch * rank()
     else:
         everyone, total, offset = z, batch, 0
@@ -150,14 +151,15 @@ def nt_xent(view1: Tensor, view2: Tensor, temperature: float = 0.07, gather_dist
         view1: (B, D) embeddings of the first views, ``B >= 1``; normalized inside.
         view2: (B, D) embeddings of the second views.
         temperature: T, a finite number >= 1e-6.
-        gather_distributed: use the views of all ranks as negatives (equal batch sizes on every rank).
+        gather_distributed: use the views of all ranks as negatives; every rank must hold the same batch size.
 
     Returns:
         Scalar loss, mean over the 2B rows of this rank, in float32 (float64 if a view is float64).
 
     Raises:
         ValueError: for a non-tensor, a wrong rank, dtype or device, an empty batch, views of different shapes,
-            or a temperature that is not a finite number >= 1e-6.
+            a temperature that is not a finite number >= 1e-6, or (with ``gather_distributed``) batch sizes that
+            differ between ranks, on every rank.
     """
     check_pair(view1, "view1", view2, "view2")
     temperature = check_temperature(temperature)

@@ -89,15 +89,15 @@ def normalize_rows(x: Tensor, *, inplace: bool = False) -> tuple[Tensor, Tensor,
 def detached_unit_rows(x: Tensor) -> Tensor:
     """:func:`unit_rows` without autograd, for many rows in any memory layout (MoCo negatives passed as ``queue.T``).
 
-    Each row is divided by its largest magnitude, which brings every finite row into a range where its norm neither
-    overflows nor underflows, then by that norm; zero rows stay zero. Three passes over the rows and two writes: a
-    column-major 16384 x 128 queue is normalized in less time than ``F.normalize`` takes. Rows agree with
-    :func:`unit_rows` to float rounding (not bit for bit).
+    Each row is divided by its largest magnitude (by the smallest normal number if that is smaller, an exact power
+    of two, so that subnormal rows are scaled up and zero rows give no 0 / 0), which brings every finite row into a
+    range where its norm neither overflows nor underflows, then by that norm; zero rows stay zero. Three passes over
+    the rows and two writes: a column-major 16384 x 128 queue is normalized in less time than ``F.normalize`` takes.
+    Rows agree with :func:`unit_rows` to float rounding (not bit for bit).
     """
-    largest = x.abs().amax(dim=-1, keepdim=True).clamp_min_(torch.finfo(x.dtype).tiny)
-    unit = x / largest
-    # A row with a direction now has an entry of magnitude 1, so its norm is >= 1; the clamp only keeps zero rows 0.
-    return unit.div_(torch.linalg.vector_norm(unit, dim=-1, keepdim=True).clamp_min_(1.0))
+    tiny = torch.finfo(x.dtype).tiny
+    unit = x / x.abs().amax(dim=-1, keepdim=True).clamp_min_(tiny)
+    return unit.div_(torch.linalg.vector_norm(unit, dim=-1, keepdim=True).clamp_min_(tiny))
 
 
 @torch.no_grad()

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor, nn
 
 from halp_loss._checks import check_matrix, check_positive_int, compute_dtype
-from halp_loss._ring import write_ring
+from halp_loss._ring import write_ring, zero_buffer
 from halp_loss.distributed import gather_rows
 from halp_loss.geometry import unit_rows
 
@@ -51,8 +51,8 @@ class KeyQueue(nn.Module):
     :meth:`enqueue` writes its keys when the queue is next read (:meth:`negatives`, :meth:`recent`, ``state_dict()``),
     in place, which costs no copy: a loss written with autograd keeps the rows it read until its backward, so
     writing them at once would change that loss's gradient. Call backward before the next read, as a training loop
-    does; if a graph that read the rows is still waiting for its backward, that backward raises autograd's error
-    about a tensor modified in place rather than computing a wrong gradient. Keys that are not finite are stored as
+    does; a backward that still needs rows overwritten in place raises autograd's error about a tensor modified in
+    place rather than computing a wrong gradient. Keys that are not finite are stored as
     zero rows (negatives of logit 0), so one bad batch does not make the next ``size / batch`` losses NaN.
 
     Training mode only: in eval mode :meth:`enqueue` changes nothing. ``state_dict()`` holds the rows and the count
@@ -90,7 +90,7 @@ class KeyQueue(nn.Module):
         self.size = size
         self.declared_dim = dim
         self.gather_distributed = gather_distributed
-        self.register_buffer("keys", torch.zeros(size, dim or 0))
+        self.register_buffer("keys", zero_buffer((size, dim or 0)))
         self._written = 0
         # Keys waiting to be written at the next read, and how many arrived (more than size keeps the newest).
         self._pending: Optional[Tensor] = None
@@ -211,7 +211,7 @@ class KeyQueue(nn.Module):
     def _allocate(self, dim: int, device: torch.device, dtype: torch.dtype) -> None:
         """Hold keys of this width, device and dtype; only while the queue is empty, so nothing is lost."""
         if (self.dim, self.keys.device, self.keys.dtype) != (dim, device, dtype):
-            self.keys = torch.zeros(self.size, dim, device=device, dtype=dtype)
+            self.keys = zero_buffer((self.size, dim), device=device, dtype=dtype)
 
     def get_extra_state(self) -> dict[str, int]:
         return {"num_seen": self.num_seen}
@@ -241,7 +241,7 @@ class KeyQueue(nn.Module):
                 )
             # A queue that has not seen keys takes the saved width (checkpoints load into a fresh criterion).
             if saved.shape[1] != self.keys.shape[1]:
-                self.keys = torch.zeros(saved.shape, dtype=saved.dtype, device=self.keys.device)
+                self.keys = zero_buffer(saved.shape, dtype=saved.dtype, device=self.keys.device)
         self._pending, self._pending_count = None, 0
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 

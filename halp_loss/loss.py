@@ -99,10 +99,12 @@ class HaLPInfoNCE(nn.Module):
         num_positives: M, positives per anchor (``estimator="sampled"``; ignored by ``"expected"``).
         lam: ``u ~ U(0, lam)``, ``t = (1 - u) t_max``; float in [0, 1].
         objective: ``"align"`` or ``"infonce"``.
-        prototype_window: keys the bank clusters.
+        prototype_window: keys the bank clusters; at least the keys of one call (SimCLR mode: 2B, both views),
+            or the bank keeps only the newest of them, with a ``UserWarning`` once.
         prototype_every: bank refit period, in calls.
         gather_distributed: under ``torch.distributed``, gather what other ranks contribute: in SimCLR mode all
-            ranks' views are negatives (equal per-rank batch sizes); with the built-in queue all ranks' keys are
+            ranks' views are negatives (equal per-rank batch sizes, else ``ValueError`` on every rank naming the
+            sizes); with the built-in queue all ranks' keys are
             enqueued, so every rank holds the same queue. With explicit ``negatives`` there is nothing to gather
             and a call raises ``ValueError``. The prototype bank gathers keys from all ranks either way.
         num_candidates: draw targets among this many nearest other prototypes (default all ``P - 1``).
@@ -203,7 +205,6 @@ class HaLPInfoNCE(nn.Module):
         # memory_bank_size=0 declares in-batch negatives: a detached key is then intended, not a lost queue.
         self._warn_moco_port = memory_bank_size is None
         self._last: dict[str, Any] = {}
-        self._negatives_t: Optional[tuple[Tensor, Tensor]] = None
 
     @property
     def last(self) -> dict[str, float]:
@@ -250,8 +251,9 @@ class HaLPInfoNCE(nn.Module):
         Raises:
             ValueError: naming the argument, for a non-tensor, a wrong rank, dtype, width or device, an empty batch,
                 ``key`` not shaped like ``query``, a (D, K) queue buffer passed as negatives, negatives given to a
-                criterion with a built-in queue or with ``gather_distributed``, or prototypes with fewer rows than
-                ``num_candidates + 1`` or 2.
+                criterion with a built-in queue or with ``gather_distributed``, prototypes with fewer rows than
+                ``num_candidates + 1`` or 2, or a SimCLR-mode call with ``gather_distributed`` whose batch size
+                differs between ranks.
         """
         self._check_inputs(query, key, negatives, prototypes)
         weight = self.halp_weight
@@ -273,7 +275,7 @@ class HaLPInfoNCE(nn.Module):
     def _prepare(
         self, query: Tensor, key: Tensor, negatives: Optional[Tensor], prototypes: Optional[Tensor], weight: float
     ) -> tuple[Optional[Tensor], Optional[Tensor], Optional[WalkTables], Optional[tuple[Tensor, Tensor]]]:
-        """The call's negatives (the queue's, or as given), the transpose of the queue's, the walk tables and the
+        """The call's negatives (the queue's, or as given), the transposed queue, the walk tables and the
         sampled estimator's random draws (the last two ``None`` when the HaLP term is off).
 
         Run eagerly under torch.compile, as :meth:`_record`: what depends on the queue's and the bank's counters
@@ -285,8 +287,7 @@ class HaLPInfoNCE(nn.Module):
             negatives = self.queue.negatives(query, compute_dtype(query, key))
         elif negatives is None:
             self._warn_if_moco_port(query, key)
-        # The queue's buffer, once full, is the same tensor every call: its transpose is kept (a view costs a dispatch).
-        negatives_t = None if self.queue is None else self._transposed(negatives)
+        negatives_t = None if self.queue is None else negatives.T
         dtype = compute_dtype(query, key, negatives)
         tables = self._walk_tables(prototypes, dtype) if weight > 0 else None
         draws = None
@@ -314,13 +315,6 @@ class HaLPInfoNCE(nn.Module):
             self.bank.append_unit_rows(anchors)
         if self.queue is not None:
             self.queue.write_unit_rows(anchors)
-
-    def _transposed(self, negatives: Tensor) -> Tensor:
-        """``negatives.T``, kept from the last call while the negatives are the same tensor."""
-        cached = self._negatives_t
-        if cached is None or cached[0] is not negatives:
-            cached = self._negatives_t = (negatives, negatives.T)
-        return cached[1]
 
     def _walk_tables(self, prototypes: Optional[Tensor], dtype: torch.dtype) -> Optional[WalkTables]:
         """The walk tables of the given prototypes, else of the bank's (cached per refit), else ``None``."""

@@ -20,7 +20,8 @@ def test_window_holds_most_recent_keys_in_order() -> None:
     for keys in data:
         bank.update(keys)
     assert torch.allclose(bank.recent_keys(), F.normalize(torch.cat(data), dim=1)[-10:])
-    bank.update(torch.randn(25, 3))  # more than a window in one call keeps the newest
+    with pytest.warns(UserWarning, match="appended 25 keys .* the window holds 10"):
+        bank.update(torch.randn(25, 3))  # more than a window in one call keeps the newest
     assert bank.num_seen == 45 and bank.recent_keys().shape == (10, 3)
 
 
@@ -37,6 +38,26 @@ def test_warmup_delays_first_fit() -> None:
     bank = PrototypeBank(num_prototypes=4, window=64, every=2, warmup=300)
     fits = [bank.update(keys) for keys in batches(6)]
     assert fits == [False] * 4 + [True, False]
+
+
+@pytest.mark.parametrize("warmup, first_fit", [(40, 2), (0, 0), (5, 0)])
+def test_a_warmup_below_the_window_fits_on_the_keys_seen_so_far(warmup: int, first_fit: int) -> None:
+    # Issue 19 item 9: a warmup below the window was raised to the window without a word.
+    bank = PrototypeBank(num_prototypes=4, window=64, every=100, warmup=warmup)
+    data = batches(4, size=16, dim=5)
+    fits = [bank.update(keys) for keys in data]
+    assert fits == [call == first_fit for call in range(4)] and bank.warmup == warmup
+    # Those prototypes are the fit (the same k-means seed, fit 0) of the keys seen up to that call.
+    seen = F.normalize(torch.cat(data[: first_fit + 1]), dim=1)
+    alone = PrototypeBank(num_prototypes=4, window=seen.shape[0], every=1)
+    alone.update(seen)
+    assert torch.allclose(alone.prototypes, bank.prototypes, atol=1e-6)
+
+
+def test_a_first_batch_smaller_than_num_prototypes_waits_for_enough_keys() -> None:
+    bank = PrototypeBank(num_prototypes=4, window=64, every=100, warmup=0)
+    assert [bank.update(keys) for keys in batches(3, size=3, dim=5)] == [False, True, False]
+    assert bank.num_fits == 1
 
 
 def test_eval_mode_freezes_the_bank() -> None:

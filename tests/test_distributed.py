@@ -55,6 +55,17 @@ def worker(rank: int, init_file: str, out_dir: str) -> None:
         loss.backward()
         results["gathered_loss"] = loss.detach()
         results["grads"] = (z1.grad, z2.grad)
+        # Issue 19 item 11: unequal per-rank batches aborted the process inside gloo.
+        messages = []
+        for loss_fn in (
+            lambda a, b: nt_xent(a, b, 0.1, gather_distributed=True),
+            HaLPInfoNCE(gather_distributed=True, memory_bank_size=0),
+        ):
+            try:
+                loss_fn(*(v[: BATCH - rank].requires_grad_() for v in local_views(rank, 98)))
+            except ValueError as error:
+                messages.append(str(error))
+        results["unequal"] = messages
 
         criterion = HaLPInfoNCE(temperature=0.1, gather_distributed=True, prototype_window=32, num_prototypes=4)
         for step in range(4):
@@ -88,6 +99,9 @@ def test_two_ranks(tmp_path: Path) -> None:
     expected = torch.cat([torch.cat([local_views(r, s)[0] + r for r in range(WORLD)]) for s in range(6)])
     assert torch.allclose(r0["keys"].double(), F.normalize(expected, dim=1)[-32:], atol=1e-6)
     assert torch.equal(r0["uneven"], torch.tensor([[0.0, 0.0], [1.0, 1.0], [1.0, 1.0]]))
+    for result in (r0, r1):
+        assert len(result["unequal"]) == 2
+        assert all("same number of rows on every rank, got [16, 14] in rank order" in message for message in result["unequal"])
 
     # Gathered NT-Xent: each rank's rows see every rank's views, so the mean over ranks is the loss of the global batch.
     z1 = torch.cat([local_views(r, 99)[0] for r in range(WORLD)])

@@ -210,7 +210,7 @@ def test_info_nce_and_nt_xent(
     assert_finite_gradient(query)
 
 
-@pytest.mark.filterwarnings("ignore:PrototypeBank:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:PrototypeBank:RuntimeWarning", "ignore:PrototypeBank. one call appended:UserWarning")
 @PROPERTY
 @given(
     embeddings(min_batch=1),
@@ -285,7 +285,7 @@ def test_spherical_kmeans(
     assert ((result.assignments >= 0) & (result.assignments < clusters)).all()
 
 
-@pytest.mark.filterwarnings("ignore:PrototypeBank:RuntimeWarning")
+@pytest.mark.filterwarnings("ignore:PrototypeBank:RuntimeWarning", "ignore:PrototypeBank. one call appended:UserWarning")
 @PROPERTY
 @given(
     st.lists(

@@ -207,3 +207,34 @@ def test_call_errors() -> None:
         criterion.queue.enqueue(key[:, :5])
     with pytest.raises(ValueError, match="size must be an integer >= 1"):
         KeyQueue(0)
+
+
+def test_a_users_autograd_loss_over_the_queue() -> None:
+    # KeyQueue alone: read the negatives, compute a loss with autograd, enqueue the keys before backward (as MoCo's
+    # forward does). The keys are written at the next read, so each backward sees the rows its loss read.
+    queue, history = KeyQueue(K), []
+    for query, key in steps():
+        q = query.clone().requires_grad_()
+        negatives = queue.negatives(q, torch.float64)
+        loss = moco_cross_entropy(q, key, negatives, T)
+        queue.enqueue(key)
+        loss.backward()
+        reference_q = query.clone().requires_grad_()
+        moco_cross_entropy(reference_q, key, last_keys(history), T).backward()
+        assert torch.allclose(q.grad, reference_q.grad, atol=1e-12)
+        history.append(key)
+    assert torch.allclose(queue.recent(), last_keys(history), atol=1e-12)
+
+
+def test_a_second_read_before_backward_is_an_error_not_a_wrong_gradient() -> None:
+    # A loss that keeps the queue's rows themselves for backward (the logits q @ negatives.T of unit keys) while the
+    # next read writes new keys in place: backward refuses, as autograd does for any tensor modified in place.
+    queue = KeyQueue(K)
+    (_, k0), (q1, k1) = steps()[:2]
+    queue.enqueue(k0)
+    q1 = q1.clone().requires_grad_()
+    loss = (q1 @ queue.negatives(q1, torch.float64).T).logsumexp(dim=1).mean()
+    queue.enqueue(k1)
+    queue.negatives(q1, torch.float64)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
