@@ -3,6 +3,7 @@ from typing import Iterator
 import pytest
 import torch
 
+
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Run torch on one thread: the tests' tensors are small, so intra-op threads only add overhead, and on a

@@ -20,8 +20,8 @@ from skeleton.config import (
     read_yaml,
     recipe_path,
 )
-from skeleton.data.registry import DATASET_NAMES, dataset_spec
 from skeleton.data.layouts import KINECT_V2
+from skeleton.data.registry import DATASET_NAMES, dataset_spec
 from skeleton.fileio import InputError
 from skeleton.training.checkpoint import InputSpec, build_embedding_net
 from test_skeleton_pipeline import write_custom_folder

@@ -10,8 +10,8 @@ import os
 import pickle
 import re
 import shutil
-import subprocess
 import signal
+import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -31,8 +31,8 @@ from skeleton.data.prenormalize import prenormalize
 from skeleton.data.prepare import add_prepare_arguments, prepare_dataset, run_prepare
 from skeleton.data.synthetic import SyntheticConfig, generate_synthetic
 from skeleton.fileio import InputError
+from skeleton.progress import ProgressBar
 from skeleton.training.checkpoint import CHECKPOINT_KEYS, load_checkpoint
-from skeleton.training.loop import ProgressBar
 from skeleton.training.runlog import update_metrics
 from test_skeleton_cli import one_line_error
 from test_skeleton_pipeline import TINY, TINY_FLAGS, pretrain_checkpoint, write_custom_folder

@@ -49,10 +49,9 @@ from typing import Any
 
 import numpy as np
 from einops import rearrange
-from tqdm import tqdm
 
-from ..console import interactive
 from ..fileio import atomic_write
+from ..progress import SampleCounter
 from .formats import MAX_FRAMES, NUM_COORDS, FileJob, PrepareOption, RawFormat, Reader, Scan
 from .formats.text import SkeletonFormatError
 from .layouts import BUILT_IN_LAYOUTS
@@ -503,7 +502,7 @@ class _Writer:
         )
         block = SAMPLES_PER_WORKER_BLOCK * num_workers
         pool = multiprocessing.Pool(num_workers) if num_workers > 1 else None  # before tqdm starts its thread
-        bar = _Progress(len(self.status), done, f"prepare {self.fmt.family}", progress, self.log)
+        bar = SampleCounter(len(self.status), done, f"prepare {self.fmt.family}", progress, self.log)
         try:
             for batches in _blocks(jobs, SAMPLES_PER_BATCH, block):
                 outputs = {key: np.lib.format.open_memmap(self._partial(*key), mode="r+") for key in self.members}
@@ -581,41 +580,6 @@ class _Writer:
                     f" dropped (progress kept in {self.work})"
                 )
         return True
-
-
-class _Progress:
-    """Finished samples: a tqdm bar on a terminal; elsewhere (a job log, CI), where every redraw of a bar would be
-    kept, one line at each tenth of the total.
-
-    Args:
-        total: samples in all.
-        done: samples finished before (a resumed run).
-        description: label of the bar and the lines.
-        enabled: report progress at all.
-        log: receives the lines.
-    """
-
-    def __init__(self, total: int, done: int, description: str, enabled: bool, log: Callable[[str], None]) -> None:
-        self.bar = tqdm(
-            total=total, initial=done, unit="sample", desc=description, disable=not (enabled and interactive())
-        )
-        self.lines = enabled and not interactive()
-        self.total, self.done, self.description, self.log = total, done, description, log
-        self.tenths = self._tenths()
-
-    def _tenths(self) -> int:
-        return self.done * 10 // max(self.total, 1)
-
-    def update(self, count: int) -> None:
-        """Count ``count`` more finished samples."""
-        self.bar.update(count)
-        self.done += count
-        if self.lines and self._tenths() > self.tenths:
-            self.tenths = self._tenths()
-            self.log(f"{self.description}: {self.done}/{self.total} samples")
-
-    def close(self) -> None:
-        self.bar.close()
 
 
 def _blocks(jobs: list[FileJob], per_batch: int, per_block: int) -> Iterator[list[list[FileJob]]]:

@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..config import SUBSETS, ClassifierConfig, KNNConfig
 from ..data.augment import center_crop_resize, pretrain_view, temporal_crop_resize
-from .loop import EpochSampler, Precision, ProgressBar, format_row, loader_worker_init, lr_at, set_lr
+from ..progress import ProgressBar
+from .loop import EpochSampler, Precision, format_row, loader_worker_init, lr_at, set_lr
 
 # The released protocol: training crops keep 50-100 % of the valid frames, evaluation the central 95 %.
 TRAIN_CROP_RATIOS = (0.5, 1.0)

@@ -1,12 +1,11 @@
 """Pieces every training loop here shares: mixed precision, the learning-rate steps, a resumable epoch
-sampler, a graceful stop on Ctrl-C or SIGTERM (DataLoader workers left out of it), and the progress bar."""
+sampler, a graceful stop on Ctrl-C or SIGTERM (DataLoader workers left out of it), and the log line of an epoch."""
 
 from __future__ import annotations
 
 import math
 import signal
-import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from types import FrameType
 from typing import Any, Optional
@@ -14,9 +13,6 @@ from typing import Any, Optional
 import torch
 from torch import Tensor
 from torch.utils.data import Sampler
-from tqdm import tqdm
-
-from ..console import interactive
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -184,56 +180,3 @@ def format_row(row: dict[str, Any]) -> str:
     out."""
     shown = {key: (f"{value:.4g}" if isinstance(value, float) else value) for key, value in row.items()}
     return " ".join(f"{key}={value}" for key, value in shown.items() if value is not None)
-
-
-class ProgressBar:
-    """A tqdm bar over batches that shows the loss and samples/s, or a plain iterator when disabled.
-
-    The bar is drawn only on a terminal (:func:`~skeleton.console.interactive`): in a job log its redraws would
-    pile up, so there the loops print one line per epoch instead (:attr:`line_based`).
-
-    Args:
-        batches: the iterable of batches.
-        total: number of batches.
-        samples_per_batch: global batch size, for the samples/s figure.
-        description: bar label.
-        enabled: report progress (rank 0 only under DDP).
-        initial: batches already done (a run resumed in the middle of an epoch).
-    """
-
-    def __init__(
-        self,
-        batches: Iterable[Any],
-        total: int,
-        samples_per_batch: int,
-        description: str,
-        enabled: bool = True,
-        initial: int = 0,
-    ) -> None:
-        self.bar = tqdm(
-            batches,
-            total=total,
-            initial=initial,
-            desc=description,
-            disable=not (enabled and interactive()),
-            dynamic_ncols=True,
-            leave=False,
-        )
-        self.line_based = enabled and not interactive()
-        self.samples_per_batch = samples_per_batch
-        self.started = time.perf_counter()
-        self.steps = 0
-
-    def __iter__(self) -> Iterator[Any]:
-        return iter(self.bar)
-
-    def update(self, **values: float) -> float:
-        """Record one finished step, show ``values`` and return the running samples/s."""
-        self.steps += 1
-        rate = self.steps * self.samples_per_batch / max(time.perf_counter() - self.started, 1e-9)
-        if self.steps % 5 == 1 or self.steps == self.bar.total:
-            self.bar.set_postfix({**{k: f"{v:.4g}" for k, v in values.items()}, "samples/s": f"{rate:.1f}"})
-        return rate
-
-    def close(self) -> None:
-        self.bar.close()

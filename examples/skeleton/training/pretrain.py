@@ -30,6 +30,7 @@ from ..config import RunConfig
 from ..data.augment import pretrain_view
 from ..data.datasets import SkeletonDataset
 from ..models.moco import MoCo
+from ..progress import ProgressBar
 from . import distributed
 from .checkpoint import InputSpec, build_embedding_net, restore_rng_state, rng_state, save_checkpoint
 from .evaluation import RAW_KNN_FRAMES, evaluate_knn
@@ -37,7 +38,6 @@ from .loop import (
     EpochSampler,
     GracefulStop,
     Precision,
-    ProgressBar,
     format_row,
     loader_worker_init,
     lr_at,
