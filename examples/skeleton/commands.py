@@ -35,7 +35,6 @@ from .config import (
 from .data.datasets import SkeletonDataset, load_dataset
 from .data.registry import dataset_spec
 from .data.synthetic import SyntheticConfig
-from .fileio import InputError
 from .training import distributed
 from .training.checkpoint import InputSpec, build_embedding_net, encoder_from_checkpoint, load_checkpoint
 from .training.estimate import estimate_seconds, format_duration
@@ -78,7 +77,7 @@ def check_data_arguments(cfg: RunConfig) -> None:
     """Refuse a dataset that needs a folder without one, before any work."""
     spec = dataset_spec(cfg.dataset)
     if spec.family != "synthetic" and cfg.data_root is None:
-        where = "the folder holding the split files" if spec.family == "custom" else f"the output of `prepare`"
+        where = "the folder holding the split files" if spec.family == "custom" else "the output of `prepare`"
         raise UsageError(f"--dataset {cfg.dataset} needs --data-root DIR ({where})")
 
 
