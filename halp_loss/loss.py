@@ -79,7 +79,10 @@ class HaLPInfoNCE(nn.Module):
 
     Everything runs in float32 (float64 if the query, key or negatives are float64) with autocast disabled, so
     logits, softmax and log-sum-exp are full precision under mixed-precision training. Gradient flows into the
-    query (both views in SimCLR mode), never into keys, negatives or prototypes.
+    query (both views in SimCLR mode), never into keys, negatives or prototypes. MoCo mode and the HaLP term compute
+    their gradient in closed form with the value (:mod:`halp_loss._closed_form` derives it), first order only:
+    ``torch.autograd.grad(loss, query, create_graph=True)`` raises ``RuntimeError`` (SimCLR mode with
+    ``halp_weight=0`` is plain autograd and has second-order gradients).
 
     Each call checks shapes, dtypes and devices but not values, which would read from the device every step:
     non-finite embeddings give a non-finite loss for that call, the bank leaves their keys out of its fits
