@@ -188,19 +188,23 @@ class PrototypeBank(nn.Module):
         return self.append_unit_rows(rows if normalized else unit_rows(rows))
 
     @torch.no_grad()
-    def append_unit_rows(self, rows: Tensor) -> bool:
+    def append_unit_rows(self, rows: Tensor, *, gathered: bool = False) -> bool:
         """:meth:`update` for rows that are unit already where the key had a direction and entirely zero or NaN
         where it had none, as :func:`halp_loss.geometry.unit_rows` returns them (no validation).
 
         One write into the window, zeros in place of NaN; the keys without a direction are counted later, at the
         next fit or read of ``num_skipped``, so that a step spends no kernels on the count.
 
+        Args:
+            rows: (B, D) unit rows.
+            gathered: the rows are every rank's already (the caller gathered them for the key queue too).
+
         Returns:
             True if the prototypes were refitted by this call.
         """
         if not self.training:
             return False
-        if self.gather_distributed:
+        if self.gather_distributed and not gathered:
             rows = gather_rows(rows)
         if not self.keys.shape[1]:
             dtype = compute_dtype(rows)

@@ -164,7 +164,7 @@ class KeyQueue(nn.Module):
         self._pending_count = keys.shape[0]
 
     @torch.no_grad()
-    def write_unit_rows(self, rows: Tensor) -> None:
+    def write_unit_rows(self, rows: Tensor, *, gathered: bool = False) -> None:
         """Append rows now, in place, without normalizing: for a caller whose rows are unit where the key had a
         direction and entirely zero or NaN where it had none (as :func:`halp_loss.geometry.unit_rows` returns them),
         and which keeps no tensor computed from the rows it read (as :class:`halp_loss.HaLPInfoNCE`, which computes
@@ -173,11 +173,12 @@ class KeyQueue(nn.Module):
         Args:
             rows: (B, D) rows of the queue's width; NaN is stored as zero. Gathered from all ranks first with
                 ``gather_distributed``.
+            gathered: the rows are every rank's already (the caller gathered them for the prototype bank too).
         """
         if not self.training:
             return
         self._flush()
-        if self.gather_distributed:
+        if self.gather_distributed and not gathered:
             rows = gather_rows(rows)
         if self._written == 0:
             self._allocate(rows.shape[1], rows.device, compute_dtype(rows))

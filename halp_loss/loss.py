@@ -22,6 +22,7 @@ from halp_loss._checks import (
 )
 from halp_loss._closed_form import TermParts, expected_parts, moco_loss, no_autocast, sampled_parts, term_loss
 from halp_loss.bank import PrototypeBank
+from halp_loss.distributed import gather_rows, world_size
 from halp_loss.expected import DEFAULT_NUM_NODES
 from halp_loss.functional import OBJECTIVES, info_nce_from_logits, simclr_logits
 from halp_loss.geometry import (
@@ -179,6 +180,12 @@ class HaLPInfoNCE(nn.Module):
         if isinstance(lam, Tensor):
             raise ValueError("lam must be a float in [0, 1]; per-positive tensors are for hallucinate_positives")
         check_lam(lam, 1, num_positives)
+        check_positive_int(num_prototypes, "num_prototypes", minimum=2)
+        check_positive_int(prototype_window, "prototype_window")
+        if prototype_window < num_prototypes:
+            raise ValueError(
+                f"prototype_window ({prototype_window}) must hold at least num_prototypes ({num_prototypes}) keys"
+            )
         resolve_candidates(num_candidates, num_prototypes)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(generator).__name__}")
@@ -311,13 +318,21 @@ class HaLPInfoNCE(nn.Module):
         *,
         feed_bank: bool,
     ) -> None:
-        """Keep the call's terms for :attr:`last`, feed the bank and enqueue the keys (eagerly, see :meth:`_prepare`)."""
+        """Keep the call's terms for :attr:`last`, feed the bank and enqueue the keys (eagerly, see :meth:`_prepare`).
+
+        Under ``torch.distributed`` the bank always takes every rank's keys and the queue does with
+        ``gather_distributed``; when both are fed the keys are gathered once for both.
+        """
         self._last = {"infonce": infonce, "halp": halp, "query": queries, "weight": weight}
         # After the loss, as MoCo enqueues: this call's keys are negatives from the next call on.
-        if weight > 0 and feed_bank:
-            self.bank.append_unit_rows(anchors)
+        feed_bank = feed_bank and weight > 0
+        gathered = False
+        if feed_bank and self.queue is not None and self.queue.gather_distributed and world_size() > 1:
+            anchors, gathered = gather_rows(anchors), True
+        if feed_bank:
+            self.bank.append_unit_rows(anchors, gathered=gathered)
         if self.queue is not None:
-            self.queue.write_unit_rows(anchors)
+            self.queue.write_unit_rows(anchors, gathered=gathered)
 
     def _walk_tables(self, prototypes: Optional[Tensor], dtype: torch.dtype) -> Optional[WalkTables]:
         """The walk tables of the given prototypes, else of the bank's (cached per refit), else ``None``."""

@@ -132,3 +132,31 @@ def check_moco_queues(*results: dict) -> None:
             assert torch.allclose(queue, F.normalize(torch.cat(history), dim=1)[-QUEUE:], atol=1e-12)
     assert torch.equal(results[0]["queue_gather_True"][0], results[1]["queue_gather_True"][0])
     assert not torch.equal(results[0]["queue_gather_False"][0], results[1]["queue_gather_False"][0])
+
+
+def test_one_gather_of_the_keys_per_step_feeds_both_the_queue_and_the_bank(monkeypatch):
+    """With the built-in queue gathering keys and the bank fed, a step gathers the keys once for both (as a world of
+    two ranks holding the same rows: every gathered row appears twice)."""
+    import halp_loss.bank
+    import halp_loss.key_queue
+    import halp_loss.loss
+
+    calls = []
+
+    def gather_twice(rows: torch.Tensor) -> torch.Tensor:
+        calls.append(rows.shape[0])
+        return torch.cat([rows, rows])
+
+    for module in (halp_loss.loss, halp_loss.bank, halp_loss.key_queue):
+        monkeypatch.setattr(module, "gather_rows", gather_twice)
+    for module in (halp_loss.loss, halp_loss.bank):
+        monkeypatch.setattr(module, "world_size", lambda: WORLD)
+    monkeypatch.setattr(halp_loss.bank, "broadcast_", lambda tensor: tensor)
+    criterion = HaLPInfoNCE(num_prototypes=4, prototype_window=32, memory_bank_size=(64, DIM), gather_distributed=True)
+    query, key = local_views(0, 0)
+    criterion(query.float().requires_grad_(), key.float())
+    assert calls == [BATCH]  # one gather, not one for the queue and one for the bank
+    assert criterion.queue.num_seen == criterion.bank.num_seen == WORLD * BATCH
+    calls.clear()
+    HaLPInfoNCE(halp_weight=0.0, memory_bank_size=(64, DIM), gather_distributed=True)(query.float(), key.float())
+    assert calls == [BATCH]  # without the HaLP term only the queue gathers

@@ -393,3 +393,16 @@ def test_a_non_finite_key_does_not_poison_later_steps() -> None:
 def test_hyperparameter_errors(kwargs: dict, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         HaLPInfoNCE(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"num_prototypes": 1}, "num_prototypes must be an integer >= 2"),
+        ({"num_prototypes": 20, "prototype_window": 4}, r"prototype_window \(4\) must hold at least num_prototypes"),
+        ({"prototype_window": 0}, "prototype_window"),
+    ],
+)
+def test_prototype_settings_are_refused_under_the_criterions_own_names(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        HaLPInfoNCE(**kwargs)

@@ -200,9 +200,11 @@ class Pretraining:
         return (self.cfg.pretrain.epochs - self.first_epoch) * self.steps_per_epoch
 
     def _build_criterion(self) -> HaLPInfoNCE:
-        """The loss, its prototype warm-up the keys of this run's epochs before ``halp_start_epoch``."""
+        """The loss, its prototype warm-up the keys of this run's epochs before ``halp_start_epoch`` (at least one
+        window of keys: the first prototypes are never fitted on fewer, as the released code waits for its queue)."""
         keys_per_epoch = self.steps_per_epoch * self.cfg.pretrain.batch_size
         warmup = max(0, self.cfg.loss.halp_start_epoch - self.first_epoch) * keys_per_epoch
+        warmup = max(warmup, self.cfg.loss.prototype_window)
         return build_criterion(self.cfg, warmup=warmup, generator=self.generators["positives"]).to(self.device)
 
     # -- checkpoints -------------------------------------------------------------------------------------
