@@ -34,7 +34,7 @@ ROOT = Path(__file__).resolve().parent.parent
 PIPELINE = ROOT / "examples" / "skeleton_moco.py"
 
 REFERENCE = "MoCo"
-VARIANTS: dict[str, list[str]] = {REFERENCE: ["--halp-weight", "0"], "MoCo + HaLP": []}
+VARIANTS: dict[str, list[str]] = {REFERENCE: ["--halp-weight", "0"], "MoCo + HaLP": ["--halp-weight", "2"]}
 SUPERVISED = "supervised"
 
 
@@ -188,6 +188,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--variant", type=parse_variant, action="append", default=[], metavar="NAME=FLAGS",
                         help="replace the variants by these: pipeline flags (repeatable)")  # fmt: skip
     parser.add_argument("--no-supervised", action="store_true", help="skip the supervised bound")
+    parser.add_argument(
+        "--supervised-runs", type=int, help="run the supervised bound on the first N units only (default: all)"
+    )
     parser.add_argument("--flags", default="", help="flags added to every run, e.g. '--threads 2'")
     parser.add_argument("--figure", type=Path, help="also draw the table into this PNG")
     args = parser.parse_args(argv)
@@ -196,10 +199,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: dict[str, dict[str, dict[Unit, dict[str, Any]]]] = {}
     for dataset in args.datasets:
         results[dataset] = {name: {} for name in [*variants, SUPERVISED]}
-        jobs = [(name, flags, "linear_top1") for name, flags in variants.items()]
-        if not args.no_supervised:
-            jobs.append((SUPERVISED, ["supervised"], "supervised_top1"))
-        for unit in DATASETS[dataset]:
+        for position, unit in enumerate(DATASETS[dataset]):
+            jobs = [(name, flags, "linear_top1") for name, flags in variants.items()]
+            if not args.no_supervised and (args.supervised_runs is None or position < args.supervised_runs):
+                jobs.append((SUPERVISED, ["supervised"], "supervised_top1"))
             for name, flags, key in jobs:
                 command = [*flags, "--dataset", unit.dataset, "--data-root", args.data_root, "--seed", str(unit.seed)]
                 folder = args.out / _slug(name) / unit.label

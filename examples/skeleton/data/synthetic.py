@@ -112,6 +112,10 @@ class SyntheticConfig:
         min_frames: shortest sequence; lengths are uniform in [min_frames, max_frames], whatever the class.
         two_person_fraction: fraction of classes (the last ones) that are two-person interactions.
         noise_std: sensor noise per coordinate, metres.
+        distortion: bound of a per-sample random linear distortion of the recorded coordinates (a 3 x 3 matrix with
+            ones on the diagonal and U(-distortion, distortion) elsewhere, applied in camera space, as an uncalibrated
+            sensor would): the pre-normalization removes its rotation but not its shear, so raw joint distances and
+            a random encoder see it, while the pretraining views, which shear too, teach invariance to it. 0: none.
         drop_frame_prob: probability that a frame is lost (all joints zero, as a frame with no body).
         benchmark: ``"xsub"`` (split by performer) or ``"xview"`` (split by camera) for ``load_dataset``.
         seed: everything is a deterministic function of it.
@@ -125,6 +129,7 @@ class SyntheticConfig:
     min_frames: int = 40
     two_person_fraction: float = 0.2
     noise_std: float = 0.005
+    distortion: float = 1.5
     drop_frame_prob: float = 0.01
     benchmark: str = "xsub"
     seed: int = 0
@@ -287,6 +292,7 @@ class _Draw(NamedTuple):
     camera_height: float  # metres above the floor
     noise: np.ndarray  # (T, 25, 2, 3)
     dropped: np.ndarray  # (T,) bool
+    distortion: np.ndarray  # (3, 3) linear map of the recorded coordinates
 
 
 class _World:
@@ -343,6 +349,8 @@ class _World:
             noise=config.noise_std
             * rng.standard_normal((config.max_frames, NUM_JOINTS, NUM_BODIES, 3), dtype=np.float32),
             dropped=rng.random(config.max_frames) < config.drop_frame_prob,
+            # Drawn last, so that the other draws of a sample do not depend on whether it is distorted.
+            distortion=np.eye(3) + (1 - np.eye(3)) * rng.uniform(-config.distortion, config.distortion, (3, 3)),
         )
 
     def render(self, draws: list[_Draw]) -> tuple[np.ndarray, np.ndarray]:
@@ -373,6 +381,7 @@ class _World:
             offsets = self.offsets[[draws[i].performers[body] for i in rows]]
             bodies[rows, :, :, body] = _forward_kinematics(angles, offsets, yaw, base)
         bodies = self._to_camera(bodies, draws)
+        bodies = np.einsum("bij,btvmj->btvmi", np.stack([draw.distortion for draw in draws]), bodies)
         bodies += np.stack([draw.noise for draw in draws])
         valid = (steps < num_frames[:, None]) & ~np.stack([draw.dropped for draw in draws])
         present = np.array([[len(draw.motions) > m for m in range(NUM_BODIES)] for draw in draws])
