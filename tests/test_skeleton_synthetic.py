@@ -93,6 +93,20 @@ def test_classes_differ_by_motion_not_by_trivial_cues(small):
     assert _nearest_centroid_accuracy(motion, labels, train, val) > 0.7
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"num_classes": 0}, "num_classes must be >= 1"),
+        ({"max_frames": 10}, "max_frames"),
+        ({"benchmark": "xset"}, "benchmark must be"),
+        ({"drop_frame_prob": 1.0}, "drop_frame_prob"),
+        ({"num_performers": 1000}, "999"),
+        ({"num_performers": 3}, "num_performers must be >= 4"),
+        ({"benchmark": "xview", "num_cameras": 1}, "num_cameras must be >= 2"),
+        ({"distortion": -0.5}, "distortion must be >= 0"),
+        ({"noise_std": float("nan")}, "noise_std and distortion"),
+    ],
+)
 def test_config_validation(options, message):
     with pytest.raises(ValueError, match=message):
         SyntheticConfig(**options)

@@ -144,6 +144,10 @@ class SyntheticConfig:
             raise ValueError("ids must fit the 3-digit NTU naming scheme (at most 999 each)")
         if not 0.0 <= self.two_person_fraction <= 1.0 or not 0.0 <= self.drop_frame_prob < 1.0:
             raise ValueError("two_person_fraction must be in [0, 1] and drop_frame_prob in [0, 1)")
+        if not (self.noise_std >= 0 and self.distortion >= 0):
+            raise ValueError(
+                f"noise_std and distortion must be >= 0, got noise_std={self.noise_std}, distortion={self.distortion}"
+            )
         if self.benchmark not in ("xsub", "xview"):
             raise ValueError(f"benchmark must be 'xsub' or 'xview', got {self.benchmark!r}")
         if self.benchmark == "xsub" and self.num_performers < 4:
