@@ -19,9 +19,8 @@ from typing import NamedTuple
 import numpy as np
 from einops import rearrange
 
-from .benchmarks import NUM_BODIES, NUM_JOINTS
+from .formats.ntu import NUM_BODIES, NUM_JOINTS, NtuSampleId, motion_energy
 from .layouts import KINECT_V2
-from .ntu_format import NtuSampleId, motion_energy
 
 # Forward-kinematics tree: (joint, kinematic parent, rest offset in the parent's frame in metres). The body
 # frame has x to the performer's left, y up and z forward. Listed parents-first.
