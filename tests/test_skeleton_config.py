@@ -313,3 +313,13 @@ def test_a_three_sequence_custom_folder_runs_end_to_end_and_records_what_was_ada
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_classes"] == 3 and len(metrics["pretrain_history"]) == 2
     assert 0.0 <= metrics["knn_top1"] <= 1.0 and 0.0 <= metrics["linear_top1"] <= 1.0
+
+
+def test_an_unreadable_recipe_file_is_one_line_naming_the_file_and_line(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("recipe: small\n  model: [\n")
+    assert main(["--config", str(broken), "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{broken}: not a readable YAML file at line 2" in err
+    assert main(["--config", str(tmp_path), "--print-config"]) == 2
+    assert f"config file {tmp_path} is a folder" in capsys.readouterr().err

@@ -255,11 +255,14 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
     if path in seen:
         raise InputError(f"{path}: its {BASE_KEY} chain loops back to itself")
     if not path.is_file():
-        raise InputError(f"config file {path} does not exist")
+        raise InputError(f"config file {path} {'is a folder' if path.is_dir() else 'does not exist'}")
     try:
         content = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as error:
-        raise InputError(f"{path}: not a readable YAML file ({error})") from None
+        where = getattr(error, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise InputError(f"{path}: not a readable YAML file{line} ({problem})") from None
     if not isinstance(content, dict):
         raise InputError(f"{path}: expected a mapping of settings, got {type(content).__name__}")
     base = content.pop(BASE_KEY, None)
