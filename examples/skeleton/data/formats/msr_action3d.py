@@ -25,7 +25,7 @@ import numpy as np
 from einops import rearrange
 
 from . import NUM_COORDS, Cut, FileJob, RawFormat, SampleRef, Scan, find_files, unique_samples
-from .text import SkeletonFormatError, parse_number_lines
+from .text import SkeletonFormatError, parse_number_lines, read_lines
 
 SUFFIX = "_skeleton3D.txt"
 NUM_JOINTS = 20
@@ -97,12 +97,7 @@ def read_msr(path: str | os.PathLike) -> tuple[np.ndarray, int]:
             number of lines that is not a multiple of 20, or a file without any frame that is not all zero.
         OSError: if the file cannot be read.
     """
-    with open(path, encoding="ascii", errors="replace") as handle:
-        lines = handle.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise SkeletonFormatError(path, 1, "empty file: no frame")
+    lines = read_lines(path)
     if len(lines) % NUM_JOINTS:
         raise SkeletonFormatError(
             path, len(lines), f"{len(lines)} joint lines, not a multiple of {NUM_JOINTS} (truncated last frame?)"

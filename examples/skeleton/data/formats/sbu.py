@@ -28,7 +28,7 @@ import numpy as np
 from einops import rearrange
 
 from . import NUM_COORDS, Cut, FileJob, PrepareOption, RawFormat, SampleRef, Scan, find_files, unique_samples
-from .text import SkeletonFormatError, parse_number_lines
+from .text import SkeletonFormatError, parse_number_lines, read_lines
 
 FILE_NAME = "skeleton_pos.txt"
 NUM_JOINTS = 15
@@ -113,12 +113,7 @@ def read_sbu(path: str | os.PathLike) -> np.ndarray:
             out-of-range value, or a frame number that is not an integer or does not increase.
         OSError: if the file cannot be read.
     """
-    with open(path, encoding="ascii", errors="replace") as handle:
-        lines = handle.read().splitlines()
-    while lines and not lines[-1].strip():
-        lines.pop()
-    if not lines:
-        raise SkeletonFormatError(path, 1, "empty file: no frame")
+    lines = read_lines(path)
     values = parse_number_lines(lines, list(range(len(lines))), VALUES_PER_LINE, path, separator=",")
     frames = values[:, 0]
     for line in np.flatnonzero(frames != np.round(frames)):

@@ -23,6 +23,22 @@ class SkeletonFormatError(ValueError):
         super().__init__(f"{self.path}:{line}: {message}")
 
 
+def read_lines(path: str | os.PathLike) -> list[str]:
+    """The lines of a text skeleton file (any line ending), without trailing blank lines.
+
+    Raises:
+        SkeletonFormatError: for a file without any non-blank line.
+        OSError: if the file cannot be read.
+    """
+    with open(path, encoding="ascii", errors="replace") as handle:
+        lines = handle.read().splitlines()
+    while lines and not lines[-1].strip():
+        lines.pop()
+    if not lines:
+        raise SkeletonFormatError(path, 1, "empty file: no frame")
+    return lines
+
+
 def parse_number_lines(
     lines: list[str], indices: list[int], width: int, source: str | os.PathLike, separator: str | None = None
 ) -> np.ndarray:
