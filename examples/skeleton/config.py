@@ -230,11 +230,14 @@ class RunConfig:
 def recipe_path(recipe: str, family: str) -> Path:
     """The file of a recipe: ``configs/<family>/<recipe>.yaml`` if there is one, else ``configs/_base_/<recipe>.yaml``.
 
+    Folder names spell the family with underscores (``configs/msr_action3d/``), as Python package names do.
+
     Raises:
         InputError: if neither exists (naming the recipes there are).
     """
     recipe = RECIPE_ALIASES.get(recipe, recipe)
-    for path in (CONFIG_DIR / family / f"{recipe}.yaml", CONFIG_DIR / "_base_" / f"{recipe}.yaml"):
+    folder = family.replace("-", "_")
+    for path in (CONFIG_DIR / folder / f"{recipe}.yaml", CONFIG_DIR / "_base_" / f"{recipe}.yaml"):
         if path.is_file():
             return path
     known = sorted({p.stem for p in CONFIG_DIR.glob("*/*.yaml")})
