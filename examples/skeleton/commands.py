@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -40,7 +41,7 @@ from .training.checkpoint import InputSpec, build_embedding_net, encoder_from_ch
 from .training.estimate import estimate_seconds, format_duration
 from .training.evaluation import ClassifierResult, ClassifierTraining, evaluate_knn, finetune_on_subsets
 from .training.loop import Precision
-from .training.pretrain import Pretraining
+from .training.pretrain import Pretraining, build_criterion
 from .training.runlog import plot_run, results_table, update_metrics, write_csv
 
 METRICS_FILE = "metrics.json"
@@ -274,8 +275,6 @@ def _pretrain_config(args: argparse.Namespace) -> tuple[RunConfig, Optional[dict
 
 def _check_loss(cfg: RunConfig) -> None:
     """Build the criterion once to report a setting it refuses as a flag error, before any work."""
-    from .training.pretrain import build_criterion
-
     try:
         build_criterion(cfg, warmup=0)
     except ValueError as error:
@@ -298,7 +297,7 @@ def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str,
     if checkpoint is None or not args.resume:
         fit_to_dataset(cfg, len(train_set), distributed.world_size())
     _check_loss(cfg)
-    with RunLock(out) if distributed.is_main() else _NoLock():
+    with RunLock(out) if distributed.is_main() else nullcontext():
         run = Pretraining(cfg, out, device, train_set, val_set, max_steps=args.max_steps)
         if checkpoint is not None:
             (run.resume if args.resume else run.init_from)(checkpoint)
@@ -319,14 +318,6 @@ def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str,
             )
             print(f"pretraining {status}: {run.checkpoint_dir / 'last.pt'}", flush=True)
     return run, status, out
-
-
-class _NoLock:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def pretrain_command(args: argparse.Namespace) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -84,7 +84,7 @@ def _probe(run: Pretraining, x: torch.Tensor, num_frames: torch.Tensor) -> tuple
     return step_seconds, _median_seconds(evaluate, run.device)
 
 
-def _median_seconds(work, device: torch.device) -> float:
+def _median_seconds(work: Callable[[], None], device: torch.device) -> float:
     times = []
     for attempt in range(PROBE_STEPS + 1):
         started = time.perf_counter()
