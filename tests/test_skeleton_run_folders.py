@@ -54,6 +54,20 @@ def test_an_evaluation_into_another_runs_folder_is_refused(runs, capsys):
     assert _snapshot(folder) == before
 
 
+def test_an_evaluation_into_a_stopped_pretrainings_folder_is_refused(runs, tmp_path, capsys):
+    """A pretraining killed before it wrote metrics.json still owns its folder (its checkpoints and config)."""
+    a, b = runs
+    folder = tmp_path / "stopped"
+    shutil.copytree(a.parent.parent, folder)
+    (folder / "metrics.json").unlink()
+    before = _snapshot(folder)
+    err = one_line_error(["knn", "--device", "cpu", "--init-from", str(b), "--out", str(folder)], capsys)
+    assert f"--out {folder} holds the results of another run ({folder / 'checkpoints' / 'last.pt'})" in err
+    assert _snapshot(folder) == before
+    own = folder / "checkpoints" / "last.pt"
+    assert main(["knn", "--device", "cpu", "--init-from", str(own), "--out", str(folder)]) == 0
+
+
 def test_an_evaluation_of_the_runs_own_checkpoint_adds_to_its_metrics(runs, tmp_path):
     a, _ = runs
     folder = tmp_path / "A"

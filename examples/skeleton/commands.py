@@ -125,18 +125,27 @@ def check_fresh_run_folder(out: Path) -> None:
 
 
 def check_evaluation_folder(out: Path, checkpoint: Path) -> None:
-    """Refuse an evaluation into a folder whose metrics come from another checkpoint's run."""
-    metrics = out / METRICS_FILE
-    if not metrics.is_file():
-        return
-    try:
-        owner = json.loads(metrics.read_text(encoding="utf-8")).get("checkpoint")
-    except (ValueError, AttributeError):
-        return  # an unreadable metrics.json is moved aside when it is next written
-    if owner is not None and Path(owner).resolve() != checkpoint.resolve():
+    """Refuse an evaluation into a folder that belongs to another checkpoint's run: the one its ``metrics.json``
+    names or, for a pretraining stopped before it recorded any result, the folder's own ``checkpoints/last.pt``."""
+    owner = _folder_owner(out)
+    if owner is not None and owner.resolve() != checkpoint.resolve():
         raise UsageError(
             f"--out {out} holds the results of another run ({owner}); evaluate {checkpoint} into its own folder"
         )
+
+
+def _folder_owner(out: Path) -> Optional[Path]:
+    metrics = out / METRICS_FILE
+    if metrics.is_file():
+        try:
+            owner = json.loads(metrics.read_text(encoding="utf-8")).get("checkpoint")
+        except (ValueError, AttributeError):
+            owner = None  # an unreadable metrics.json is moved aside when it is next written
+        if owner is not None:
+            return Path(owner)
+    if (out / "config.json").is_file() or (out / "checkpoints").is_dir():
+        return out / "checkpoints" / "last.pt"  # a pretraining that stopped before writing metrics.json
+    return None
 
 
 class RunLock:
