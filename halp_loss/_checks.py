@@ -105,7 +105,7 @@ far from overflow after being summed over a batch of positives (T = 1e-308 gives
 
 
 def check_temperature(temperature: float) -> float:
-    """Return the temperature of every logit as a float if it is a finite number >= :data:`MIN_TEMPERATURE`."""
+    """Return the temperature of every logit as a float if it is a finite number >= ``MIN_TEMPERATURE``."""
     return check_number(temperature, "temperature", minimum=MIN_TEMPERATURE)
 
 
@@ -148,8 +148,8 @@ def caller_stacklevel() -> int:
 def check_term_tensors(query: Tensor, anchor: Tensor, prototypes: Tensor, negatives_lse: Optional[Tensor]) -> None:
     """Validate the tensors of a public HaLP term: shapes, dtypes, devices and values.
 
-    This reads values back from the device (finiteness, zero rows), so :class:`halp_loss.HaLPInfoNCE`, whose own
-    checks are free of host reads, calls the unchecked terms instead.
+    This reads values back from the device (finiteness, zero rows), so [`halp_loss.HaLPInfoNCE`][halp_loss.HaLPInfoNCE],
+    whose own checks are free of host reads, calls the unchecked terms instead.
     """
     check_pair(query, "query", anchor, "anchor")
     check_matrix(prototypes, "prototypes", query.shape[1])

@@ -14,10 +14,10 @@ negative logits ``lse = log sum_j exp(q.n_j / T)``,
 
     dl/dq = sigmoid(gap) (E_softmax[n] - k) / T,
 
-one (B, K) x (K, D) product beyond the logits (:func:`moco_loss`; the mean over B rows divides by B).
+one (B, K) x (K, D) product beyond the logits (``moco_loss``; the mean over B rows divides by B).
 
 **2. Through the row normalization.** A raw query row ``x`` becomes ``q = x c / r`` with ``c`` a power of two
-(:func:`halp_loss.geometry.normalize_rows`, exact, so it carries no gradient) and ``r = |x c|``. Since
+(``halp_loss.geometry.normalize_rows``, exact, so it carries no gradient) and ``r = |x c|``. Since
 ``dq/dx = (I - q q^T) c / r``, a gradient ``g`` in the unit query is ``(g - q (q.g)) c / r`` in the raw one.
 
 **3. The HaLP term.** A positive at angle ``x`` along the walk from the anchor ``k`` toward the prototype ``p_s``
@@ -34,7 +34,7 @@ mean over the kept positives, ``L = sum_i c_i l_i / N``, with
 - ``"infonce"``: ``l_i = softplus(lse - q.h_i / T)``, each positive scored against the row's negatives. As in 1,
   ``dl_i/dq = sigmoid(gap_i) (d lse/dq - h_i / T)``: the positives enter as in ``"align"`` with weights
   ``c_i sigmoid(gap_i)``, and ``lse`` gets the coefficient ``sum_i c_i sigmoid(gap_i) / N`` (``lse_grad``), which
-  :func:`moco_loss` folds into its ``E_softmax[n]`` product and SimCLR mode hands to autograd through ``lse``.
+  ``moco_loss`` folds into its ``E_softmax[n]`` product and SimCLR mode hands to autograd through ``lse``.
 
 Either way the gradient is ``-sum_i a_i h_i / (T N)`` for weights ``a_i``.
 
@@ -44,7 +44,7 @@ weighted positives of one anchor toward one target sum to ``Z_s = sum_i a_i e^{i
 
     sum_s (C_s k + S_s u_s) = [sum_s (C_s - S_s cos w_s / sin w_s)] k + sum_s (S_s / sin w_s) p_s,
 
-a scaled anchor plus one (R, P) x (P, D) product (:func:`combine_positions`): no (R, M, D) tensor is built.
+a scaled anchor plus one (R, P) x (P, D) product (``combine_positions``): no (R, M, D) tensor is built.
 
 **5. The expected estimator.** A positive's angle is uniform on ``[(1 - lam) e, e]``, ``e`` the walk's end, and it
 is kept on ``[(1 - lam) e, exit]``, of length ``L_s``, with probability ``pi_s = L_s / (lam e)``. Over infinitely
@@ -52,14 +52,14 @@ many positives, each target drawn uniformly among the C candidates, ``sum_i c_i 
 ``sum_s pi_s E[l | kept, s] / sum_s pi_s`` (the common factor M / C cancels). For ``"align"`` the mean of
 ``e^{ix}`` over an interval of length ``L`` around ``m`` is ``sinc(L / 2) e^{im}``, so ``Z_s = pi_s sinc(L_s / 2)
 e^{i m_s}``; for ``"infonce"`` each kept interval is integrated by Gauss-Legendre quadrature, ``Z_s = sum_n pi_s
-omega_n sigmoid(gap(x_n)) e^{i x_n}``. Both go through 4 unchanged (:func:`expected_parts`).
+omega_n sigmoid(gap(x_n)) e^{i x_n}``. Both go through 4 unchanged (``expected_parts``).
 
-**6. Attaching the gradient.** :class:`ClosedFormLoss` returns the value and hands the precomputed gradient to
+**6. Attaching the gradient.** ``ClosedFormLoss`` returns the value and hands the precomputed gradient to
 autograd in backward. The gradient is a constant to autograd, so it has no derivative of its own: second-order
 gradients (``create_graph=True``) raise a ``RuntimeError`` instead of silently coming out zero.
 
-Nothing here validates its inputs: the public functions (:mod:`halp_loss.functional`, :mod:`halp_loss.expected`)
-and :class:`halp_loss.HaLPInfoNCE` check them first.
+Nothing here validates its inputs: the public functions ([`halp_loss.functional`][halp_loss.functional],
+``halp_loss.expected``) and [`halp_loss.HaLPInfoNCE`][halp_loss.HaLPInfoNCE] check them first.
 """
 
 from __future__ import annotations
@@ -118,8 +118,8 @@ class TermParts(NamedTuple):
         kept: scalar, the number of kept positives (their expected number for the expected estimator).
         count: the number of positives (or walks) ``kept`` is out of.
         denominator: scalar, ``kept`` clamped away from 0.
-        weights: the kept weight of every positive (or walk), for :meth:`mean_t`.
-        angles: the angle along its walk of every positive (or of each walk's kept mean), for :meth:`mean_t`.
+        weights: the kept weight of every positive (or walk), for ``mean_t``.
+        angles: the angle along its walk of every positive (or of each walk's kept mean), for ``mean_t``.
         lengths: (R, P) the walks' lengths ``w``; ``target`` (R, M) picks each positive's walk, or is ``None``
             when ``angles`` has one entry per walk.
     """
@@ -182,7 +182,7 @@ def term_loss(query: Tensor, negatives_lse: Optional[Tensor], parts: TermParts) 
 
 
 class MocoLoss(NamedTuple):
-    """:func:`moco_loss`'s result.
+    """``moco_loss``'s result.
 
     Attributes:
         loss: the scalar loss, whose gradient flows into the query.
@@ -299,7 +299,7 @@ def sampled_parts(
     """The sampled HaLP term (sections 3 and 4) of unit ``query`` and ``anchor`` rows (R, D) of the prototypes'
     dtype, ``walks`` those of ``anchor`` toward ``tables``, ``negatives_lse`` (R, 1) for ``"infonce"``.
 
-    ``draws`` are the :func:`halp_loss.geometry.random_draws` to use, drawn here from ``generator`` if ``None``.
+    ``draws`` are the ``halp_loss.geometry.random_draws`` to use, drawn here from ``generator`` if ``None``.
     """
     if draws is None:
         draws = random_draws(anchor.shape[0], num_candidates, num_positives, generator, anchor.device, anchor.dtype)

@@ -42,8 +42,8 @@ class PrototypeBank(nn.Module):
     refits every ``every`` calls. In eval mode the bank is frozen: ``update`` checks its input and changes nothing.
 
     The ``keys`` buffer is the window's ring buffer, written lazily: appended keys reach it at the next fit,
-    :meth:`recent_keys` or ``state_dict()``, and most batches, overwritten before any of those, are never
-    written. Read the window with :meth:`recent_keys`.
+    [`recent_keys`][halp_loss.PrototypeBank.recent_keys] or ``state_dict()``, and most batches, overwritten before any
+    of those, are never written. Read the window with [`recent_keys`][halp_loss.PrototypeBank.recent_keys].
 
     Keys that are not finite, or are zero, have no direction. They count as seen but are stored as zero rows
     and left out of every fit, with a ``RuntimeWarning`` the first time and a running count in
@@ -189,8 +189,8 @@ class PrototypeBank(nn.Module):
 
     @torch.no_grad()
     def append_unit_rows(self, rows: Tensor, *, gathered: bool = False) -> bool:
-        """:meth:`update` for rows that are unit already where the key had a direction and entirely zero or NaN
-        where it had none, as :func:`halp_loss.geometry.unit_rows` returns them (no validation).
+        """[`update`][halp_loss.PrototypeBank.update] for rows that are unit already where the key had a direction and
+        entirely zero or NaN where it had none, as ``halp_loss.geometry.unit_rows`` returns them (no validation).
 
         One write into the window, zeros in place of NaN; the keys without a direction are counted later, at the
         next fit or read of ``num_skipped``, so that a step spends no kernels on the count.
@@ -249,7 +249,7 @@ class PrototypeBank(nn.Module):
             self.skipped += count_without_direction(rows)
 
     def walk_tables(self, dtype: torch.dtype) -> WalkTables:
-        """The walk tables of the prototypes in ``dtype`` (:func:`halp_loss.geometry.walk_tables`), computed once per
+        """The walk tables of the prototypes in ``dtype`` (``halp_loss.geometry.walk_tables``), computed once per
         fit: what the walks need from the prototypes alone (their cosines and the boundary ratios) costs no kernel
         between refits."""
         cached = self._tables

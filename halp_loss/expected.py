@@ -1,7 +1,7 @@
 """The HaLP term in the limit of infinitely many positives: exact, deterministic, zero variance.
 
-:func:`halp_loss.functional.sampled_halp_term` averages over ``M`` random positives per anchor, each with a
-random target ``p_s`` (uniform over the candidates) and a random step ``t`` (uniform on
+[`halp_loss.functional.sampled_halp_term`][halp_loss.functional.sampled_halp_term] averages over ``M`` random positives
+per anchor, each with a random target ``p_s`` (uniform over the candidates) and a random step ``t`` (uniform on
 ``[(1 - lam) t_max, t_max]``). Its ``M -> infinity`` limit has a closed form.
 
 Along the walk from the anchor ``k`` toward ``p_s`` (angle ``w``), a positive passes the rank filter while
@@ -69,7 +69,7 @@ def exit_times(anchor: Tensor, prototypes: Tensor, *, num_candidates: Optional[i
             ``P - 1``, in index order).
 
     Returns:
-        :class:`ExitTimes` with (B, C) fields in float32 (float64 if an input is float64).
+        [`ExitTimes`][halp_loss.ExitTimes] with (B, C) fields in float32 (float64 if an input is float64).
 
     Raises:
         ValueError: for inputs of the wrong rank, dtype or device, a dim mismatch, ``P < 2``, ``num_candidates``
@@ -106,11 +106,12 @@ def expected_halp_term(
     num_nodes: int = DEFAULT_NUM_NODES,
 ) -> HaLPTerm:
     """The HaLP term over infinitely many positives per anchor: the ``num_positives -> infinity`` limit of
-    :func:`halp_loss.functional.sampled_halp_term`, deterministic and with zero variance.
+    [`halp_loss.functional.sampled_halp_term`][halp_loss.functional.sampled_halp_term], deterministic and with zero
+    variance.
 
     For each anchor and each candidate target the rank filter keeps the steps ``t <= t_exit``
-    (:func:`exit_times`), so with ``t`` uniform on ``[(1 - lam) t_max, t_max]`` the probability of being kept
-    and the law of the kept positives are known exactly. The term is the ratio of sums over all anchors and
+    ([`exit_times`][halp_loss.exit_times]), so with ``t`` uniform on ``[(1 - lam) t_max, t_max]`` the probability of
+    being kept and the law of the kept positives are known exactly. The term is the ratio of sums over all anchors and
     targets ``sum E[keep * loss] / sum E[keep]``, which is what the sampled estimator's
     ``sum keep * loss / sum keep`` converges to. For ``"align"`` the mean of ``q . h`` over a kept interval
     ``[t1, t2]`` is ``sinc((t2 - t1) w / 2) q . h((t1 + t2) / 2)``; for ``"infonce"`` the interval is integrated
@@ -130,7 +131,7 @@ def expected_halp_term(
             form); the default is accurate to ~1e-6.
 
     Returns:
-        :class:`HaLPTerm` whose ``kept_fraction`` is the mean probability of being kept and ``mean_t`` the mean
+        ``HaLPTerm`` whose ``kept_fraction`` is the mean probability of being kept and ``mean_t`` the mean
         step of the kept positives. Float32 (float64 if ``query`` or ``anchor`` is float64), with autocast
         disabled inside.
 

@@ -3,10 +3,11 @@
 The functions accept any floating dtype and compute in float32 (float64 when an input is float64) with autocast
 disabled; they validate their inputs and raise ``ValueError`` naming the argument.
 
-:func:`info_nce` and the HaLP terms compute their gradient in closed form together with their value
-(:mod:`halp_loss._closed_form` derives it): first order only, so ``create_graph=True`` raises ``RuntimeError``.
-:func:`nt_xent` is plain autograd. :func:`simclr_logits` and :func:`info_nce_from_logits` are the unvalidated pieces
-:class:`halp_loss.HaLPInfoNCE` composes after its own checks.
+[`info_nce`][halp_loss.functional.info_nce] and the HaLP terms compute their gradient in closed form together with
+their value (``halp_loss._closed_form`` derives it): first order only, so ``create_graph=True`` raises
+``RuntimeError``. [`nt_xent`][halp_loss.functional.nt_xent] is plain autograd. ``simclr_logits`` and
+``info_nce_from_logits`` are the unvalidated pieces [`halp_loss.HaLPInfoNCE`][halp_loss.HaLPInfoNCE] composes after its
+own checks.
 """
 
 from __future__ import annotations
@@ -184,13 +185,13 @@ def run_checked_term(
     **options: Any,
 ) -> HaLPTerm:
     """Validate the arguments shared by the public HaLP terms, cast the tensors to one float dtype, evaluate the
-    unchecked ``term`` (which returns :class:`TermParts`) with autocast disabled and return its :class:`HaLPTerm`,
+    unchecked ``term`` (which returns ``TermParts``) with autocast disabled and return its ``HaLPTerm``,
     whose loss carries the gradient into ``query`` (and ``negatives_lse``). ``lam`` must broadcast to
     (R, ``lam_columns``), which ``lam_meaning`` describes; ``options`` are the estimator's own arguments, which the
     caller has checked.
 
     Raises:
-        ValueError: naming the argument, see :func:`sampled_halp_term`.
+        ValueError: naming the argument, see [`sampled_halp_term`][halp_loss.functional.sampled_halp_term].
     """
     check_term_tensors(query, anchor, prototypes, negatives_lse)
     if objective not in OBJECTIVES:
@@ -239,8 +240,9 @@ def sampled_halp_term(
 
     A positive at angle ``x`` along the walk toward ``p_s`` is ``cos x k + sin x u_s`` in the plane of the anchor
     and the target, so the term and its gradient need only ``q.k``, ``q.P``, ``k.P`` and ``P.P^T``
-    (:mod:`halp_loss._closed_form`). The draws are the same as :func:`halp_loss.hallucinate_positives` makes for the
-    same generator state. The gradient is first order only: ``create_graph=True`` raises ``RuntimeError``.
+    (``halp_loss._closed_form``). The draws are the same as
+    [`halp_loss.hallucinate_positives`][halp_loss.hallucinate_positives] makes for the same generator state. The
+    gradient is first order only: ``create_graph=True`` raises ``RuntimeError``.
 
     Args:
         query: (R, D) unit-norm queries, ``R >= 1`` (receive the gradient).
@@ -255,7 +257,7 @@ def sampled_halp_term(
         generator: optional generator for the draws, on the inputs' device.
 
     Returns:
-        :class:`HaLPTerm` in float32 (float64 if ``query`` or ``anchor`` is float64), with autocast disabled.
+        ``HaLPTerm`` in float32 (float64 if ``query`` or ``anchor`` is float64), with autocast disabled.
 
     Raises:
         ValueError: for a wrong rank, dtype, width or device, an empty batch, ``anchor`` not shaped like

@@ -16,7 +16,7 @@ For each anchor and target every boundary is the root of a sinusoid ``a sin(w - 
 ``x = atan2(sin w, cos w + rho)`` with ``rho = -c / a``: decreasing in ``rho``, so the first boundary a walk meets
 is the one of largest ``rho``. The ``rho`` of the target's own boundary is ``(1 - p_s . p0) / a``, that of a third
 prototype ``-(c + tie) / a``; their numerators depend on the prototypes only and are tabulated once per set of
-prototypes (:class:`WalkTables`), so a call costs one (B, P, P) division and a max.
+prototypes (``WalkTables``), so a call costs one (B, P, P) division and a max.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def unit_rows(x: Tensor) -> Tensor:
 
 
 def normalize_rows(x: Tensor, *, inplace: bool = False) -> tuple[Tensor, Tensor, Tensor]:
-    """:func:`unit_rows` and its pieces: ``(unit, scale, norm)`` with ``unit = x * scale / norm``, ``scale`` the
+    """``unit_rows`` and its pieces: ``(unit, scale, norm)`` with ``unit = x * scale / norm``, ``scale`` the
     (..., 1) powers of two and ``norm`` the clamped norms of the scaled rows, so that the gradient of ``unit``
     is ``(g - unit (unit . g)) * scale / norm`` (what the fused losses compute without autograd).
 
@@ -87,13 +87,13 @@ def normalize_rows(x: Tensor, *, inplace: bool = False) -> tuple[Tensor, Tensor,
 
 @torch.no_grad()
 def detached_unit_rows(x: Tensor) -> Tensor:
-    """:func:`unit_rows` without autograd, for many rows in any memory layout (MoCo negatives passed as ``queue.T``).
+    """``unit_rows`` without autograd, for many rows in any memory layout (MoCo negatives passed as ``queue.T``).
 
     Each row is divided by its largest magnitude (by the smallest normal number if that is smaller, an exact power
     of two, so that subnormal rows are scaled up and zero rows give no 0 / 0), which brings every finite row into a
     range where its norm neither overflows nor underflows, then by that norm; zero rows stay zero. Three passes over
     the rows and two writes: a column-major 16384 x 128 queue is normalized in less time than ``F.normalize`` takes.
-    Rows agree with :func:`unit_rows` to float rounding (not bit for bit).
+    Rows agree with ``unit_rows`` to float rounding (not bit for bit).
     """
     tiny = torch.finfo(x.dtype).tiny
     unit = x / x.abs().amax(dim=-1, keepdim=True).clamp_min_(tiny)
@@ -161,7 +161,7 @@ class WalkTables(NamedTuple):
 
 @torch.no_grad()
 def walk_tables(prototypes: Tensor) -> WalkTables:
-    """:class:`WalkTables` of (P, D) unit prototypes, ``P >= 2`` (no validation, no autograd)."""
+    """``WalkTables`` of (P, D) unit prototypes, ``P >= 2`` (no validation, no autograd)."""
     num = prototypes.shape[0]
     tiny = torch.finfo(prototypes.dtype).tiny
     gram = prototypes @ prototypes.T
@@ -209,7 +209,7 @@ class Walks(NamedTuple):
 
 
 def walk_angles(anchor: Tensor, tables: WalkTables) -> Walks:
-    """:class:`Walks` of unit ``anchor`` rows (B, D) toward every prototype of ``tables`` (no validation, no
+    """``Walks`` of unit ``anchor`` rows (B, D) toward every prototype of ``tables`` (no validation, no
     autograd).
 
     The rank filter keeps a positive while its nearest prototype is still ``p0``: while ``h(x) . (p0 - p_j) >= 0``
@@ -291,7 +291,7 @@ def random_draws(
     default generator of ``device`` if ``None``), in the order the released code draws them.
 
     Run eagerly even inside torch.compile: compiled random ops neither take a generator nor follow its stream, and
-    the draws must be the ones :func:`hallucinate_positives` makes.
+    the draws must be the ones [`hallucinate_positives`][halp_loss.hallucinate_positives] makes.
     """
     pick = torch.randint(num_candidates, (rows, num_positives), generator=generator, device=device)
     return pick, torch.rand(pick.shape, generator=generator, device=device, dtype=dtype)
@@ -382,7 +382,8 @@ def hallucinate_positives(
         generator: optional ``torch.Generator`` on the anchors' device for reproducible draws.
 
     Returns:
-        A :class:`Hallucination` with ``positives`` (B, M, D) in float32 (float64 if an input is float64).
+        A [`Hallucination`][halp_loss.Hallucination] with ``positives`` (B, M, D) in float32 (float64 if an input is
+        float64).
 
     Raises:
         ValueError: for inputs of the wrong rank, dtype or device, a dim mismatch, ``P < 2``, ``num_candidates``

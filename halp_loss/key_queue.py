@@ -43,21 +43,23 @@ def parse_memory_bank_size(size: MemoryBankSize) -> tuple[int, Optional[int]]:
 class KeyQueue(nn.Module):
     """FIFO queue of the ``size`` most recent keys, unit-norm and detached: the negatives of MoCo's InfoNCE.
 
-    :class:`halp_loss.HaLPInfoNCE` keeps one when built with ``memory_bank_size``. Each call reads the negatives
-    (:meth:`negatives`) and then enqueues its keys (:meth:`enqueue`), so a step never scores its own keys, as in
-    MoCo. Before ``size`` keys have arrived only the filled rows are negatives (the first call has none): the loss
-    is then InfoNCE over every key seen so far, with no placeholder vectors in the softmax.
+    [`halp_loss.HaLPInfoNCE`][halp_loss.HaLPInfoNCE] keeps one when built with ``memory_bank_size``. Each call reads the
+    negatives ([`negatives`][halp_loss.KeyQueue.negatives]) and then enqueues its keys
+    ([`enqueue`][halp_loss.KeyQueue.enqueue]), so a step never scores its own keys, as in MoCo. Before ``size`` keys
+    have arrived only the filled rows are negatives (the first call has none): the loss is then InfoNCE over every key
+    seen so far, with no placeholder vectors in the softmax.
 
-    :meth:`enqueue` writes its keys when the queue is next read (:meth:`negatives`, :meth:`recent`, ``state_dict()``),
-    in place, which costs no copy: a loss written with autograd keeps the rows it read until its backward, so
-    writing them at once would change that loss's gradient. Call backward before the next read, as a training loop
-    does; a backward that still needs rows overwritten in place raises autograd's error about a tensor modified in
-    place rather than computing a wrong gradient. Keys that are not finite are stored as
-    zero rows (negatives of logit 0), so one bad batch does not make the next ``size / batch`` losses NaN.
+    [`enqueue`][halp_loss.KeyQueue.enqueue] writes its keys when the queue is next read
+    ([`negatives`][halp_loss.KeyQueue.negatives], [`recent`][halp_loss.KeyQueue.recent], ``state_dict()``), in place,
+    which costs no copy: a loss written with autograd keeps the rows it read until its backward, so writing them at once
+    would change that loss's gradient. Call backward before the next read, as a training loop does; a backward that
+    still needs rows overwritten in place raises autograd's error about a tensor modified in place rather than computing
+    a wrong gradient. Keys that are not finite are stored as zero rows (negatives of logit 0), so one bad batch does not
+    make the next ``size / batch`` losses NaN.
 
-    Training mode only: in eval mode :meth:`enqueue` changes nothing. ``state_dict()`` holds the rows and the count
-    of keys seen, so a resumed run scores the same negatives as an uninterrupted one; loading a state of another
-    ``size`` or ``dim`` raises ``ValueError``, and a queue built without ``dim`` adopts the checkpoint's.
+    Training mode only: in eval mode [`enqueue`][halp_loss.KeyQueue.enqueue] changes nothing. ``state_dict()`` holds the
+    rows and the count of keys seen, so a resumed run scores the same negatives as an uninterrupted one; loading a state
+    of another ``size`` or ``dim`` raises ``ValueError``, and a queue built without ``dim`` adopts the checkpoint's.
 
     Args:
         size: K, number of keys kept (>= 1).
@@ -166,9 +168,9 @@ class KeyQueue(nn.Module):
     @torch.no_grad()
     def write_unit_rows(self, rows: Tensor, *, gathered: bool = False) -> None:
         """Append rows now, in place, without normalizing: for a caller whose rows are unit where the key had a
-        direction and entirely zero or NaN where it had none (as :func:`halp_loss.geometry.unit_rows` returns them),
-        and which keeps no tensor computed from the rows it read (as :class:`halp_loss.HaLPInfoNCE`, which computes
-        the query's gradient in the forward pass). In eval mode do nothing.
+        direction and entirely zero or NaN where it had none (as ``halp_loss.geometry.unit_rows`` returns them),
+        and which keeps no tensor computed from the rows it read (as [`halp_loss.HaLPInfoNCE`][halp_loss.HaLPInfoNCE],
+        which computes the query's gradient in the forward pass). In eval mode do nothing.
 
         Args:
             rows: (B, D) rows of the queue's width; NaN is stored as zero. Gathered from all ranks first with

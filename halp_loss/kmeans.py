@@ -17,7 +17,7 @@ _INITS = ("kmeans++", "random")
 
 
 class KMeansResult(NamedTuple):
-    """Result of :func:`spherical_kmeans`.
+    """Result of [`spherical_kmeans`][halp_loss.spherical_kmeans].
 
     Attributes:
         centroids: (C, D) unit-norm centroids.
@@ -94,8 +94,8 @@ def spherical_kmeans(
         generator: optional ``torch.Generator`` on ``x``'s device; the result is deterministic given it.
 
     Returns:
-        :class:`KMeansResult` with ``centroids`` (C, D) unit-norm in float32 (float64 for float64 input),
-        ``assignments`` (N,) and the number of ``iterations`` run.
+        [`KMeansResult`][halp_loss.KMeansResult] with ``centroids`` (C, D) unit-norm in float32 (float64 for float64
+        input), ``assignments`` (N,) and the number of ``iterations`` run.
 
     Raises:
         ValueError: if ``x`` is not 2-D floating point, holds non-finite values or zero rows, if
@@ -129,8 +129,9 @@ def fit_unit_points(
     init: str,
     generator: Optional[torch.Generator],
 ) -> KMeansResult:
-    """:func:`spherical_kmeans` on unit-norm ``points`` without validating them, so that a caller holding
-    already-normalized data (the prototype bank, every refit) reads nothing back from the device for checks."""
+    """[`spherical_kmeans`][halp_loss.spherical_kmeans] on unit-norm ``points`` without validating them, so that a
+    caller holding already-normalized data (the prototype bank, every refit) reads nothing back from the device for
+    checks."""
     if init == "kmeans++":
         centroids = _kmeanspp(points, num_clusters, generator)
     else:

@@ -49,9 +49,9 @@ class HaLPInfoNCE(nn.Module):
     SimCLR mode (no queue, ``negatives=None``): symmetric NT-Xent over the 2B views with in-batch negatives; both
     views act as queries, each anchored on the other.
 
-    The built-in queue (:class:`KeyQueue`, at ``criterion.queue``) holds the last K normalized, detached keys. Each
-    call scores its queries against the keys of earlier calls and then enqueues its own (gathered from all ranks
-    with ``gather_distributed``), as MoCo does; before K keys have arrived the negatives are the keys seen so far
+    The built-in queue ([`KeyQueue`][halp_loss.KeyQueue], at ``criterion.queue``) holds the last K normalized, detached
+    keys. Each call scores its queries against the keys of earlier calls and then enqueues its own (gathered from all
+    ranks with ``gather_distributed``), as MoCo does; before K keys have arrived the negatives are the keys seen so far
     (none on the first call). The queue is in ``state_dict()`` and frozen in eval mode. Call the criterion once per
     step: a second call would score the first call's keys as negatives (for a symmetrized loss, pass both pairs in
     one call, concatenated).
@@ -67,13 +67,13 @@ class HaLPInfoNCE(nn.Module):
 
     - ``estimator="sampled"`` (the paper): ``num_positives`` random positives per anchor;
     - ``estimator="expected"``: the exact ``num_positives -> infinity`` limit of the sampled term, averaged over
-      every candidate target and step in closed form (:func:`halp_loss.expected_halp_term`): deterministic, no
-      gradient noise from the draws, at about the cost of sampling 100 positives.
+      every candidate target and step in closed form ([`halp_loss.expected_halp_term`][halp_loss.expected_halp_term]):
+      deterministic, no gradient noise from the draws, at about the cost of sampling 100 positives.
 
-    Prototypes come from the module's :class:`PrototypeBank`, fed with the keys on every training-mode call after
-    the loss is computed (as MoCo enqueues after the step), or from the ``prototypes`` argument, which bypasses the
-    bank. Until the bank has prototypes, and whenever ``halp_weight == 0`` (the bank is then not fed either), the
-    loss is exactly plain InfoNCE.
+    Prototypes come from the module's [`PrototypeBank`][halp_loss.PrototypeBank], fed with the keys on every
+    training-mode call after the loss is computed (as MoCo enqueues after the step), or from the ``prototypes``
+    argument, which bypasses the bank. Until the bank has prototypes, and whenever ``halp_weight == 0`` (the bank is
+    then not fed either), the loss is exactly plain InfoNCE.
 
     Queries, keys, views, negatives and given prototypes are normalized inside, at any magnitude; the queue's keys
     are stored normalized, so its negatives cost no normalization.
@@ -81,14 +81,14 @@ class HaLPInfoNCE(nn.Module):
     Everything runs in float32 (float64 if the query, key or negatives are float64) with autocast disabled, so
     logits, softmax and log-sum-exp are full precision under mixed-precision training. Gradient flows into the
     query (both views in SimCLR mode), never into keys, negatives or prototypes. MoCo mode and the HaLP term compute
-    their gradient in closed form with the value (:mod:`halp_loss._closed_form` derives it), first order only:
+    their gradient in closed form with the value (``halp_loss._closed_form`` derives it), first order only:
     ``torch.autograd.grad(loss, query, create_graph=True)`` raises ``RuntimeError`` (SimCLR mode with
     ``halp_weight=0`` is plain autograd and has second-order gradients).
 
     Each call checks shapes, dtypes and devices but not values, which would read from the device every step:
     non-finite embeddings give a non-finite loss for that call, the bank leaves their keys out of its fits
-    (:class:`PrototypeBank`) and the queue stores them as zero rows, so later calls with finite inputs are finite
-    again.
+    ([`PrototypeBank`][halp_loss.PrototypeBank]) and the queue stores them as zero rows, so later calls with finite
+    inputs are finite again.
 
     A SimCLR-mode call in training, with gradient enabled, whose query has a gradient but whose key has none looks
     like a MoCo port that lost its queue (it would get 2B - 2 in-batch negatives instead of K): it warns once,
@@ -288,7 +288,7 @@ class HaLPInfoNCE(nn.Module):
         """The call's negatives (the queue's, or as given), the transposed queue, the walk tables and the
         sampled estimator's random draws (the last two ``None`` when the HaLP term is off).
 
-        Run eagerly under torch.compile, as :meth:`_record`: what depends on the queue's and the bank's counters
+        Run eagerly under torch.compile, as ``_record``: what depends on the queue's and the bank's counters
         (how many rows the queue holds, whether the bank has fitted, the tables of its latest fit) then reaches
         the compiled code as tensors, not as Python values it would specialize on and recompile for; and the draws
         follow the generator's stream, which compiled random ops would not.
@@ -318,7 +318,8 @@ class HaLPInfoNCE(nn.Module):
         *,
         feed_bank: bool,
     ) -> None:
-        """Keep the call's terms for :attr:`last`, feed the bank and enqueue the keys (eagerly, see :meth:`_prepare`).
+        """Keep the call's terms for [`last`][halp_loss.HaLPInfoNCE.last], feed the bank and enqueue the keys (eagerly,
+        see ``_prepare``).
 
         Under ``torch.distributed`` the bank always takes every rank's keys and the queue does with
         ``gather_distributed``; when both are fed the keys are gathered once for both.
@@ -407,7 +408,7 @@ class HaLPInfoNCE(nn.Module):
         weight: float,
         dtype: torch.dtype,
     ) -> tuple[Tensor, Tensor, Optional[TermParts], Tensor, Tensor]:
-        """MoCo's InfoNCE and the HaLP term (:func:`halp_loss._closed_form.moco_loss`); the queue's keys are unit rows
+        """MoCo's InfoNCE and the HaLP term (``halp_loss._closed_form.moco_loss``); the queue's keys are unit rows
         already (``negatives_t`` given), explicit negatives are normalized.
 
         Returns the loss, the rows' InfoNCE losses, the HaLP term's parts (``None`` when off), the unit queries and

@@ -3,7 +3,7 @@
 A value out of range is an argparse error that names the flag (``argument --pretrain-batch-size: expected an integer
 >= 1, got '0'``), where it used to end in a ZeroDivisionError deep in the sampler or a NaN loss. The ranges are keyed
 by the setting's name, which means the same in every section (``epochs`` of pretraining and of the linear probe).
-The loss's settings are not here: :class:`halp_loss.HaLPInfoNCE` validates its own arguments, and the pipeline
+The loss's settings are not here: ``halp_loss.HaLPInfoNCE`` validates its own arguments, and the pipeline
 builds the criterion before any work to report them (``skeleton.commands``).
 """
 
@@ -92,7 +92,7 @@ def bounded(
 
     Args:
         kind: ``int`` or ``float``.
-        name: the setting, a key of :data:`SETTING_BOUNDS` (a name without bounds is only checked to be finite).
+        name: the setting, a key of ``SETTING_BOUNDS`` (a name without bounds is only checked to be finite).
         allow: words accepted as they are besides numbers (``("auto",)``).
 
     Returns:

@@ -54,7 +54,7 @@ RECIPES = ("released", "small", *RECIPE_ALIASES)
 
 
 def parse_synthetic_option(text: str) -> tuple[str, Any]:
-    """``"num_classes=5"`` -> ``("num_classes", 5)``, typed by :class:`~skeleton.data.synthetic.SyntheticConfig`
+    """``"num_classes=5"`` -> ``("num_classes", 5)``, typed by ``skeleton.data.synthetic.SyntheticConfig``
     (an argparse ``type``: a bad option is a one-line usage error)."""
     hints = typing.get_type_hints(SyntheticConfig)
     name, sep, value = text.partition("=")

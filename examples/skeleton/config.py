@@ -3,15 +3,15 @@
 A recipe is a YAML file under ``configs/`` (``configs/<dataset family>/<recipe>.yaml``); it may start from another
 with ``_base_: ../_base_/small.yaml`` and override what differs. The complete recipes are
 ``configs/_base_/released.yaml`` (the released NTU / PKU-MMD recipe) and ``configs/_base_/small.yaml`` (the small-data
-recipe). :func:`load_recipe` reads one into a :class:`RunConfig`, every section complete: a file that omits a value,
+recipe). ``load_recipe`` reads one into a ``RunConfig``, every section complete: a file that omits a value,
 names an unknown one or gives it the wrong type is refused with the file and the key.
 
 Flags are generated from the dataclass fields and override the recipe: the ``model`` and ``loss`` sections go
 without prefix (``--encoder``, ``--temperature``, ``--memory-bank-size``: the loss's flags are
-:class:`halp_loss.HaLPInfoNCE`'s argument names), every other section carries its name (``--pretrain-epochs``,
+``halp_loss.HaLPInfoNCE``'s argument names), every other section carries its name (``--pretrain-epochs``,
 ``--linear-lr``, ``--augment-shear``), so a flag means the same in every command that has it.
 
-Some values of the small-data recipe are ``auto``: :func:`fit_to_dataset` resolves them from the size of the
+Some values of the small-data recipe are ``auto``: ``fit_to_dataset`` resolves them from the size of the
 training set (and adapts any batch or queue a training set cannot fill), and the run records what it chose.
 """
 
@@ -78,7 +78,7 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    """The criterion, :class:`halp_loss.HaLPInfoNCE` (same argument names), and when its HaLP term starts."""
+    """The criterion, ``halp_loss.HaLPInfoNCE`` (same argument names), and when its HaLP term starts."""
 
     temperature: float = _option("temperature T of every logit")
     halp_weight: float = _option("weight mu of the HaLP term (0: plain MoCo throughout)")
@@ -181,7 +181,7 @@ UNPREFIXED_SECTIONS = ("model", "loss")
 class RunConfig:
     """Everything a run depends on; saved as ``config.json`` and inside every checkpoint.
 
-    ``adapted`` lists what :func:`fit_to_dataset` chose or changed for the training set's size.
+    ``adapted`` lists what ``fit_to_dataset`` chose or changed for the training set's size.
     """
 
     recipe: str
@@ -210,7 +210,7 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "configuration") -> RunConfig:
-        """The inverse of :meth:`to_dict` (tuples come back from JSON and YAML lists), checking every key.
+        """The inverse of ``to_dict`` (tuples come back from JSON and YAML lists), checking every key.
 
         Raises:
             InputError: naming ``source`` and the key, for a missing or unknown key or a value of the wrong type.
@@ -281,10 +281,10 @@ def _read_yaml(path: Path, seen: tuple[Path, ...]) -> dict[str, Any]:
 
 
 def load_recipe(path: Path, dataset: Optional[str] = None) -> RunConfig:
-    """The :class:`RunConfig` of a recipe file (``dataset`` replaces the file's, if given).
+    """The ``RunConfig`` of a recipe file (``dataset`` replaces the file's, if given).
 
     Raises:
-        InputError: naming the file and the key, for anything :meth:`RunConfig.from_dict` refuses.
+        InputError: naming the file and the key, for anything ``RunConfig.from_dict`` refuses.
     """
     data = read_yaml(path)
     if dataset is not None:

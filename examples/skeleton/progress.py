@@ -33,8 +33,8 @@ def interactive(stream: Optional[TextIO] = None) -> bool:
 class ProgressBar:
     """A tqdm bar over batches that shows the loss and samples/s, or a plain iterator when disabled.
 
-    The bar is drawn only on a terminal (:func:`interactive`): in a job log its redraws would
-    pile up, so there the loops print one line per epoch instead (:attr:`line_based`).
+    The bar is drawn only on a terminal (``interactive``): in a job log its redraws would
+    pile up, so there the loops print one line per epoch instead (``line_based``).
 
     Args:
         batches: the iterable of batches.

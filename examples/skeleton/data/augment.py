@@ -197,7 +197,7 @@ def shear_or_corrupt(
     corrupt_prob: float = 0.5,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Per sample, with p = ``corrupt_prob`` joint corruption (:func:`corrupted_joints` of the V joints: 15 of
+    """Per sample, with p = ``corrupt_prob`` joint corruption (``corrupted_joints`` of the V joints: 15 of
     Kinect v2's 25) else shear (the released recipe's second step: p = 0.5, magnitude 1).
 
     Args:

@@ -8,7 +8,7 @@ Data-root convention: ``data_root`` is the folder that holds one sub-folder per 
     DATA_ROOT/nwucla/xview/         DATA_ROOT/sbu/fold1..fold5/     DATA_ROOT/msr-action3d/xsub/
 
 Each benchmark folder holds ``{train,val}_data_joint.npy``, ``{train,val}_num_frame.npy`` and
-``{train,val}_label.pkl`` (see :mod:`skeleton.data.prepare`). ``data_root`` may also point at a family folder
+``{train,val}_label.pkl`` (see ``skeleton.data.prepare``). ``data_root`` may also point at a family folder
 (``DATA_ROOT/ntu60``) or straight at a benchmark folder (``DATA_ROOT/ntu60/xsub``). Folders in the
 SkeletonCLR / AimCLR layout (``{split}_position.npy`` or ``{split}_data.npy`` or a ``{split}_data_joint.npy``
 without ``num_frame`` file, plus ``{split}_label.pkl``; 50 or 300 frames) are accepted too; their valid
@@ -17,16 +17,16 @@ frame counts are derived from the data (last non-zero frame + 1). AimCLR's ``fee
 ``{split}_000000``, ``{split}_000001``, ...
 
 Layouts: data arrays are (N, C, T, V, M) with C = 3 (positions) or C = 2 (image keypoints) and V the joints of a
-:class:`~skeleton.data.layouts.SkeletonLayout`. A prepared folder's layout is the ``layout`` of its
+``skeleton.data.layouts.SkeletonLayout``. A prepared folder's layout is the ``layout`` of its
 ``prepare_summary.json`` (a built-in name or a layout in file form), else its dataset's (the registry's).
 A ``custom`` folder's layout is the ``layout`` argument (a built-in name, a layout file or a layout), else the
 folder's ``layout.yaml`` / ``layout.yml`` / ``layout.json``, else the built-in layout with V joints; an unknown V
 without a declared layout is refused with a message saying how to declare one.
 
-Checks when a split is loaded (each failure an :class:`~skeleton.fileio.InputError` naming the file):
+Checks when a split is loaded (each failure a ``skeleton.fileio.InputError`` naming the file):
 
-- every coordinate is finite and within :data:`MAX_ABS_COORDINATE` (NaN, inf or 1e30 anywhere: the file and the
-  first sample index), read in chunks of at most :data:`CHECK_CHUNK_BYTES` from the memory map;
+- every coordinate is finite and within ``MAX_ABS_COORDINATE`` (NaN, inf or 1e30 anywhere: the file and the
+  first sample index), read in chunks of at most ``CHECK_CHUNK_BYTES`` from the memory map;
 - a split holds at least one sample (an empty validation split would only fail later, inside evaluation);
 - custom labels are 0-based without gaps: together the two splits use exactly 0..K-1 (a class may be missing
   from one split). Labels numbered 1..K, or with gaps, are refused, not remapped: a remap would silently change
@@ -35,7 +35,7 @@ Checks when a split is loaded (each failure an :class:`~skeleton.fileio.InputErr
   ``prepare_summary.json`` disagree; NTU-60 data named NTU-120) is refused, as is a truncated or unreadable file.
 
 Positions are checked on a sample of the data (body 0's origin joint in frame 0, see
-:func:`~skeleton.data.prenormalize.coordinate_frame`): 3-D data in camera coordinates (SkeletonCLR's
+``skeleton.data.prenormalize.coordinate_frame``): 3-D data in camera coordinates (SkeletonCLR's
 ``tools/ntu_gendata`` writes ``{split}_data.npy`` so) and 2-D keypoints as a pose estimator writes them are
 pre-normalized sample by sample as they are read, with a warning; 3-D data centred another way (AimCLR's
 relative positions) is used as it is, with a warning.
@@ -99,7 +99,7 @@ class SkeletonDataset(Dataset):
 
     Attributes:
         data: array (N, C, T, V, M), possibly a read-only memory map; C = 3 or 2, V the layout's joints.
-        layout: the :class:`~skeleton.data.layouts.SkeletonLayout` of the joint axis.
+        layout: the ``skeleton.data.layouts.SkeletonLayout`` of the joint axis.
         num_frames: (N,) int64 valid frame counts, or None when they are derived per sample from the data.
         labels: (N,) int64, 0-based.
         names: sample names.
@@ -128,7 +128,7 @@ class SkeletonDataset(Dataset):
             num_classes: size of the label space.
             layout: the layout of the V joints.
             num_frames: (N,) valid frame counts; None derives each from its sample's last non-zero frame.
-            prenormalize_on_read: pre-normalize each sample (:func:`~skeleton.data.prenormalize.prenormalize`)
+            prenormalize_on_read: pre-normalize each sample (``skeleton.data.prenormalize.prenormalize``)
                 when it is read; frame counts are derived before.
 
         Raises:
@@ -208,7 +208,7 @@ def load_dataset(
     """Load one split of a dataset.
 
     Args:
-        name: a name from :data:`~skeleton.data.registry.DATASET_NAMES`.
+        name: a name from ``skeleton.data.registry.DATASET_NAMES``.
         split: ``"train"`` or ``"val"``.
         data_root: for prepared datasets, the folder holding ``<family>/<benchmark>/`` (see the module docstring;
             a family or benchmark folder is accepted too); for ``"custom"`` the folder holding the split files.
@@ -355,8 +355,8 @@ class SplitFiles:
 
 
 def check_coordinates(data: np.ndarray, path: Path) -> None:
-    """Refuse data with a non-finite coordinate or one beyond :data:`MAX_ABS_COORDINATE`, reading it in chunks of
-    at most :data:`CHECK_CHUNK_BYTES` (a memory map stays on disk).
+    """Refuse data with a non-finite coordinate or one beyond ``MAX_ABS_COORDINATE``, reading it in chunks of
+    at most ``CHECK_CHUNK_BYTES`` (a memory map stays on disk).
 
     Args:
         data: array (N, ...), e.g. a memory map of the file.

@@ -1,10 +1,10 @@
 """Skeleton layouts as data: which joints a sequence has, how they connect, and which ones anchor the
 pre-normalization.
 
-A :class:`SkeletonLayout` declares its joints (names, in the order of the data's joint axis), its bones (the
+A ``SkeletonLayout`` declares its joints (names, in the order of the data's joint axis), its bones (the
 parent of each joint; the root is its own parent), the centre of the ST-GCN graph, and the anchors of the
 pre-normalization: the origin joint, the "up" pair turned to +z (+y for 2-D data) and the "across" pair turned
-to +x (3-D data only). Built in (:data:`BUILT_IN_LAYOUTS`):
+to +x (3-D data only). Built in (``BUILT_IN_LAYOUTS``):
 
 - ``kinect_v2`` — 25 joints: NTU RGB+D 60/120 and PKU-MMD;
 - ``kinect_v1`` — 20 joints: NW-UCLA and MSR Action3D (after reordering; no spine shoulder, hand tips or
@@ -13,7 +13,7 @@ to +x (3-D data only). Built in (:data:`BUILT_IN_LAYOUTS`):
 - ``coco17`` — 17 keypoints: the COCO keypoints most 2-D video pose estimators output.
 
 Any other skeleton is declared in a layout file (``layout.yaml`` / ``layout.yml`` / ``layout.json``), read by
-:func:`read_layout`; :func:`resolve_layout` takes a built-in name, a file or a layout. A file names joints, not
+``read_layout``; ``resolve_layout`` takes a built-in name, a file or a layout. A file names joints, not
 indices::
 
     name: my_pose                 # optional; default: the file's name
@@ -116,7 +116,7 @@ class SkeletonLayout:
     def to_dict(self) -> dict[str, Any]:
         """The layout in the layout-file form (joint names, the root's parent None), for files and checkpoints.
 
-        :func:`layout_from_dict` reads it back to an equal layout.
+        ``layout_from_dict`` reads it back to an equal layout.
         """
         names = self.joint_names
         return {
@@ -288,7 +288,7 @@ def resolve_layout(spec: LayoutSpec) -> SkeletonLayout:
 
 
 def find_layout_file(folder: Path) -> Path | None:
-    """The layout file of a data folder (see :data:`LAYOUT_FILES`), or None."""
+    """The layout file of a data folder (see ``LAYOUT_FILES``), or None."""
     return next((folder / name for name in LAYOUT_FILES if (folder / name).is_file()), None)
 
 
@@ -297,7 +297,7 @@ def read_layout(path: str | os.PathLike) -> SkeletonLayout:
 
     Raises:
         InputError: naming the file (and the field), if it cannot be read or parsed or does not declare a
-            valid layout (see :func:`layout_from_dict`).
+            valid layout (see ``layout_from_dict``).
     """
     path = Path(path)
     try:
@@ -344,10 +344,10 @@ def _load_yaml(text: str) -> Any:
 
 
 def layout_from_dict(content: Any, *, source: str = "layout", default_name: str = "custom") -> SkeletonLayout:
-    """A layout from its file form (see the module docstring; :meth:`SkeletonLayout.to_dict` writes it).
+    """A layout from its file form (see the module docstring; ``SkeletonLayout.to_dict`` writes it).
 
     Args:
-        content: the parsed file: a mapping with the fields of :data:`FILE_FIELDS`.
+        content: the parsed file: a mapping with the fields of ``FILE_FIELDS``.
         source: what to name in errors (the file).
         default_name: the layout's name when ``content`` has none.
 

@@ -49,7 +49,7 @@ def prenormalize(data: np.ndarray, layout: Optional[SkeletonLayout] = None) -> n
     Args:
         data: array (N, C, T, V, M), C = 3 (x, y, z) or 2 (x, y); zeros mark missing bodies/frames/joints.
         layout: the skeleton layout (its ``origin``, ``up`` and ``across`` joints); None takes the built-in layout
-            with V joints (:func:`~skeleton.data.layouts.layout_for`).
+            with V joints (``skeleton.data.layouts.layout_for``).
 
     Returns:
         A new float32 array of the same shape. The input is not modified.
@@ -143,10 +143,10 @@ def coordinate_frame(
 
     Returns:
         ``(frame, distance)``: the median distance of the origin joint from the origin, in the data's units, and
-        ``"prenormalized"`` if every sample has it at the origin (within :data:`ORIGIN_TOLERANCE`), as
-        :func:`prenormalize` leaves it (also when no sample can be judged). Otherwise, for 2-D data
+        ``"prenormalized"`` if every sample has it at the origin (within ``ORIGIN_TOLERANCE``), as
+        ``prenormalize`` leaves it (also when no sample can be judged). Otherwise, for 2-D data
         ``"image"`` (keypoints as a pose estimator gives them); for 3-D data ``"camera"`` if the median exceeds
-        :data:`CAMERA_DISTANCE`: raw sensor coordinates, e.g. SkeletonCLR's ``tools/ntu_gendata`` output;
+        ``CAMERA_DISTANCE``: raw sensor coordinates, e.g. SkeletonCLR's ``tools/ntu_gendata`` output;
         ``"centred"`` otherwise: centred another way, e.g. AimCLR's ``feeder/preprocess_ntu`` output, relative to
         the spine shoulder.
     """
@@ -193,7 +193,7 @@ def rotation_to(vectors: np.ndarray, target: np.ndarray) -> np.ndarray:
     """Rotation matrices turning each vector toward a fixed direction about their common normal.
 
     The axis is ``cross(v, target)`` and the angle ``angle(v, target)``; when the axis has L1 norm below
-    :data:`DEGENERATE_EPS` (zero, parallel or anti-parallel vector) or the angle is below it, the rotation
+    ``DEGENERATE_EPS`` (zero, parallel or anti-parallel vector) or the angle is below it, the rotation
     is the identity, as in the reference.
 
     Args:

@@ -12,9 +12,9 @@ Usage (through ``examples/skeleton_moco.py``)::
     skeleton_moco.py prepare --dataset msr-action3d --raw MSR --out DATA_ROOT/msr-action3d
 
 What each format expects under ``--raw`` and how its samples are named and split is in its adapter module
-(:mod:`skeleton.data.formats`); the adapters are listed in :data:`skeleton.data.registry.FORMATS`.
+(``skeleton.data.formats``); the adapters are listed in ``skeleton.data.registry.FORMATS``.
 
-The prepared layout, shared with the loader (:mod:`skeleton.data.datasets`): one folder per benchmark (e.g.
+The prepared layout, shared with the loader (``skeleton.data.datasets``): one folder per benchmark (e.g.
 ``ntu60/xsub``) holding, for each split ``train`` / ``val``, ``{split}_data_joint.npy`` float32 (N, 3, 300, V, M),
 ``{split}_num_frame.npy`` (N,) valid frame counts and ``{split}_label.pkl`` = ``(sample_names, labels)`` with
 0-based labels — the layout of the CMD and HaLP repositories — and beside the benchmark folders
@@ -139,7 +139,7 @@ def _format_options() -> dict[str, tuple[PrepareOption, list[str]]]:
 
 
 def run_prepare(args: argparse.Namespace) -> int:
-    """Run ``prepare`` from parsed arguments (see :func:`add_prepare_arguments`).
+    """Run ``prepare`` from parsed arguments (see ``add_prepare_arguments``).
 
     Returns:
         Exit code: 0 on success (malformed files skipped and listed), 1 with ``--strict`` when files were
@@ -229,7 +229,7 @@ def prepare_dataset(
     """Convert a raw dataset to ``out/<benchmark>/{train,val}_{data_joint.npy,num_frame.npy,label.pkl}``.
 
     Args:
-        family: a family of :data:`~skeleton.data.registry.FORMATS` (``"ntu60"``, ``"pku2"``, ``"sbu"``, ...).
+        family: a family of ``skeleton.data.registry.FORMATS`` (``"ntu60"``, ``"pku2"``, ``"sbu"``, ...).
         raw: folder of the raw files (see the format's module).
         out: output folder; ``out/.prepare`` holds the progress of an unfinished run.
         num_workers: processes parsing files; 1 parses in this process.

@@ -5,7 +5,7 @@ A *family* is one raw dataset as ``prepare --dataset`` reads it and as its prepa
 one of its evaluation benchmarks, e.g. ``ntu60-xsub`` or ``sbu-fold3``. Families with a single protocol also
 answer to their bare name (``nwucla``, ``msr-action3d``; ``sbu`` is its first fold). ``custom`` is any folder in
 the prepared layout, ``synthetic`` the generated data set. What ``prepare`` reads for each family is declared by
-its adapter (:data:`FORMATS`).
+its adapter (``FORMATS``).
 
 Example:
     >>> spec = dataset_spec("nwucla")
@@ -48,8 +48,8 @@ class DatasetSpec:
         layout: name of the skeleton layout of the prepared samples (``"kinect_v2"``, ``"kinect_v1"``,
             ``"openni15"``); None where the data says it (custom, synthetic).
         num_bodies: body slots M of a prepared sample; None where the data says it.
-        default_recipe: the training recipe used when none is named: :data:`RELEASED_RECIPE` for NTU and PKU-MMD,
-            :data:`SMALL_RECIPE` for every other dataset.
+        default_recipe: the training recipe used when none is named: ``RELEASED_RECIPE`` for NTU and PKU-MMD,
+            ``SMALL_RECIPE`` for every other dataset.
     """
 
     name: str
@@ -98,7 +98,7 @@ def dataset_spec(name: str) -> DatasetSpec:
     """The spec of a dataset name.
 
     Args:
-        name: a name from :data:`DATASET_NAMES`.
+        name: a name from ``DATASET_NAMES``.
 
     Returns:
         Its spec (an alias gives the canonical spec).

@@ -7,7 +7,7 @@ the vertical axis. Duration, tempo, placement and facing vary per sample indepen
 sensor noise and dropped frames are added, so the classes differ by how joints move, not by trivial cues.
 
 The output is raw camera-space coordinates in metres, like the ``.skeleton`` files, with the two bodies in
-the order the NTU reader selects them (highest motion energy first); :func:`skeleton.data.datasets.load_dataset`
+the order the NTU reader selects them (highest motion energy first); ``skeleton.data.datasets.load_dataset``
 pre-normalizes it. Samples are generated independently from ``(seed, index)``, so any subset is reproducible.
 """
 

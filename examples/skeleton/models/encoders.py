@@ -5,7 +5,7 @@ Every encoder maps a batch of skeleton sequences ``(N, C, T, V, M)`` (coordinate
 a feature vector ``(N, feature_dim)``. The skeleton layout (V joints, and the bones of the ST-GCN graph), C (3
 for positions, 2 for image keypoints) and M are given at construction: Kinect v2, 3, 2 for NTU RGB+D; Kinect v1,
 3, 1 for NW-UCLA; COCO-17, 2, 1 for a video pose estimator's keypoints. The projection head of contrastive
-pretraining sits on top (:class:`EmbeddingNet`); evaluation uses the features before it.
+pretraining sits on top (``EmbeddingNet``); evaluation uses the features before it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ ENCODERS = ("gru", "bigru", "stgcn", "tcn")
 DEFAULT_BODIES = 2
 """M of the default input (NTU RGB+D's two bodies)."""
 WEIGHT_INITS = ("released", "pytorch")
-"""Initial weights of :class:`EmbeddingNet`: ``released`` (see :func:`released_init_`) or PyTorch's defaults."""
+"""Initial weights of ``EmbeddingNet``: ``released`` (see ``released_init_``) or PyTorch's defaults."""
 
 
 def flatten_frames(x: Tensor) -> Tensor:
@@ -71,7 +71,7 @@ class RecurrentEncoder(nn.Module):
     """BatchNorm over the V·C·M per-frame features (150 for NTU), then a 3-layer GRU; the feature summarizes
     the sequence.
 
-    ``bidirectional=False`` is the released HaLP/CMD encoder (:class:`PairedGRU`, feature = output at the
+    ``bidirectional=False`` is the released HaLP/CMD encoder (``PairedGRU``, feature = output at the
     last frame, ``2 * hidden_size`` wide). ``bidirectional=True`` is a true bidirectional ``nn.GRU`` whose
     feature is the final hidden state of each direction (the reverse one has read the whole sequence
     backwards), also ``2 * hidden_size`` wide.
@@ -313,10 +313,10 @@ def build_encoder(
     stgcn_width: int = 64,
     tcn_width: int = 128,
 ) -> nn.Module:
-    """Build an encoder by name (see :data:`ENCODERS`) for inputs (N, C, T, V, M); it exposes ``feature_dim``.
+    """Build an encoder by name (see ``ENCODERS``) for inputs (N, C, T, V, M); it exposes ``feature_dim``.
 
     Args:
-        name: one of :data:`ENCODERS`.
+        name: one of ``ENCODERS``.
         layout: the skeleton layout of the data: V, and the graph of ``stgcn``.
         num_bodies: M.
         num_coords: C: 3 (positions) or 2 (image keypoints).
@@ -352,10 +352,10 @@ class EmbeddingNet(nn.Module):
         backbone: encoder exposing ``feature_dim``.
         embed_dim: output dim of the head (128 in the paper).
         weight_init: ``"pytorch"`` keeps PyTorch's default initialization; ``"released"`` then applies
-            :func:`released_init_`.
+            ``released_init_``.
 
     Raises:
-        ValueError: for a ``weight_init`` not in :data:`WEIGHT_INITS`.
+        ValueError: for a ``weight_init`` not in ``WEIGHT_INITS``.
     """
 
     def __init__(self, backbone: nn.Module, embed_dim: int = 128, weight_init: str = "pytorch") -> None:

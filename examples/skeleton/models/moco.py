@@ -26,7 +26,7 @@ class MoCo(nn.Module):
     ``key_bn="sync"`` uses statistics of the global batch. Without DDP the three are the same.
 
     Args:
-        encoder: the query network (e.g. :class:`~skeleton.models.encoders.EmbeddingNet`); the key network is a copy.
+        encoder: the query network (e.g. ``skeleton.models.encoders.EmbeddingNet``); the key network is a copy.
         momentum: m of the key update ``key <- m key + (1 - m) query``.
         key_bn: one of ``"shuffle"``, ``"sync"``, ``"local"``.
 

@@ -1,5 +1,5 @@
 """Checkpoint files: atomic writes, loading, the random-number-generator states of a rank, what the encoder
-reads (:class:`InputSpec`), and the pretrained encoder read back for evaluation."""
+reads (``InputSpec``), and the pretrained encoder read back for evaluation."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ CHECKPOINT_KEYS = (
 
 
 def load_checkpoint(path: PathLike) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`save_checkpoint` onto the CPU, and check that it is one of ``pretrain``.
+    """Load a checkpoint written by ``save_checkpoint`` onto the CPU, and check that it is one of ``pretrain``.
 
     Checkpoints hold Python and NumPy RNG states besides tensors, so this is a full unpickling
     (``weights_only=False``): load only checkpoints you trust.
@@ -55,7 +55,7 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     Raises:
         FileNotFoundError: if ``path`` does not exist.
         InputError: naming ``path``, if it cannot be unpickled (empty, truncated, random or another format), is
-            not a dictionary, lacks one of :data:`CHECKPOINT_KEYS` (e.g. a bare ``state_dict``) or holds a
+            not a dictionary, lacks one of ``CHECKPOINT_KEYS`` (e.g. a bare ``state_dict``) or holds a
             configuration this version cannot read.
     """
     path = Path(path)
@@ -93,7 +93,7 @@ def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
 
 
 def restore_rng_state(state: dict[str, Any], generators: dict[str, torch.Generator]) -> None:
-    """Inverse of :func:`rng_state`."""
+    """Inverse of ``rng_state``."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
@@ -132,7 +132,7 @@ class InputSpec:
         return f"{self.layout.num_joints} joints ({self.layout.name}) x {self.num_coords} coordinates x {self.num_bodies} bodies"
 
     def check(self, dataset: SkeletonDataset, what: str) -> None:
-        """Raise :class:`~skeleton.fileio.InputError` naming both shapes when ``dataset`` is not this input (e.g. an
+        """Raise ``skeleton.fileio.InputError`` naming both shapes when ``dataset`` is not this input (e.g. an
         NTU encoder evaluated on NW-UCLA)."""
         found = InputSpec.of(dataset)
         if (found.layout.num_joints, found.num_coords, found.num_bodies) != (

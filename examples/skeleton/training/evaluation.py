@@ -148,7 +148,7 @@ def labelled_subset(labels: np.ndarray, ratio: float, seed: int, sampling: str =
         labels: (N,) class of every training sample.
         ratio: labelled fraction, in (0, 1].
         seed: seed of the draw.
-        sampling: ``"released"`` or ``"per-class"`` (:data:`~skeleton.config.SUBSETS`).
+        sampling: ``"released"`` or ``"per-class"`` (``skeleton.config.SUBSETS``).
 
     Returns:
         (n,) int64 indices into ``labels``, ascending.
@@ -218,7 +218,7 @@ class ClassifierTraining:
         max_steps: stop after this many steps in total (smoke tests).
         progress: show progress bars.
         clip_frames: frames of the training and evaluation clips.
-        view_augment: keyword arguments of :func:`~skeleton.data.augment.pretrain_view` (crop, shear,
+        view_augment: keyword arguments of ``skeleton.data.augment.pretrain_view`` (crop, shear,
             corruption, rotation) to augment the training clips with, instead of the protocol's temporal crop alone.
     """
 
@@ -382,8 +382,8 @@ def finetune_on_subsets(
     **kwargs: Any,
 ) -> list[ClassifierResult]:
     """Semi-supervised protocol: fine-tune a fresh copy of ``encoder`` on ``repeats`` labelled subsets, drawn by
-    :func:`labelled_subset` with ``sampling`` and seeds ``seed``, ``seed + 1``, ...; ``kwargs`` go to
-    :class:`ClassifierTraining`."""
+    ``labelled_subset`` with ``sampling`` and seeds ``seed``, ``seed + 1``, ...; ``kwargs`` go to
+    ``ClassifierTraining``."""
     results = []
     for repeat in range(repeats):
         indices = labelled_subset(np.asarray(train_set.labels), ratio, seed + repeat, sampling)

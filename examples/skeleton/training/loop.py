@@ -135,7 +135,7 @@ class EpochSampler(Sampler[int]):
 class GracefulStop(AbstractContextManager["GracefulStop"]):
     """Turn the first Ctrl-C (SIGINT) or SIGTERM into a request to stop after the current step.
 
-    The loop checks :attr:`requested` between steps, writes a checkpoint and returns, so an interrupted run
+    The loop checks ``requested`` between steps, writes a checkpoint and returns, so an interrupted run
     can be resumed. A second Ctrl-C interrupts at once. Outside the main thread (no signal handlers can be
     installed) it does nothing.
     """
@@ -167,7 +167,7 @@ def loader_worker_init(worker_id: int) -> None:
     """``worker_init_fn`` of every DataLoader here: workers ignore Ctrl-C and SIGTERM.
 
     A scheduler's SIGTERM or a Ctrl-C reaches the whole process group. A worker that dies of it makes the main
-    process's next batch raise "DataLoader worker is killed by signal" before :class:`GracefulStop` can save a
+    process's next batch raise "DataLoader worker is killed by signal" before ``GracefulStop`` can save a
     checkpoint, and a worker that inherited the main process's handler prints its message once more. The main process
     alone decides to stop; it then shuts its workers down.
     """

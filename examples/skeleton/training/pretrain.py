@@ -1,6 +1,6 @@
 """MoCo pretraining with the HaLP loss: plain MoCo until ``loss.halp_start_epoch``, then MoCo + HaLP.
 
-One :class:`Pretraining` owns the model, the loss, the optimizer and the data of a run, trains epoch by
+One ``Pretraining`` owns the model, the loss, the optimizer and the data of a run, trains epoch by
 epoch and writes ``checkpoints/last.pt`` after every epoch (rank 0 under DDP). A checkpoint holds
 everything needed to continue exactly: the query and key encoders, the loss (its queue of keys and its prototype
 bank), the optimizer, the position in the epoch, the per-epoch history and every rank's RNG states.
@@ -56,7 +56,7 @@ T = TypeVar("T")
 def build_criterion(
     cfg: RunConfig, *, warmup: int = 0, generator: Optional[torch.Generator] = None
 ) -> HaLPInfoNCE:
-    """The run's loss: :class:`~halp_loss.HaLPInfoNCE` keeping the queue of ``loss.memory_bank_size`` keys (gathered
+    """The run's loss: ``halp_loss.HaLPInfoNCE`` keeping the queue of ``loss.memory_bank_size`` keys (gathered
     from all ranks under DDP) and fitting prototypes once it has seen ``warmup`` keys.
 
     Args:
@@ -120,7 +120,7 @@ class Pretraining:
     """A pretraining run (see the module docstring).
 
     Args:
-        cfg: the run's configuration, fitted to the training set (:func:`~skeleton.config.fit_to_dataset`).
+        cfg: the run's configuration, fitted to the training set (``skeleton.config.fit_to_dataset``).
         out_dir: run folder; checkpoints go to ``out_dir/checkpoints``.
         device: this rank's device.
         train_set: the training split.
@@ -392,7 +392,7 @@ class Pretraining:
 
     def _measure_baselines(self) -> dict[str, float]:
         """What pretraining has to beat, before the first step (rank 0; the other ranks wait): the 1-NN of the
-        raw pre-normalized joints (:data:`RAW_KNN_FRAMES` frames) and the kNN of the encoder at its random init."""
+        raw pre-normalized joints (``RAW_KNN_FRAMES`` frames) and the kNN of the encoder at its random init."""
         return (
             self._on_main(
                 lambda: {

@@ -1,10 +1,10 @@
-"""Raw dataset formats: one module per format, each declaring a :class:`RawFormat` that ``prepare`` runs.
+"""Raw dataset formats: one module per format, each declaring a ``RawFormat`` that ``prepare`` runs.
 
 An adapter does three things: it *scans* the raw folder (which files hold which samples, their labels and the
 split each belongs to in every benchmark), it *reads* one file into bodies (B, F, V, 3) arrays, one per sample cut
 from it, and it *declares* what its prepared samples are (joints, bodies, layout, classes) and the split sizes of
 its complete release. Everything else (workers, the resumable memory-mapped writer, pre-normalization, the
-summary) is the same for every format and lives in :mod:`skeleton.data.prepare`.
+summary) is the same for every format and lives in ``skeleton.data.prepare``.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ class Cut:
 
 
 Reader = Callable[[FileJob], list[Cut]]
-"""Reads one file and returns one :class:`Cut` per sample of the job, in the order of ``job.items``. It runs in a
+"""Reads one file and returns one ``Cut`` per sample of the job, in the order of ``job.items``. It runs in a
 worker process, so it must be picklable (a module-level function or a partial of one). It raises
-:class:`~skeleton.data.formats.text.SkeletonFormatError` or ``OSError`` for a file that fails as a whole."""
+``skeleton.data.formats.text.SkeletonFormatError`` or ``OSError`` for a file that fails as a whole."""
 
 
 @dataclass
@@ -85,7 +85,7 @@ class Scan:
         benchmarks: the benchmarks this preparation writes (``SampleRef.train`` follows this order).
         samples: every sample to prepare, in the order they are written.
         jobs: the files to read, in sample order; each sample belongs to exactly one job.
-        reader: reads a job (see :data:`Reader`).
+        reader: reads a job (see ``Reader``).
         malformed: ``file[:line]: message`` of every file or label row skipped while scanning.
         notes: ``file[:line]: message`` of what was kept though odd (e.g. a video missing from a split list).
         ignored: samples left out by an ignore list.
@@ -122,7 +122,7 @@ class PrepareOption:
     """A ``prepare`` option only one format understands (e.g. NTU's ``--ignore-list``).
 
     Attributes:
-        flag: the command-line flag, e.g. ``"--fold"``; the keyword of :func:`~skeleton.data.prepare.prepare_dataset`
+        flag: the command-line flag, e.g. ``"--fold"``; the keyword of ``skeleton.data.prepare.prepare_dataset``
             is its name with dashes as underscores (``fold``).
         help: the help text.
         default: the value when the option is not given.

@@ -8,7 +8,7 @@ Each line of a file is one joint, ``x y z c`` (metres in the camera frame, and a
 20 lines per frame. The file's joint order (1-based: left shoulder, right shoulder, shoulder centre, spine, left
 hip, right hip, hip centre, left elbow, right elbow, left wrist, right wrist, left hand, right hand, left knee,
 right knee, left ankle, right ankle, left foot, right foot, head) is reordered into the Kinect v1 order of NW-UCLA
-(:data:`FILE_TO_KINECT_V1`). Frames whose joints are all zero (tracking lost, at the start or end of some takes)
+(``FILE_TO_KINECT_V1``). Frames whose joints are all zero (tracking lost, at the start or end of some takes)
 are dropped and reported with the sample; a file with no other frame is malformed.
 """
 
@@ -45,7 +45,7 @@ FULL_FILE_COUNT = 567
 KNOWN_BROKEN = frozenset({"a13_s09_e02"})
 """Samples of the complete release with no valid frame."""
 PUBLISHED_SIZES: dict[str, tuple[int, int]] = {"xsub": (291, 275)}
-"""(train, val) sequences of the complete release without :data:`KNOWN_BROKEN` (counted on the release)."""
+"""(train, val) sequences of the complete release without ``KNOWN_BROKEN`` (counted on the release)."""
 
 _NAME = re.compile(r"a(\d{2})_s(\d{2})_e(\d{2})")
 

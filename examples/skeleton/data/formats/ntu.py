@@ -198,7 +198,7 @@ def read_skeleton(path: str | os.PathLike) -> SkeletonRecording:
 
     Raises:
         SkeletonFormatError: on a wrong number of values on a line, a non-numeric, non-finite or out-of-range
-            value (see :data:`~skeleton.data.formats.text.MAX_ABS_VALUE`), a frame count larger than the file can
+            value (see ``skeleton.data.formats.text.MAX_ABS_VALUE``), a frame count larger than the file can
             hold, a joint count other than 25, content after the declared frames, or a file that ends before them.
         OSError: if the file cannot be read.
     """
@@ -217,7 +217,7 @@ def parse_skeleton(text: str, source: str | os.PathLike = "<text>") -> SkeletonR
         The parsed recording.
 
     Raises:
-        SkeletonFormatError: see :func:`read_skeleton`.
+        SkeletonFormatError: see ``read_skeleton``.
     """
     lines = text.splitlines()
     while lines and not lines[-1].strip():

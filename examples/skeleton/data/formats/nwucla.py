@@ -2,8 +2,8 @@
 
 A file ``aAA_sSS_eEE_vVV.json`` (action, subject, repetition, view) holds
 ``{"file_name": "aAA_sSS_eEE_vVV", "skeletons": [[[x, y, z] * 20] * T], "label": 1..10}``: one person, T >= 1
-frames of the 20 Kinect v1 joints in metres (:data:`~skeleton.data.layouts.KINECT_V1`, the same order as NTU's
-joints 1-20). The label is the action's position in :data:`NWUCLA_ACTIONS`, plus one.
+frames of the 20 Kinect v1 joints in metres (``skeleton.data.layouts.KINECT_V1``, the same order as NTU's
+joints 1-20). The label is the action's position in ``NWUCLA_ACTIONS``, plus one.
 
 ``prepare --dataset nwucla --raw all_sqe`` reads every such file under ``all_sqe`` into ``xview/`` (views 1 and 2
 train, view 3 validates), one body: samples of shape (3, 300, 20, 1).
@@ -78,7 +78,7 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
     """Read one NW-UCLA JSON file.
 
     Args:
-        path: the ``.json`` file; its name must follow :class:`NwuclaSampleId`.
+        path: the ``.json`` file; its name must follow ``NwuclaSampleId``.
 
     Returns:
         float64 array (T, 20, 3), T >= 1, joint positions in metres.
@@ -86,7 +86,7 @@ def read_nwucla(path: str | os.PathLike) -> np.ndarray:
     Raises:
         SkeletonFormatError: for a file that is not UTF-8 or not valid JSON (e.g. a truncated file; the line is the
             parser's), a missing or ragged ``skeletons`` array, a frame without 20 joints of 3 values, non-numeric,
-            non-finite or out-of-range coordinates (see :data:`~skeleton.data.formats.text.MAX_ABS_VALUE`), no frame
+            non-finite or out-of-range coordinates (see ``skeleton.data.formats.text.MAX_ABS_VALUE``), no frame
             at all, or a ``label`` that disagrees with the file name.
         ValueError: if the file name does not follow the NW-UCLA scheme.
         OSError: if the file cannot be read.

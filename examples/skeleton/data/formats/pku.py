@@ -151,7 +151,7 @@ def read_pku_split(path: str | os.PathLike) -> tuple[list[str], list[str]]:
 
 
 def read_job(job: FileJob, keep_odd_rows: bool) -> list[Cut]:
-    """Read one PKU-MMD video and cut its label rows' samples (see :func:`cut_segment`)."""
+    """Read one PKU-MMD video and cut its label rows' samples (see ``cut_segment``)."""
     video = read_pku_skeleton(job.path)
     cuts = []
     for _, sample in job.items:

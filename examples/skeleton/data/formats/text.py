@@ -57,7 +57,7 @@ def parse_number_lines(
 
     Raises:
         SkeletonFormatError: on a line with another number of values, or a non-numeric, non-finite or out-of-range
-            (:data:`MAX_ABS_VALUE`) value.
+            (``MAX_ABS_VALUE``) value.
     """
     joiner = " " if separator is None else separator
     tokens = joiner.join(lines[i] for i in indices).split(separator) if indices else []
@@ -78,7 +78,7 @@ def parse_number_lines(
 
 
 def parse_floats(tokens: list[str], source: str | os.PathLike, line: int) -> list[float]:
-    """Convert the tokens of one line to finite floats of magnitude at most :data:`MAX_ABS_VALUE`.
+    """Convert the tokens of one line to finite floats of magnitude at most ``MAX_ABS_VALUE``.
 
     Raises:
         SkeletonFormatError: naming ``source`` and ``line`` on a non-numeric, non-finite or out-of-range token.
@@ -99,12 +99,12 @@ def parse_floats(tokens: list[str], source: str | os.PathLike, line: int) -> lis
 
 def out_of_range(values: np.ndarray) -> np.ndarray:
     """Mask of the values a skeleton file cannot hold: non-finite, or larger in magnitude than
-    :data:`MAX_ABS_VALUE`."""
+    ``MAX_ABS_VALUE``."""
     return ~(np.abs(values) <= MAX_ABS_VALUE)  # NaN compares False, so it is out of range too
 
 
 def describe_out_of_range(value: object) -> str:
-    """The error message for a value :func:`out_of_range` refuses (``value`` as written in the file)."""
+    """The error message for a value ``out_of_range`` refuses (``value`` as written in the file)."""
     try:
         finite = math.isfinite(float(value))
     except OverflowError:  # an integer too large for a float is finite, only out of range
