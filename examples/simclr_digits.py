@@ -1,6 +1,6 @@
 """SimCLR on scikit-learn's digits: plain NT-Xent against HaLP, same seeds, budget and augmentations.
 
-The two-line change from the baseline to HaLP is in :func:`make_criterion` and :func:`train`:
+The two-line change from the baseline to HaLP is in ``make_criterion`` and ``train``:
 
     criterion = partial(nt_xent, temperature=T)      ->  criterion = HaLPInfoNCE(temperature=T, ...)
     loss = criterion(z1, z2)                          (the call is the same: SimCLR mode takes the two views)

@@ -6,7 +6,7 @@ cell, and positives are drawn with ``t`` in ``[(1 - lam) t_max, t_max]``. Panels
 three anchors for several ``lam``: kept positives, and those rejected by the rank filter because their walk
 entered a third prototype's cell first. The sphere is coloured by nearest prototype (the cells).
 
-The positives, their rank-filter flags, targets and ``t_max`` all come from :func:`halp_loss.hallucinate_positives`;
+The positives, their rank-filter flags, targets and ``t_max`` all come from ``halp_loss.hallucinate_positives``;
 the script draws the cells and the geodesic curves around them.
 
 Usage:
