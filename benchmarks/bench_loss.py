@@ -193,9 +193,9 @@ def run(device: str, min_run_time: float, rounds: int) -> list[tuple[str, float,
     baseline = seconds[0]
     names = ("InfoNCE", "InfoNCE normalizing its negatives")
     rows = []
-    for (what, _, _, ops, against), time in zip(losses, seconds):
-        ratio = "1.00" if against is None else f"{time / seconds[against]:.2f} x {names[against]}"
-        rows.append((what, time, ratio, str(ops)))
+    for (what, _, _, ops, against), elapsed in zip(losses, seconds):
+        ratio = "1.00" if against is None else f"{elapsed / seconds[against]:.2f} x {names[against]}"
+        rows.append((what, elapsed, ratio, str(ops)))
     closed = measure(f"hallucinate(keys[:64], protos); {sync}", env, "closed form", min_run_time)
     naive = measure(f"materializing(keys[:64], protos, 0.8); {sync}", env, "materializing", min_run_time)
     fit = measure(f"kmeans(keys, 20); {sync}", env, "k-means", min_run_time)

@@ -17,8 +17,8 @@ SPEC.loader.exec_module(study)
 
 
 def _run(knn, linear, raw=0.75, init=0.6, seconds=100.0):
-    return {"knn_top1": knn, "linear_top1": linear, "raw_knn_top1": raw, "init_knn_top1": init,
-            "wall_time_s": seconds}  # fmt: skip
+    return {"knn_top1": knn, "linear_top1": linear, "linear_top1_last": linear - 0.01, "raw_knn_top1": raw,
+            "init_knn_top1": init, "wall_time_s": seconds}  # fmt: skip
 
 
 def test_parse_variant():
@@ -51,6 +51,7 @@ def test_summary_statistics():
     assert values["runs"] == "3"
     assert values["raw 1-NN"] == "75.0 ± 5.0"  # per unit: 70, 80, 75 (sample std)
     assert values["MoCo kNN"] == "81.0 ± 1.4" and values["MoCo linear"] == "85.0 ± 1.4"
+    assert values["MoCo linear, last epoch"] == "84.0 ± 1.4"
     assert values["HaLP gain linear (paired)"] == "+1.5 (+1.0, +2.0)"
     assert values["HaLP gain kNN (paired)"] == "+0.5 (+1.0, +0.0)"
     assert values["supervised bound"] == "90.0 ± 0.0"
