@@ -11,8 +11,9 @@ resolves to the default's value on a dataset (20 prototypes for MSR Action3D's 2
 
     python benchmarks/halp_sweep.py --data-root data --units 2
 
-The table (markdown, also written to ``OUT/halp_sweep.md``): per dataset, the setting's kNN / linear mean and, in
-brackets, its gain over the default paired by unit; the last column pools every unit of every dataset.
+The table (markdown, also written to ``OUT/halp_sweep.md``): per dataset, the setting's kNN / linear / linear at the
+probe's last epoch (the best epoch is scored on the test split; the last selects nothing), means over the units and,
+in brackets, their gains over the default paired by unit; the last column pools every unit of every dataset.
 """
 
 from __future__ import annotations
@@ -58,15 +59,16 @@ def gains(runs: dict[Unit, dict[str, Any]], reference: dict[Unit, dict[str, Any]
     return [100.0 * (runs[unit][key] - reference[unit][key]) for unit in runs if unit in reference]
 
 
+KEYS = ("knn_top1", "linear_top1", "linear_top1_last")
+
+
 def cell(runs: dict[Unit, dict[str, Any]], reference: Optional[dict[Unit, dict[str, Any]]]) -> str:
-    """``kNN / linear`` means, and the paired gains over ``reference`` in brackets."""
+    """``kNN / linear / linear at its last epoch`` means, and the paired gains over ``reference`` in brackets."""
     if not runs:
         return "-"
-    means = [statistics.fmean(100.0 * r[key] for r in runs.values()) for key in ("knn_top1", "linear_top1")]
-    text = f"{means[0]:.1f} / {means[1]:.1f}"
+    text = " / ".join(f"{statistics.fmean(100.0 * r[key] for r in runs.values()):.1f}" for key in KEYS)
     if reference is not None and any(unit in reference for unit in runs):
-        knn, linear = (statistics.fmean(gains(runs, reference, key)) for key in ("knn_top1", "linear_top1"))
-        text += f" ({knn:+.1f} / {linear:+.1f})"
+        text += " (" + " / ".join(f"{statistics.fmean(gains(runs, reference, key)):+.1f}" for key in KEYS) + ")"
     return text
 
 

@@ -27,7 +27,7 @@ CONFIG = {"pretrain": {"epochs": 250}, "loss": {"halp_start_epoch": 125, "halp_w
 
 
 def _run(knn, linear):
-    return {"knn_top1": knn, "linear_top1": linear, "num_classes": 20}
+    return {"knn_top1": knn, "linear_top1": linear, "linear_top1_last": linear - 0.02, "num_classes": 20}
 
 
 def test_settings_follow_the_default_runs_schedule_and_classes():
@@ -57,9 +57,13 @@ def test_gains_are_paired_with_the_default_by_unit():
     lines = sweep.summarize(results).splitlines()
     assert lines[0].startswith("| HaLP setting | SBU (2 runs) | NW-UCLA (1 runs) | all runs, pooled |")
     cells = {line.split("|")[1].strip(): [c.strip() for c in line.strip("|").split("|")[1:]] for line in lines[2:]}
-    assert cells["default"] == ["76.0 / 86.0", "80.0 / 86.0", "77.3 / 86.0"]
-    assert cells["off (MoCo alone)"][0] == "75.0 / 85.0 (-1.0 / -1.0)"  # (-2, 0) and (-4, +2)
-    assert cells["weight 4"] == ["74.0 / 84.0 (+2.0 / +0.0)", "78.0 / 86.0 (-2.0 / +0.0)", "76.0 / 85.0 (+0.0 / +0.0)"]
+    assert cells["default"] == ["76.0 / 86.0 / 84.0", "80.0 / 86.0 / 84.0", "77.3 / 86.0 / 84.0"]
+    assert cells["off (MoCo alone)"][0] == "75.0 / 85.0 / 83.0 (-1.0 / -1.0 / -1.0)"  # kNN -2, 0; linear -4, +2
+    assert cells["weight 4"] == [
+        "74.0 / 84.0 / 82.0 (+2.0 / +0.0 / +0.0)",
+        "78.0 / 86.0 / 84.0 (-2.0 / +0.0 / +0.0)",
+        "76.0 / 85.0 / 83.0 (+0.0 / +0.0 / +0.0)",
+    ]
     assert cells["lambda 0.4"] == ["-", "-", "-"]
 
 
@@ -82,4 +86,4 @@ def test_finished_setting_runs_are_reused(tmp_path, monkeypatch):
         sweep.main(["--data-root", "data", "--out", str(tmp_path), "--datasets", "MSR Action3D", "--units", "1"]) == 0
     )
     table = (tmp_path / "halp_sweep.md").read_text()
-    assert "| prototypes = classes | 60.0 / 70.0 (+0.0 / +0.0) |" in table
+    assert "| prototypes = classes | 60.0 / 70.0 / 68.0 (+0.0 / +0.0 / +0.0) |" in table
