@@ -52,6 +52,20 @@ def test_print_config_prints_the_resolved_recipe_and_writes_nothing(tmp_path, mo
 @pytest.mark.parametrize(
     "argv, message",
     [
+        (["--synthetic", "distortion=-1"], "distortion must be >= 0"),
+        (["--dataset", "custom", "--data-root", "x", "--layout", "nosuch"], "layout 'nosuch' is neither a built-in"),
+    ],
+)
+def test_print_config_refuses_data_options_wrong_whatever_the_data(argv, message, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main([*argv, "--print-config"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and message in captured.err and len(captured.err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
         (["--dataset", "ntu61"], "argument --dataset: invalid choice: 'ntu61'"),
         (["knn", "--dataset", "nw-ucla"], "argument --dataset: invalid choice: 'nw-ucla'"),
         (["pretrain", "--encoder", "lstm"], "argument --encoder: invalid choice: 'lstm'"),

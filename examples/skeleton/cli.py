@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _print_config(args: argparse.Namespace) -> int:
     cfg = commands.recipe_config(args)
+    commands.check_data_options(cfg)
     print(cfg.to_json())
     return 0
 

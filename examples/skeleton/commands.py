@@ -34,6 +34,7 @@ from .config import (
     recipe_path,
 )
 from .data.datasets import SkeletonDataset, load_dataset
+from .data.layouts import resolve_layout
 from .data.registry import dataset_spec
 from .data.synthetic import SyntheticConfig
 from .training import distributed
@@ -75,11 +76,21 @@ def recipe_config(args: argparse.Namespace, dataset: Optional[str] = None) -> Ru
 
 
 def check_data_arguments(cfg: RunConfig) -> None:
-    """Refuse a dataset that needs a folder without one, before any work."""
+    """Refuse a dataset that needs a folder without one, and invalid data options, before any work."""
     spec = dataset_spec(cfg.dataset)
     if spec.family != "synthetic" and cfg.data_root is None:
         where = "the folder holding the split files" if spec.family == "custom" else "the output of `prepare`"
         raise UsageError(f"--dataset {cfg.dataset} needs --data-root DIR ({where})")
+    check_data_options(cfg)
+
+
+def check_data_options(cfg: RunConfig) -> None:
+    """Refuse the data options that are wrong whatever the data (the synthetic set's, a layout that is neither
+    built in nor a readable layout file) without opening any data: ``--print-config`` reports them too."""
+    if dataset_spec(cfg.dataset).family == "synthetic":
+        SyntheticConfig(**cfg.synthetic)
+    if cfg.layout is not None:
+        resolve_layout(cfg.layout)
 
 
 def load_splits(cfg: RunConfig, *, val: bool = True) -> tuple[SkeletonDataset, Optional[SkeletonDataset]]:
