@@ -2,8 +2,10 @@
 recipe, and every usage or input error is one line on stderr with exit code 2 (issue 19, items 13, 14, 16)."""
 
 import json
+import warnings
 
 import pytest
+from skeleton import commands
 from skeleton.cli import main
 from skeleton.config import ENCODERS, RunConfig
 from skeleton.data.registry import DATASET_NAMES
@@ -161,3 +163,18 @@ def test_evaluation_exit_codes_on_the_synthetic_data(tmp_path, capsys):
     assert f"checkpoint {missing} does not exist" in err
     err = one_line_error(["pretrain", *TINY, "--resume", str(missing)], capsys)
     assert f"checkpoint {missing} does not exist" in err
+
+
+
+def test_warnings_read_as_one_line_during_a_command_only(monkeypatch):
+    seen = []
+
+    def command(args):
+        seen.append(warnings.formatwarning("odd data", UserWarning, "x.py", 7))
+        return 0
+
+    monkeypatch.setattr(commands, "pipeline_command", command)
+    python_format = warnings.formatwarning
+    assert main([]) == 0
+    assert seen == ["skeleton_moco.py: warning: odd data\n"]  # no file, line or category: the message is the news
+    assert warnings.formatwarning is python_format

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import typing
+import warnings
 from collections.abc import Sequence
 from typing import Any, Callable, NoReturn, Optional
 
@@ -163,6 +164,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     prog = f"{parser.prog}{f' {args.command}' if args.command else ''}"
+    # A warning reads as one line for the user ("prog: warning: ..."), not with the source line that raised it.
+    python_format = warnings.formatwarning
+    warnings.formatwarning = lambda message, *_: f"{prog}: warning: {message}\n"
+    try:
+        return _run(args, prog)
+    finally:
+        warnings.formatwarning = python_format
+
+
+def _run(args: argparse.Namespace, prog: str) -> int:
     if args.command == "prepare":
         return run_prepare(args)
     # Denormals cost time where the CPU computes them in microcode, and nothing here needs values below 1e-38.
