@@ -13,6 +13,7 @@ from skeleton.data.augment import (
     corrupted_joints,
     crop_resize,
     joint_corruption,
+    planar_view_change,
     pretrain_view,
     random_rotation,
     sample_crop_windows,
@@ -283,6 +284,46 @@ def test_two_dimensional_pretrain_view():
     for degrees in (0.0, 20.0):
         view = pretrain_view(x, num_frames, rotate_degrees=degrees, generator=torch.Generator().manual_seed(25))
         assert view.shape == (6, 2, 64, 17, 1) and torch.isfinite(view).all()
+
+
+def test_planar_view_change_scales_and_mirrors_the_horizontal_axis_only():
+    """x' = s x, y' = y per sample (both bodies, every frame): |s| ~ U(1 - foreshorten, 1), s < 0 with mirror_prob."""
+    x = torch.randn((4000, 2, 3, 17, 2), dtype=torch.float64, generator=torch.Generator().manual_seed(26))
+    out = planar_view_change(x, mirror_prob=0.3, foreshorten=0.4, generator=torch.Generator().manual_seed(27))
+    assert torch.equal(out[:, 1], x[:, 1])
+    scale = out[:, 0, 0, 0, 0] / x[:, 0, 0, 0, 0]
+    torch.testing.assert_close(out[:, 0], scale[:, None, None, None] * x[:, 0], atol=1e-12, rtol=0)
+    size = scale.abs()
+    assert size.min() >= 0.6 - 1e-9 and size.max() <= 1.0 + 1e-9
+    assert size.mean() == pytest.approx(0.8, abs=0.01) and size.std() == pytest.approx(0.4 / math.sqrt(12), abs=0.01)
+    assert (scale < 0).double().mean() == pytest.approx(0.3, abs=0.025)
+    # no shrink, no mirror: the identity; always a mirror, no shrink: x -> -x exactly
+    same = planar_view_change(x, mirror_prob=0.0, foreshorten=0.0, generator=torch.Generator().manual_seed(28))
+    assert torch.equal(same, x)
+    mirrored = planar_view_change(x, mirror_prob=1.0, foreshorten=0.0)
+    assert torch.equal(mirrored[:, 0], -x[:, 0]) and torch.equal(mirrored[:, 1], x[:, 1])
+    with pytest.raises(ValueError, match="2-D keypoints"):
+        planar_view_change(torch.zeros(1, 3, 2, 25, 1), mirror_prob=0.5, foreshorten=0.5)
+    with pytest.raises(ValueError, match=r"foreshorten must be in \[0, 1\], got 1.5"):
+        planar_view_change(x, mirror_prob=0.5, foreshorten=1.5)
+
+
+def test_the_planar_view_change_acts_on_two_dimensional_views_only():
+    """3-D views draw nothing for it (the same views as without the options); 2-D views get it after the shear."""
+    x, num_frames = _batch(batch=16, frames=60, seed=4)
+    options = dict(shear=0.5, corrupt_prob=0.0, rotate_degrees=10.0)
+    plain = pretrain_view(x, num_frames, **options, generator=torch.Generator().manual_seed(29))
+    with_it = pretrain_view(x, num_frames, **options, mirror_prob=0.5, foreshorten=0.5,
+                            generator=torch.Generator().manual_seed(29))  # fmt: skip
+    assert torch.equal(plain, with_it)
+    flat = x[:, :2]
+    view = pretrain_view(flat, num_frames, shear=0.5, corrupt_prob=0.0, mirror_prob=1.0, foreshorten=0.0,
+                         generator=torch.Generator().manual_seed(30))  # fmt: skip
+    generator = torch.Generator().manual_seed(30)
+    expected = shear_or_corrupt(temporal_crop_resize(flat, num_frames, generator=generator), shear_magnitude=0.5,
+                                corrupt_prob=0.0, generator=generator)  # fmt: skip
+    expected[:, 0] = -expected[:, 0]
+    torch.testing.assert_close(view, expected, atol=0, rtol=0)
 
 
 def test_argument_validation():

@@ -455,6 +455,18 @@ def test_checkpoint_with_an_unreadable_configuration(tmp_path):
         load_checkpoint(path)
 
 
+def test_a_checkpoint_older_than_a_setting_loads_with_the_value_it_was_trained_with(tmp_path):
+    """The 2-D view options came after the first checkpoints: those load, as trained (no mirror, no shrink)."""
+    path = pretrain_checkpoint(tmp_path / "run")
+    checkpoint = torch.load(path, weights_only=False)
+    for name in ("mirror_prob", "foreshorten"):
+        del checkpoint["config"]["augment"][name]
+    torch.save(checkpoint, path)
+    loaded = load_checkpoint(path)
+    assert (loaded["config"]["augment"]["mirror_prob"], loaded["config"]["augment"]["foreshorten"]) == (0.0, 0.0)
+    assert main(["knn", "--init-from", str(path), "--device", "cpu", "--out", str(tmp_path / "eval")]) == 0
+
+
 @pytest.mark.parametrize(
     "name, message",
     [

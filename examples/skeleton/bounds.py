@@ -71,6 +71,8 @@ SETTING_BOUNDS: dict[str, Bounds] = {
     "crop_min_frames": AT_LEAST_ONE,
     "shear": NON_NEGATIVE,
     "corrupt_prob": UNIT,
+    "mirror_prob": UNIT,
+    "foreshorten": UNIT,
     "rotate_degrees": NON_NEGATIVE,
     # kNN and semi-supervised protocols
     "chunk_size": AT_LEAST_ONE,

@@ -119,12 +119,15 @@ class PretrainConfig:
 
 @dataclass
 class AugmentConfig:
-    """The two random views of pretraining: temporal crop-resize, shear or joint corruption, rotation."""
+    """The two random views of pretraining: temporal crop-resize, shear or joint corruption, a planar view change
+    (2-D data), rotation."""
 
     crop_min_ratio: float = _option("crops keep a fraction U(ratio, 1) of the valid frames...")
     crop_min_frames: int = _option("...but at least this many (all of them when fewer are valid)")
     shear: float = _option("bound of the shear coefficients")
     corrupt_prob: float = _option("probability of joint corruption instead of shear")
+    mirror_prob: float = _option("2-D data only: probability of a mirror image (a camera on the other side)")
+    foreshorten: float = _option("2-D data only: the horizontal axis shrunk by up to this fraction (a turned camera)")
     rotate_degrees: float = _option("random rotation up to this angle about each axis (in-plane for 2-D data)")
 
 

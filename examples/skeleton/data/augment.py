@@ -7,7 +7,8 @@ C = 3 (x, y, z positions) or C = 2 (image keypoints), V the joints of its layout
 are both "a per-sample C x C matrix applied to some of the joints" (all of them for the shear, the chosen ones,
 with a zero or a random matrix, for the corruption), so they share one batched product and one masked select.
 The rotation turns 3-D data about each axis and 2-D data in its plane only (a 3-D rotation of 2-D keypoints
-would invent a depth they do not have).
+would invent a depth they do not have). 2-D data gets instead what a turn of the camera about the body's vertical
+does to an image, as far as keypoints without depth can show it (``planar_view_change``).
 """
 
 from __future__ import annotations
@@ -250,6 +251,43 @@ def random_rotation(x: torch.Tensor, max_degrees: float, *, generator: torch.Gen
     return _transform_joints(x, rotation, None)
 
 
+def planar_view_change(
+    x: torch.Tensor, *, mirror_prob: float, foreshorten: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """2-D keypoints as another camera azimuth would see them: x' = s x, y' = y, per sample, with
+    |s| ~ U(1 - foreshorten, 1) and s < 0 with probability ``mirror_prob``.
+
+    Why: turning the camera by an azimuth a about the body's vertical maps an orthographic image's horizontal
+    coordinate to x cos(a) + z sin(a). Keypoints have no depth z, so the part a 2-D view can change is x cos(a):
+    foreshortening (|cos a| < 1) and, past 90 degrees, a mirror image (cos a < 0; a = 180 degrees, the camera on
+    the other side, is exactly a mirror of an orthographic image). The pre-normalization turns the body upright
+    and scales it by its height, which undoes neither. Joints keep their names under the mirror: the left hand
+    seen from behind is still the left hand.
+
+    Args:
+        x: (B, 2, T, V, M), pre-normalized (horizontal axis first).
+        mirror_prob: probability of a mirror image, in [0, 1].
+        foreshorten: bound of the horizontal shrink, in [0, 1].
+        generator: random source on ``x``'s device.
+
+    Returns:
+        Tensor like ``x``.
+
+    Raises:
+        ValueError: if ``x`` is not 2-D or an option is outside [0, 1].
+    """
+    if x.shape[1] != 2:
+        raise ValueError(f"x must hold 2-D keypoints (2 coordinates on dim 1), got shape {tuple(x.shape)}")
+    for name, value in (("mirror_prob", mirror_prob), ("foreshorten", foreshorten)):
+        if not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {value}")
+    draws = torch.rand((2, len(x)), generator=generator, device=x.device).to(x.dtype)
+    scale = (1.0 - foreshorten * draws[0]) * torch.where(draws[1] < mirror_prob, -1.0, 1.0).to(x.dtype)
+    matrices = torch.zeros((len(x), 2, 2), device=x.device, dtype=x.dtype)
+    matrices[:, 0, 0], matrices[:, 1, 1] = scale, 1.0
+    return _transform_joints(x, matrices, None)
+
+
 def pretrain_view(
     x: torch.Tensor,
     num_frames: torch.Tensor,
@@ -259,11 +297,14 @@ def pretrain_view(
     crop_min_frames: int = 64,
     shear: float = 1.0,
     corrupt_prob: float = 0.5,
+    mirror_prob: float = 0.0,
+    foreshorten: float = 0.0,
     rotate_degrees: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """One augmented view for contrastive pretraining: random crop-resize, then shear or corruption, then an
-    optional random rotation (in the plane for 2-D data). The defaults are the released recipe.
+    """One augmented view for contrastive pretraining: random crop-resize, then shear or corruption, then (2-D data
+    only) a planar view change, then an optional random rotation (in the plane for 2-D data). The defaults are the
+    released recipe.
 
     Args:
         x: (B, C, T, V, M).
@@ -273,6 +314,10 @@ def pretrain_view(
         crop_min_frames: ...but at least this many (all of them when fewer are valid).
         shear: bound of the shear coefficients.
         corrupt_prob: probability of joint corruption instead of shear.
+        mirror_prob: 2-D data: probability of a mirror image (``planar_view_change``); ignored for 3-D data, whose
+            pre-normalization turns every body to face the same way.
+        foreshorten: 2-D data: bound of the horizontal shrink; ignored for 3-D data. With both 0 (or 3-D data),
+            no draws.
         rotate_degrees: bound of the rotation angles (0: no rotation, no draws).
         generator: random source on ``x``'s device.
 
@@ -281,6 +326,8 @@ def pretrain_view(
     """
     view = temporal_crop_resize(x, num_frames, (crop_min_ratio, 1.0), crop_min_frames, out_frames, generator=generator)
     view = shear_or_corrupt(view, shear_magnitude=shear, corrupt_prob=corrupt_prob, generator=generator)
+    if view.shape[1] == 2 and (mirror_prob > 0 or foreshorten > 0):
+        view = planar_view_change(view, mirror_prob=mirror_prob, foreshorten=foreshorten, generator=generator)
     return random_rotation(view, rotate_degrees, generator=generator) if rotate_degrees > 0 else view
 
 

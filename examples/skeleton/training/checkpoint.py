@@ -71,12 +71,24 @@ def load_checkpoint(path: PathLike) -> dict[str, Any]:
     missing = [key for key in CHECKPOINT_KEYS if key not in checkpoint]
     if missing:
         raise InputError(f"checkpoint {path} lacks {', '.join(repr(key) for key in missing)}; {expected}")
+    _add_later_settings(checkpoint["config"])
     try:
         RunConfig.from_dict(checkpoint["config"], f"checkpoint {path}")
         InputSpec.from_dict(checkpoint["input"])
     except (TypeError, ValueError) as error:
         raise InputError(f"checkpoint {path}: this version cannot read its configuration ({error})") from None
     return checkpoint
+
+
+# Settings added after checkpoints were first written, with the value that reproduces how those were trained.
+LATER_SETTINGS = {("augment", "mirror_prob"): 0.0, ("augment", "foreshorten"): 0.0}
+
+
+def _add_later_settings(config: Any) -> None:
+    """Give a checkpoint's configuration the settings it predates (in place), so that it still loads."""
+    for (section, name), value in LATER_SETTINGS.items():
+        if isinstance(config, dict) and isinstance(config.get(section), dict):
+            config[section].setdefault(name, value)
 
 
 def rng_state(generators: dict[str, torch.Generator]) -> dict[str, Any]:
