@@ -178,3 +178,19 @@ def test_warnings_read_as_one_line_during_a_command_only(monkeypatch):
     assert main([]) == 0
     assert seen == ["skeleton_moco.py: warning: odd data\n"]  # no file, line or category: the message is the news
     assert warnings.formatwarning is python_format
+
+
+@pytest.mark.parametrize("halp", [["--halp-weight", "2", "--halp-start-epoch", "2"], ["--halp-weight", "0"]])
+def test_every_run_starts_with_one_banner(tmp_path, capsys, halp):
+    """Dataset, split sizes, classes, layout, recipe and its HaLP phase, run folder and an estimate, before training."""
+    out = tmp_path / "run"
+    assert main(["pretrain", *TINY, *halp, "--pretrain-epochs", "2", "--max-steps", "2", "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    head = lines[: next(i for i, line in enumerate(lines) if line.startswith("  estimated time: ")) + 1]
+    assert head[0] == (
+        "pretrain: synthetic (4 classes), train 96 / val 32 sequences of 25 joints (kinect_v2) x 3 coordinates x 2 bodies"
+    )
+    phase = "HaLP weight 2 from epoch 2" if halp[1] == "2" else "HaLP off (MoCo alone)"
+    assert head[1].startswith(f"  recipe small: encoder gru, 2 pretraining epochs of batch 16, queue 64, {phase}; ")
+    assert f"  run folder: {out}" in head
+    assert not any(line.startswith("epoch=") for line in head)  # the banner comes before any training

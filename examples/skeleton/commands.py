@@ -227,14 +227,19 @@ def print_banner(
     """The one banner every run starts with: what it reads, what it runs, where it writes and how long it should
     take, with everything the recipe adapted to the data; a recipe far too slow for the device says so."""
     layout = train_set.layout
+    halp = (
+        f"HaLP weight {cfg.loss.halp_weight:g} from epoch {cfg.loss.halp_start_epoch}"
+        if cfg.loss.halp_weight > 0
+        else "HaLP off (MoCo alone)"
+    )
     lines = [
         f"{command}: {cfg.dataset} ({train_set.num_classes} classes), train {len(train_set)}"
         + (f" / val {len(val_set)}" if val_set is not None else "")
         + f" sequences of {layout.num_joints} joints ({layout.name}) x {train_set.num_coords} coordinates x "
         f"{train_set.num_bodies} bodies",
         f"  recipe {cfg.recipe}: encoder {cfg.model.encoder}, {cfg.pretrain.epochs} pretraining epochs of batch "
-        f"{cfg.pretrain.batch_size}, queue {cfg.loss.memory_bank_size}, HaLP weight {cfg.loss.halp_weight:g} from "
-        f"epoch {cfg.loss.halp_start_epoch}; device {cfg.device}, {torch.get_num_threads()} threads, "
+        f"{cfg.pretrain.batch_size}, queue {cfg.loss.memory_bank_size}, {halp}; device {cfg.device}, "
+        f"{torch.get_num_threads()} threads, "
         f"{cfg.num_workers} workers",
         *(f"  adapted: {note}" for note in cfg.adapted),
         f"  run folder: {out}",
