@@ -210,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
                 jobs.append((SUPERVISED, ["supervised"], "supervised_top1"))
             for name, flags, key in jobs:
                 command = [*flags, "--dataset", unit.dataset, "--data-root", args.data_root, "--seed", str(unit.seed)]
-                folder = args.out / _slug(name) / unit.label
+                folder = args.out / slug(name) / unit.label
                 print(f"{dataset}, {name}, {unit.label}: {folder}", flush=True)
                 metrics = run_once([*command, *shlex.split(args.flags)], folder, key)
                 if metrics is not None:
@@ -224,7 +224,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     return 0
 
 
-def _slug(name: str) -> str:
+def slug(name: str) -> str:
+    """A variant's folder name: ``"MoCo + HaLP"`` -> ``"moco--halp"``."""
     return "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-").replace("--", "-")
 
 

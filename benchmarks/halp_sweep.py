@@ -1,15 +1,17 @@
-"""HaLP's settings on real skeletons with the small-data recipe: does any of them add to its term?
+"""HaLP's settings on real skeletons with the small-data recipe: does any of them do better than the default?
 
 The recipe stays fixed (the small recipe's defaults). Each of HaLP's settings is changed alone from the default
 (weight 2, from half of the epochs, lambda 0.8, 20 prototypes, the sampled estimator) and run on the same units as
 ``datasets_study.py`` (seeds, or SBU's folds): the HaLP phase from a quarter of the epochs, twice the weight, a
 lambda of 0.4 (positives nearer the boundary), as many prototypes as the dataset has classes, and the expected
-estimator. Every run's kNN and linear top-1 are paired by unit with the default's and with MoCo alone
-(``--halp-weight 0``), the two variants of the datasets study: run with the same ``--out`` as the study, its finished
-runs are reused, and so are this script's own, so an interrupted sweep continues where it stopped. A setting that
-resolves to the default's value on a dataset (20 prototypes for MSR Action3D's 20 classes) is not run again there.
+estimator. Every run's kNN and linear top-1 are paired by unit with the default's run; so is MoCo alone
+(``--halp-weight 0``), which shows what HaLP's term itself adds. Those two are the datasets study's variants: run
+with the same ``--out`` as the study, its finished runs are reused, and so are this script's own, so an interrupted
+sweep continues where it stopped. A setting that resolves to the default's value on a dataset (20 prototypes for
+MSR Action3D's 20 classes) is the default there: it is not run again, its cell says so, and its pooled cell leaves
+that dataset out. Run from the repository root, as a module:
 
-    python benchmarks/halp_sweep.py --data-root data --units 2
+    .venv/bin/python -m benchmarks.halp_sweep --data-root data
 
 The table (markdown, also written to ``OUT/halp_sweep.md``): per dataset, the setting's kNN / linear / linear at the
 probe's last epoch (the best epoch is scored on the test split; the last selects nothing), means over the units and,
@@ -23,12 +25,14 @@ import json
 import shlex
 import statistics
 import sys
+from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from datasets_study import DATASETS, REFERENCE, ROOT, VARIANTS, Unit, _slug, run_once
+from benchmarks.datasets_study import DATASETS, REFERENCE, ROOT, VARIANTS, run_once, slug
 
 DEFAULT = "MoCo + HaLP"
+SAME_AS_DEFAULT = "= default"
 
 # A setting's flags, given the default's run of the same unit (its metrics and resolved config.json).
 Setting = Callable[[dict[str, Any], dict[str, Any]], list[str]]
@@ -46,23 +50,28 @@ SETTINGS: dict[str, Setting] = {
 # The config.json keys a setting's flag changes: a setting that leaves them at the default's values is the default.
 CHANGES = {"--halp-start-epoch": "halp_start_epoch", "--halp-weight": "halp_weight", "--lam": "lam",
            "--num-prototypes": "num_prototypes", "--estimator": "estimator"}  # fmt: skip
+KEYS = ("knn_top1", "linear_top1", "linear_top1_last")
+
+Runs = Mapping[Hashable, dict[str, Any]]
 
 
 def is_default(flags: list[str], config: dict[str, Any]) -> bool:
     """Whether ``flags`` (``--name value`` pairs of loss settings) only restate ``config``'s values."""
-    pairs = zip(flags[::2], flags[1::2])
-    return all(str(config["loss"][CHANGES[name]]) == value for name, value in pairs)
+    for name, value in zip(flags[::2], flags[1::2]):
+        current = config["loss"][CHANGES[name]]
+        if isinstance(current, str) and current != value:
+            return False
+        if not isinstance(current, str) and float(current) != float(value):
+            return False
+    return True
 
 
-def gains(runs: dict[Unit, dict[str, Any]], reference: dict[Unit, dict[str, Any]], key: str) -> list[float]:
+def gains(runs: Runs, reference: Runs, key: str) -> list[float]:
     """Points gained over the reference's run of the same unit, for the units both have."""
     return [100.0 * (runs[unit][key] - reference[unit][key]) for unit in runs if unit in reference]
 
 
-KEYS = ("knn_top1", "linear_top1", "linear_top1_last")
-
-
-def cell(runs: dict[Unit, dict[str, Any]], reference: Optional[dict[Unit, dict[str, Any]]]) -> str:
+def cell(runs: Runs, reference: Optional[Runs]) -> str:
     """``kNN / linear / linear at its last epoch`` means, and the paired gains over ``reference`` in brackets."""
     if not runs:
         return "-"
@@ -72,18 +81,20 @@ def cell(runs: dict[Unit, dict[str, Any]], reference: Optional[dict[Unit, dict[s
     return text
 
 
-def summarize(results: dict[str, dict[str, dict[Unit, dict[str, Any]]]]) -> str:
+def summarize(results: dict[str, dict[str, dict[Hashable, dict[str, Any]]]], same: set[tuple[str, str]]) -> str:
     """The markdown table; ``results[dataset][row][unit]`` is a run's metrics, rows being MoCo, the default and the
-    settings."""
-    rows = [REFERENCE, DEFAULT, *SETTINGS]
+    settings; ``same`` holds the (dataset, setting) pairs where the setting is the default."""
     header = ["HaLP setting", *(f"{d} ({len(v[DEFAULT])} runs)" for d, v in results.items()), "all runs, pooled"]
     lines = [header, ["---"] * len(header)]
-    for row in rows:
-        reference = None if row == DEFAULT else DEFAULT
-        cells = [cell(variants[row], variants[DEFAULT] if reference else None) for variants in results.values()]
+    pooled_default = {(d, u): m for d, v in results.items() for u, m in v[DEFAULT].items()}
+    for row in [REFERENCE, DEFAULT, *SETTINGS]:
+        paired = row != DEFAULT
+        cells = [
+            SAME_AS_DEFAULT if (dataset, row) in same else cell(variants[row], variants[DEFAULT] if paired else None)
+            for dataset, variants in results.items()
+        ]
         pooled = {(d, u): m for d, v in results.items() for u, m in v[row].items()}
-        pooled_default = {(d, u): m for d, v in results.items() for u, m in v[DEFAULT].items()}
-        cells.append(cell(pooled, pooled_default if reference else None))  # type: ignore[arg-type]
+        cells.append(cell(pooled, pooled_default if paired else None))
         lines.append([{REFERENCE: "off (MoCo alone)", DEFAULT: "default"}.get(row, row), *cells])
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
 
@@ -100,14 +111,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     if args.units is not None and args.units < 1:
         parser.error(f"--units: expected at least 1, got {args.units}")
 
-    results: dict[str, dict[str, dict[Unit, dict[str, Any]]]] = {}
+    results: dict[str, dict[str, dict[Hashable, dict[str, Any]]]] = {}
+    same: set[tuple[str, str]] = set()
     for dataset in args.datasets:
         results[dataset] = {row: {} for row in [REFERENCE, DEFAULT, *SETTINGS]}
         for unit in DATASETS[dataset][: args.units]:
             common = ["--dataset", unit.dataset, "--data-root", args.data_root, "--seed", str(unit.seed),
                       *shlex.split(args.flags)]  # fmt: skip
             for row in (REFERENCE, DEFAULT):
-                folder = args.out / _slug(row) / unit.label
+                folder = args.out / slug(row) / unit.label
                 print(f"{dataset}, {row}, {unit.label}: {folder}", flush=True)
                 metrics = run_once([*VARIANTS[row], *common], folder, "linear_top1")
                 if metrics is not None:
@@ -115,18 +127,18 @@ def main(argv: Optional[list[str]] = None) -> int:
             default = results[dataset][DEFAULT].get(unit)
             if default is None:
                 continue  # no default run to derive the settings from or pair them with
-            config = json.loads((args.out / _slug(DEFAULT) / unit.label / "config.json").read_text())
+            config = json.loads((args.out / slug(DEFAULT) / unit.label / "config.json").read_text())
             for row, setting in SETTINGS.items():
                 flags = setting(default, config)
                 if is_default(flags, config):
-                    results[dataset][row][unit] = default
+                    same.add((dataset, row))
                     continue
-                folder = args.out / _slug(f"{DEFAULT}, {row}") / unit.label
+                folder = args.out / slug(f"{DEFAULT}, {row}") / unit.label
                 print(f"{dataset}, {row}, {unit.label}: {folder}", flush=True)
                 metrics = run_once([*VARIANTS[DEFAULT], *flags, *common], folder, "linear_top1")
                 if metrics is not None:
                     results[dataset][row][unit] = metrics
-    table = summarize(results)
+    table = summarize(results, same)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "halp_sweep.md").write_text(table + "\n")
     print(table)

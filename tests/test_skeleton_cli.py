@@ -165,7 +165,6 @@ def test_evaluation_exit_codes_on_the_synthetic_data(tmp_path, capsys):
     assert f"checkpoint {missing} does not exist" in err
 
 
-
 def test_warnings_read_as_one_line_during_a_command_only(monkeypatch):
     seen = []
 
