@@ -9,8 +9,8 @@ not a published protocol: it tells what 2-D costs apart from what an unseen came
 ``examples/skeleton_moco.py --dataset custom`` (pretrain -> kNN -> linear, the small recipe's defaults) runs with the
 planar view change (the default for 2-D data) and without it (``--augment-mirror-prob 0 --augment-foreshorten 0``),
 once per seed, each in its own run folder; finished runs are reused. The table: mean ± std over the seeds of the
-raw-joint 1-NN, random-init kNN, kNN, linear (its best epoch, scored on the test split, and its last epoch) and the
-wall time of a run. Run from the repository root, as a module (it reads the raw files with the pipeline's reader):
+raw-joint 1-NN, random-init kNN, kNN, linear (its best epoch, scored on the test split, and its last epoch), the
+view change's gains paired by seed, and the wall time of a run. Run from the repository root, as a module (it reads the raw files with the pipeline's reader):
 
     .venv/bin/python examples/skeleton_moco.py prepare --dataset nwucla --raw ../shared/data/nw-ucla/all_sqe --out data/nwucla
     .venv/bin/python -m benchmarks.nwucla_2d --data-root data --raw ../shared/data/nw-ucla/all_sqe
@@ -28,7 +28,7 @@ from typing import Any, Optional
 
 import numpy as np
 
-from benchmarks.datasets_study import ROOT, mean_std, run_once
+from benchmarks.datasets_study import ROOT, Unit, mean_std, paired_gain, run_once, slug
 from examples.skeleton.data.formats.nwucla import read_nwucla
 
 FOCAL_PX, CENTRE_PX = 580.0, (320.0, 240.0)
@@ -37,27 +37,33 @@ VARIANTS: dict[str, list[str]] = {
     "planar view change (default)": [],
     "no planar view change": ["--augment-mirror-prob", "0", "--augment-foreshorten", "0"],
 }
-HEADER = ["split", "variant", "runs", "raw 1-NN", "random-init kNN", "kNN", "linear", "linear, last epoch", "s/run"]
+REFERENCE = "no planar view change"
+METRICS = ("knn_top1", "linear_top1", "linear_top1_last")
+HEADER = ["split", "variant", "runs", "raw 1-NN", "random-init kNN", "kNN", "linear", "linear, last epoch",
+          "gain kNN / linear / last (paired)", "s/run"]  # fmt: skip
 
 
 def project(joints: np.ndarray) -> np.ndarray:
-    """(T, V, 3) camera coordinates in metres -> (T, V, 2) pixels; a joint the sensor lost (z <= 0) stays (0, 0)."""
+    """(T, V, 3) camera coordinates in metres -> (2, T, V) pixels; a joint the sensor lost (z <= 0) stays (0, 0)."""
     depth = joints[..., 2]
     seen = depth > 0
     safe = np.where(seen, depth, 1.0)
     pixels = np.stack(
         [CENTRE_PX[0] + FOCAL_PX * joints[..., 0] / safe, CENTRE_PX[1] - FOCAL_PX * joints[..., 1] / safe]
     )
-    return np.where(seen, pixels, 0.0).transpose(1, 2, 0)
+    return np.where(seen, pixels, 0.0)
 
 
 def write_2d_folders(prepared: Path, raw: Path, out: Path) -> dict[str, Path]:
     """Project every sample of a prepared NW-UCLA folder (``prepared/xview``) from its raw file; the folders of
     both splits, ``out/<split>``, each with ``{train,val}_data_joint.npy`` (N, 2, T, 20, 1), ``_num_frame.npy``
-    and ``_label.pkl``. Folders already written are kept."""
+    and ``_label.pkl``. Folders already written are kept (delete ``out`` after changing the prepared or raw data).
+    Raw files are found anywhere under ``raw``; a sequence longer than the prepared one (``prepare`` keeps the first
+    frames of very long ones) is cut to it."""
     folders = {split: out / split for split in SPLITS}
     if all((folder / "val_label.pkl").is_file() for folder in folders.values()):
         return folders
+    files = {path.stem: path for path in raw.rglob("*.json")}
     names: list[str] = []
     labels: list[int] = []
     frames: list[int] = []
@@ -69,10 +75,12 @@ def write_2d_folders(prepared: Path, raw: Path, out: Path) -> dict[str, Path]:
         length = np.load(prepared / "xview" / f"{split}_data_joint.npy", mmap_mode="r").shape[2]
         data = np.zeros((len(split_names), 2, length, 20, 1), dtype=np.float32)
         for i, (name, count) in enumerate(zip(split_names, counts)):
-            joints = read_nwucla(raw / f"{name}.json")
-            if len(joints) != count:
-                raise ValueError(f"{raw / name}.json: {len(joints)} frames, the prepared folder has {count}")
-            data[i, :, :count, :, 0] = project(joints).transpose(2, 0, 1)
+            if name not in files:
+                raise FileNotFoundError(f"{raw}: no {name}.json (a sample of {prepared / 'xview'})")
+            joints = read_nwucla(files[name])
+            if len(joints) < count:
+                raise ValueError(f"{files[name]}: {len(joints)} frames, the prepared folder has {count}")
+            data[i, :, :count, :, 0] = project(joints[:count])
         parts.append(data)
         names += list(split_names)
         labels += [int(label) for label in split_labels]
@@ -90,14 +98,20 @@ def write_2d_folders(prepared: Path, raw: Path, out: Path) -> dict[str, Path]:
     return folders
 
 
-def summarize(results: dict[tuple[str, str], list[dict[str, Any]]]) -> str:
-    """The markdown table; ``results[(split, variant)]`` holds one metrics dict per seed."""
+def summarize(results: dict[tuple[str, str], dict[Unit, dict[str, Any]]]) -> str:
+    """The markdown table; ``results[(split, variant)]`` maps each seed's unit to its metrics."""
     rows = [HEADER, ["---"] * len(HEADER)]
     for (split, variant), runs in results.items():
-        rows.append([split, variant, str(len(runs)),
-                     *(mean_std([r[key] for r in runs]) for key in ("raw_knn_top1", "init_knn_top1", "knn_top1",
-                                                                     "linear_top1", "linear_top1_last")),
-                     mean_std([r["wall_time_s"] for r in runs], scale=1.0, digits=0)])  # fmt: skip
+        reference = results.get((split, REFERENCE), {})
+        gains = (
+            "-"
+            if variant == REFERENCE
+            else " / ".join(paired_gain(runs, reference, key).split(" (")[0] for key in METRICS)
+        )
+        values = list(runs.values())
+        rows.append([split, variant, str(len(values)),
+                     *(mean_std([r[key] for r in values]) for key in ("raw_knn_top1", "init_knn_top1", *METRICS)),
+                     gains, mean_std([r["wall_time_s"] for r in values], scale=1.0, digits=0)])  # fmt: skip
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
 
 
@@ -106,28 +120,30 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--data-root", type=Path, required=True, help="folder holding nwucla/ (prepared)")
     parser.add_argument("--raw", type=Path, required=True, help="NW-UCLA's raw JSON files (all_sqe)")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "nwucla-2d")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="distinct seeds (default: 0 1 2)")
     parser.add_argument("--splits", nargs="+", choices=SPLITS, default=list(SPLITS))
     parser.add_argument("--project-only", action="store_true", help="write the 2-D folders and stop")
     parser.add_argument("--flags", default="", help="flags added to every run, e.g. '--threads 2'")
     args = parser.parse_args(argv)
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error(f"--seeds: expected distinct seeds, got {' '.join(map(str, args.seeds))}")
 
     folders = write_2d_folders(args.data_root / "nwucla", args.raw, args.out / "data")
     if args.project_only:
         print("\n".join(f"{split}: {folder}" for split, folder in folders.items()))
         return 0
-    results: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    results: dict[tuple[str, str], dict[Unit, dict[str, Any]]] = {}
     for split in args.splits:
         for variant, flags in VARIANTS.items():
-            results[(split, variant)] = []
+            results[(split, variant)] = {}
             for seed in args.seeds:
-                folder = args.out / split / re.sub(r"[^a-z0-9]+", "-", variant.lower()).strip("-") / f"seed{seed}"
+                folder = args.out / split / slug(variant) / f"seed{seed}"
                 command = ["--dataset", "custom", "--data-root", str(folders[split]), "--seed", str(seed), *flags,
                            *shlex.split(args.flags)]  # fmt: skip
                 print(f"{split}, {variant}, seed {seed}: {folder}", flush=True)
                 metrics = run_once(command, folder, "linear_top1")
                 if metrics is not None:
-                    results[(split, variant)].append(metrics)
+                    results[(split, variant)][Unit(split, seed)] = metrics
     table = summarize(results)
     (args.out / "nwucla_2d.md").write_text(table + "\n")
     print(table)

@@ -12,6 +12,9 @@ from skeleton.cli import main
 from skeleton.data.formats.nwucla import NwuclaSampleId
 from test_skeleton_nwucla import _write_dataset
 
+from benchmarks import nwucla_2d
+from benchmarks.datasets_study import Unit
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -25,10 +28,11 @@ def _pixels(joints):
 
 def test_projection_of_both_splits(tmp_path):
     raw = tmp_path / "raw"
-    written = _write_dataset(raw, subjects=(1, 2, 3))
+    written = _write_dataset(raw / "all_sqe", subjects=(1, 2, 3))  # found below the folder given, as prepare does
     lost = written["a01_s01_e00_v03"].copy()
     lost[2, 4] = 0.0  # a joint the sensor lost in one frame: all zero
-    write_nwucla(raw / "a01_s01_e00_v03.json", lost)
+    lost[3, 5, 2] = -0.5  # and one behind the camera: no pixel either
+    write_nwucla(raw / "all_sqe" / "a01_s01_e00_v03.json", lost)
     written["a01_s01_e00_v03"] = lost
     assert main(["prepare", "--dataset", "nwucla", "--raw", str(raw), "--out", str(tmp_path / "data" / "nwucla"),
                  "--quiet"]) == 0  # fmt: skip
@@ -56,9 +60,24 @@ def test_projection_of_both_splits(tmp_path):
                 assert count == len(joints)
                 expected = _pixels(joints)
                 if name == "a01_s01_e00_v03":
-                    assert (sample[:, 2, 4, 0] == 0).all()  # lost: no pixel invented
-                    expected[:, 2, 4] = 0.0
+                    assert (sample[:, 2, 4, 0] == 0).all() and (sample[:, 3, 5, 0] == 0).all()  # no pixel invented
+                    expected[:, 2, 4] = expected[:, 3, 5] = 0.0
                 np.testing.assert_allclose(sample[:, :count, :, 0], expected, rtol=1e-6, atol=1e-3)
                 assert (sample[:, count:] == 0).all()
             seen.setdefault(split, set()).update(names)
     assert seen["cross-view"] == seen["cross-subject"] == set(written)  # the same samples, split two ways
+
+
+def test_table_pairs_the_view_change_with_its_absence_by_seed():
+    def run(knn, linear, last):
+        return {"raw_knn_top1": 0.65, "init_knn_top1": 0.64, "knn_top1": knn, "linear_top1": linear,
+                "linear_top1_last": last, "wall_time_s": 100.0}  # fmt: skip
+
+    a, b = Unit("cross-view", 0), Unit("cross-view", 1)
+    results = {
+        ("cross-view", "planar view change (default)"): {a: run(0.74, 0.82, 0.81), b: run(0.72, 0.84, 0.83)},
+        ("cross-view", nwucla_2d.REFERENCE): {a: run(0.58, 0.66, 0.64), b: run(0.56, 0.64, 0.62)},
+    }
+    rows = [line.split(" | ") for line in nwucla_2d.summarize(results).splitlines()[2:]]
+    assert rows[0][5:9] == ["73.0 ± 1.4", "83.0 ± 1.4", "82.0 ± 1.4", "+16.0 / +18.0 / +19.0"]
+    assert rows[1][8] == "-"
