@@ -282,6 +282,21 @@ def test_explicit_batches_larger_than_the_set_are_clamped_and_recorded():
     assert fit_to_dataset(cfg, 5000) == [] and cfg.adapted == []  # nothing to adapt
 
 
+def test_the_planar_view_change_is_recorded_off_for_three_dimensional_data():
+    """What a 3-D run's config.json says its views do: no mirror, no shrink (they never draw them); 2-D keeps both."""
+    for num_coords, expected in ((3, (0.0, 0.0)), (2, (0.5, 0.5)), (None, (0.5, 0.5))):
+        cfg = load_recipe(recipe_path("small", "custom"))
+        notes = fit_to_dataset(cfg, 1000, num_coords=num_coords)
+        assert (cfg.augment.mirror_prob, cfg.augment.foreshorten) == expected
+        planar = [note for note in notes if note.startswith("augment.")]
+        assert planar == (
+            ["augment.mirror_prob and augment.foreshorten -> 0: the planar view change is for 2-D keypoints, and this "
+             "data is 3-D"] if num_coords == 3 else []
+        )  # fmt: skip
+    cfg = load_recipe(recipe_path("released", "ntu60"))
+    assert fit_to_dataset(cfg, 5000, num_coords=3) == []  # off already: nothing to say
+
+
 @pytest.mark.parametrize("num_train, world_size", [(1, 1), (0, 1), (3, 2)])
 def test_fewer_than_two_sequences_per_rank_are_refused(num_train, world_size):
     with pytest.raises(InputError, match=f"the training set holds {num_train} sequence.*at least {2 * world_size}"):

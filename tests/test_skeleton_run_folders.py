@@ -62,10 +62,14 @@ def test_an_evaluation_into_a_stopped_pretrainings_folder_is_refused(runs, tmp_p
     (folder / "metrics.json").unlink()
     before = _snapshot(folder)
     err = one_line_error(["knn", "--device", "cpu", "--init-from", str(b), "--out", str(folder)], capsys)
-    assert f"--out {folder} holds the results of another run ({folder / 'checkpoints' / 'last.pt'})" in err
+    assert f"--out {folder} holds another run ({folder / 'checkpoints' / 'last.pt'})" in err
     assert _snapshot(folder) == before
     own = folder / "checkpoints" / "last.pt"
     assert main(["knn", "--device", "cpu", "--init-from", str(own), "--out", str(folder)]) == 0
+    (folder / "metrics.json").unlink()
+    shutil.rmtree(folder / "checkpoints")  # stopped before its first checkpoint: its config.json alone
+    err = one_line_error(["knn", "--device", "cpu", "--init-from", str(b), "--out", str(folder)], capsys)
+    assert f"--out {folder} holds a pretraining stopped before its first checkpoint; evaluate {b}" in err
 
 
 def test_an_evaluation_of_the_runs_own_checkpoint_adds_to_its_metrics(runs, tmp_path):

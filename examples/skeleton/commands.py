@@ -139,13 +139,12 @@ def check_evaluation_folder(out: Path, checkpoint: Path) -> None:
     """Refuse an evaluation into a folder that belongs to another checkpoint's run: the one its ``metrics.json``
     names or, for a pretraining stopped before it recorded any result, the folder's own ``checkpoints/last.pt``."""
     owner = _folder_owner(out)
-    if owner is not None and owner.resolve() != checkpoint.resolve():
-        raise UsageError(
-            f"--out {out} holds the results of another run ({owner}); evaluate {checkpoint} into its own folder"
-        )
+    if owner is not None and owner[0].resolve() != checkpoint.resolve():
+        raise UsageError(f"--out {out} holds {owner[1]}; evaluate {checkpoint} into its own folder")
 
 
-def _folder_owner(out: Path) -> Optional[Path]:
+def _folder_owner(out: Path) -> Optional[tuple[Path, str]]:
+    """The checkpoint a run folder belongs to, and the folder's contents in words."""
     metrics = out / METRICS_FILE
     if metrics.is_file():
         try:
@@ -153,9 +152,10 @@ def _folder_owner(out: Path) -> Optional[Path]:
         except (ValueError, AttributeError):
             owner = None  # an unreadable metrics.json is moved aside when it is next written
         if owner is not None:
-            return Path(owner)
-    if (out / "config.json").is_file() or (out / "checkpoints").is_dir():
-        return out / "checkpoints" / "last.pt"  # a pretraining that stopped before writing metrics.json
+            return Path(owner), f"the results of another run ({owner})"
+    if (out / "config.json").is_file() or (out / "checkpoints").is_dir():  # a pretraining stopped before its metrics
+        last = out / "checkpoints" / "last.pt"
+        return last, (f"another run ({last})" if last.is_file() else "a pretraining stopped before its first checkpoint")
     return None
 
 
@@ -320,7 +320,7 @@ def _pretrain(args: argparse.Namespace, command: str) -> tuple[Pretraining, str,
         check_fresh_run_folder(out)
     train_set, val_set = load_splits(cfg, val=distributed.is_main())
     if checkpoint is None or not args.resume:
-        fit_to_dataset(cfg, len(train_set), distributed.world_size())
+        fit_to_dataset(cfg, len(train_set), distributed.world_size(), num_coords=train_set.num_coords)
     _check_loss(cfg)
     with RunLock(out) if distributed.is_main() else nullcontext():
         run = Pretraining(cfg, out, device, train_set, val_set, max_steps=args.max_steps)
@@ -471,7 +471,7 @@ def _evaluation_setup(
     train_set, val_set = load_splits(cfg)
     assert val_set is not None
     spec.check(train_set, f"the encoder of {args.init_from}")
-    fit_to_dataset(cfg, len(train_set))
+    fit_to_dataset(cfg, len(train_set), num_coords=train_set.num_coords)
     evaluation = Evaluation(cfg, encoder, out, torch.device(cfg.device), train_set, val_set, args.max_steps)
     return evaluation, dict(checkpoint.get("baselines", {}))
 
@@ -590,7 +590,7 @@ def supervised_command(args: argparse.Namespace) -> int:
     check_fresh_run_folder(out)
     train_set, val_set = load_splits(cfg)
     assert val_set is not None
-    fit_to_dataset(cfg, len(train_set))
+    fit_to_dataset(cfg, len(train_set), num_coords=train_set.num_coords)
     torch.manual_seed(cfg.seed)
     encoder = build_embedding_net(cfg.model, InputSpec.of(train_set)).backbone
     with RunLock(out):

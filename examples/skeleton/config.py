@@ -416,9 +416,12 @@ MAX_AUTO_BATCH = 128
 MAX_AUTO_QUEUE = 4096
 
 
-def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[str]:
-    """Resolve the recipe's ``auto`` values for a training set of ``num_train`` sequences, and adapt what that set
-    cannot hold; returns what was chosen or changed (also appended to ``cfg.adapted``).
+def fit_to_dataset(
+    cfg: RunConfig, num_train: int, world_size: int = 1, *, num_coords: Optional[int] = None
+) -> list[str]:
+    """Resolve the recipe's ``auto`` values for a training set of ``num_train`` sequences (of ``num_coords``
+    coordinates, when given), and adapt what that set cannot hold; returns what was chosen or changed (also appended
+    to ``cfg.adapted``).
 
     Rules (the small-data recipe's, measured on NW-UCLA, SBU and MSR Action3D; ``docs/pipeline.md``):
 
@@ -431,7 +434,9 @@ def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[
       the set's size;
     - ``loss.halp_start_epoch: auto``: half of the pretraining epochs (plain MoCo first, as the released recipe);
     - any batch larger than the set (pretraining or a classifier protocol) becomes the set's size, rounded down to
-      the ranks.
+      the ranks;
+    - 3-D data: ``augment.mirror_prob`` and ``augment.foreshorten`` become 0, so that the run records what its views
+      do (the planar view change is for 2-D keypoints; 3-D views never draw it).
 
     Raises:
         InputError: if the training set has fewer than 2 sequences (per rank under DDP), or ``pretrain.epochs`` is
@@ -468,5 +473,11 @@ def fit_to_dataset(cfg: RunConfig, num_train: int, world_size: int = 1) -> list[
         if protocol.batch_size > num_train:
             notes.append(f"{name}.batch_size {protocol.batch_size} -> {num_train}: the training set holds {num_train}")
             protocol.batch_size = num_train
+    planar = [name for name in ("mirror_prob", "foreshorten") if getattr(cfg.augment, name) > 0]
+    if num_coords == 3 and planar:
+        for name in planar:
+            setattr(cfg.augment, name, 0.0)
+        names = " and ".join(f"augment.{name}" for name in planar)
+        notes.append(f"{names} -> 0: the planar view change is for 2-D keypoints, and this data is 3-D")
     cfg.adapted.extend(notes)
     return notes
