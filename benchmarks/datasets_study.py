@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Hashable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -98,12 +99,17 @@ def mean_std(values: list[float], scale: float = 100.0, digits: int = 1) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
+def paired_gains(runs: Mapping[Hashable, dict[str, Any]], reference: Mapping[Hashable, dict[str, Any]],
+                 key: str) -> list[float]:  # fmt: skip
+    """Points gained over the reference's run of the same unit, for the units both have."""
+    return [100.0 * (runs[unit][key] - reference[unit][key]) for unit in runs if unit in reference]
+
+
 def paired_gain(runs: dict[Unit, dict[str, Any]], reference: dict[Unit, dict[str, Any]], key: str) -> str:
     """Mean and per-unit differences (points) from the reference's run of the same unit."""
-    units = [unit for unit in runs if unit in reference]
-    if not units:
+    gains = paired_gains(runs, reference, key)
+    if not gains:
         return "-"
-    gains = [100.0 * (runs[unit][key] - reference[unit][key]) for unit in units]
     return f"{statistics.fmean(gains):+.1f} ({', '.join(f'{gain:+.1f}' for gain in gains)})"
 
 

@@ -29,7 +29,7 @@ from collections.abc import Hashable, Mapping
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from benchmarks.datasets_study import DATASETS, REFERENCE, ROOT, VARIANTS, run_once, slug
+from benchmarks.datasets_study import DATASETS, REFERENCE, ROOT, VARIANTS, paired_gains, run_once, slug
 
 DEFAULT = "MoCo + HaLP"
 SAME_AS_DEFAULT = "= default"
@@ -66,18 +66,13 @@ def is_default(flags: list[str], config: dict[str, Any]) -> bool:
     return True
 
 
-def gains(runs: Runs, reference: Runs, key: str) -> list[float]:
-    """Points gained over the reference's run of the same unit, for the units both have."""
-    return [100.0 * (runs[unit][key] - reference[unit][key]) for unit in runs if unit in reference]
-
-
 def cell(runs: Runs, reference: Optional[Runs]) -> str:
     """``kNN / linear / linear at its last epoch`` means, and the paired gains over ``reference`` in brackets."""
     if not runs:
         return "-"
     text = " / ".join(f"{statistics.fmean(100.0 * r[key] for r in runs.values()):.1f}" for key in KEYS)
     if reference is not None and any(unit in reference for unit in runs):
-        text += " (" + " / ".join(f"{statistics.fmean(gains(runs, reference, key)):+.1f}" for key in KEYS) + ")"
+        text += " (" + " / ".join(f"{statistics.fmean(paired_gains(runs, reference, key)):+.1f}" for key in KEYS) + ")"
     return text
 
 

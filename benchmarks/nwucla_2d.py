@@ -22,13 +22,14 @@ import argparse
 import pickle
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 
-from benchmarks.datasets_study import ROOT, Unit, mean_std, paired_gain, run_once, slug
+from benchmarks.datasets_study import ROOT, Unit, mean_std, paired_gains, run_once, slug
 from examples.skeleton.data.formats.nwucla import read_nwucla
 
 FOCAL_PX, CENTRE_PX = 580.0, (320.0, 240.0)
@@ -106,7 +107,7 @@ def summarize(results: dict[tuple[str, str], dict[Unit, dict[str, Any]]]) -> str
         gains = (
             "-"
             if variant == REFERENCE
-            else " / ".join(paired_gain(runs, reference, key).split(" (")[0] for key in METRICS)
+            else " / ".join(f"{statistics.fmean(paired_gains(runs, reference, key)):+.1f}" for key in METRICS)
         )
         values = list(runs.values())
         rows.append([split, variant, str(len(values)),
