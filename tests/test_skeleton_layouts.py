@@ -170,29 +170,25 @@ def test_every_invalid_layout_field_is_named(tmp_path, content, field, problem):
     assert message.startswith(f"{path}: {field}: ") and problem in message, message
 
 
-def test_unreadable_layout_files_are_named(tmp_path):
-    broken = tmp_path / "layout.json"
-    broken.write_text('{"joints": [')
-    with pytest.raises(InputError, match=f"{broken}: not valid JSON"):
-        read_layout(broken)
-    yaml_file = tmp_path / "layout.yaml"
-    yaml_file.write_text("joints: [a, b\nparents: {")
-    with pytest.raises(InputError, match=f"{yaml_file}: not valid YAML"):
-        read_layout(yaml_file)
-    repeated = tmp_path / "repeated.yaml"
-    repeated.write_text(
-        "joints: [a, b, c]\nparents: {a: null, b: a, c: b, c: a}\norigin: a\nup: [a, b]\nacross: [b, c]\n"
-    )
-    with pytest.raises(InputError, match=f"{repeated}: not valid YAML .*repeated keys \\['c'\\]"):
-        read_layout(repeated)
-    repeated_json = tmp_path / "repeated.json"
-    repeated_json.write_text('{"joints": ["a"], "joints": ["b"]}')
-    with pytest.raises(InputError, match=f"{repeated_json}: not valid JSON \\(repeated keys \\['joints'\\]\\)"):
-        read_layout(repeated_json)
-    binary = tmp_path / "binary.yaml"
-    binary.write_bytes(b"\xff\xfe\x00")
-    with pytest.raises(InputError, match=f"{binary}: unreadable layout file"):
-        read_layout(binary)
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("layout.json", b'{"joints": [', "not valid JSON"),
+        ("layout.yaml", b"joints: [a, b\nparents: {", "not valid YAML"),
+        ("repeated.yaml", b"joints: [a, b, c]\nparents: {a: null, b: a, c: b, c: a}\norigin: a\nup: [a, b]\n"
+         b"across: [b, c]\n", "not valid YAML .*repeated keys \\['c'\\]"),
+        ("repeated.json", b'{"joints": ["a"], "joints": ["b"]}', "not valid JSON \\(repeated keys \\['joints'\\]\\)"),
+        ("binary.yaml", b"\xff\xfe\x00", "unreadable layout file"),
+    ],
+)  # fmt: skip
+def test_unreadable_layout_files_are_named(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=f"{path}: {message}"):
+        read_layout(path)
+
+
+def test_an_unknown_layout_name_is_named():
     with pytest.raises(ValueError, match="'kinect_v3' is neither a built-in layout .* nor a layout file"):
         resolve_layout("kinect_v3")
 
